@@ -1,0 +1,34 @@
+# Two entry points (see README): `make report` and `make test`.
+# Both create the virtual environment, install the pinned requirements and, where the
+# machine has apt and we are root, Debian's dataset-fashion-mnist package.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= resnet
+ARGS ?=
+
+.PHONY: report test setup data clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed data
+
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null 2>&1 \
+	   && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+	  || echo "warning: could not install dataset-fashion-mnist; digits-only runs still work"; fi
+
+report: setup
+	$(PY) -m playbook run --model $(MODEL) $(ARGS)
+
+test: setup
+	TQDM_DISABLE=1 $(PY) -m pytest
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,85 @@
+"""Validated configuration dataclasses.
+
+Every stage is driven by a frozen dataclass.  ``from_dict`` rejects unknown keys
+(a typo in a notebook parameter or a CLI ``-p`` flag is an error, never a silent
+default) and every field is checked in ``__post_init__`` so a bad value fails at
+the boundary with a message that names the field and what would be valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T", bound="StrictConfig")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says what is valid."""
+
+
+def check_choice(field: str, value: Any, choices: "list[Any] | tuple[Any, ...]") -> None:
+    """Raise ``ConfigError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{field}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def check_range(field: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """Raise ``ConfigError`` unless ``low <= value <= high`` (either bound optional)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field}={value!r} must be a number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{field}={value!r} is out of range [{low}, {high}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class StrictConfig:
+    """Base class: frozen, serialisable, and strict about unknown keys."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+        """Build from a mapping; unknown keys raise ``ConfigError`` listing the valid ones."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(cls.field_names())}"
+            )
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: T, **changes: Any) -> T:
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown {type(self).__name__} key(s) {unknown}")
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
+        """A short stable hash of the config (for cache keys and skip-if-done checks)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_NAMESPACE_IGNORED = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def parameters_from_namespace(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The user variables of a notebook namespace (``globals()``): what the parameters cell
+    and papermill's injected cell defined.  Modules, functions, classes and private names are skipped."""
+    import types
+
+    out = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or name in _NAMESPACE_IGNORED:
+            continue
+        if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
+            continue
+        out[name] = value
+    return out

@@ -1,0 +1,237 @@
+"""Measure one exported variant on the five axes, through the one prediction interface.
+
+1. accuracy: top-1/top-5 on the test split, a bootstrap 95% interval, and the paired change
+   against a reference variant (bootstrap interval + McNemar), plus fidelity (agreement, KL);
+2. latency and FPS: batch 1, warm-up then repeated runs, median and p90, threads pinned;
+3. size: the package's bytes on disk and its zip-compressed download size, read from files;
+4. peak memory: the rise of the process's peak resident set while loading the package and
+   running one prediction (Linux: ``/proc/self/clear_refs`` resets the peak first);
+5. energy: only where a counter is readable (Linux RAPL); otherwise ``None`` with the reason.
+
+Every figure says what produced it: on Linux latency and memory are those of the
+playbook's reference executor on this CPU, *not* of Apple's Core ML runtime on a device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from playbook.config import StrictConfig, check_choice, check_range
+from playbook.coreml import COMPUTE_UNITS, RUNTIMES, load_runtime, package_info, package_inputs, predict_split
+from playbook.data import Dataset
+from playbook.env import environment
+from playbook.metrics import classification_metrics, compare_paired, fidelity
+
+RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig(StrictConfig):
+    """How variants are measured.
+
+    Attributes:
+        runtime: ``auto`` (Core ML on macOS, reference executor elsewhere), ``coreml`` or ``reference``.
+        compute_units: Core ML compute units on macOS (``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``).
+        latency_warmup: untimed runs before timing.
+        latency_repeats: timed batch-1 runs (median and p90 are reported).
+        threads: torch CPU threads while timing (pinned and recorded).
+        bootstrap_resamples: resamples for the 95% intervals.
+        batch_size: images per call when scoring the test split.
+    """
+
+    runtime: str = "auto"
+    compute_units: str = "ALL"
+    latency_warmup: int = 10
+    latency_repeats: int = 50
+    threads: int = 1
+    bootstrap_resamples: int = 2000
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
+        check_range("latency_warmup", self.latency_warmup, 0)
+        check_range("latency_repeats", self.latency_repeats, 1)
+        check_range("threads", self.threads, 1)
+        check_range("bootstrap_resamples", self.bootstrap_resamples, 100)
+        check_range("batch_size", self.batch_size, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The variant others are compared with: its scores and per-image correctness on the test split."""
+
+    name: str
+    scores: np.ndarray
+    correct: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    batch: int
+    warmup: int
+    repeats: int
+    threads: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 * self.batch / self.median_ms if self.median_ms > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "fps": self.fps}
+
+
+def time_latency(run: Any, warmup: int, repeats: int, threads: int, batch: int = 1) -> Latency:
+    """Warm up, then time ``run()`` ``repeats`` times with torch threads pinned; median and p90."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous)
+    return Latency(float(np.median(times)), float(np.percentile(times, 90)), batch, warmup, repeats, threads)
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(load_and_run: Any) -> tuple[float | None, str]:
+    """Peak resident-set rise (MB) while ``load_and_run()`` executes, and how it was measured."""
+    clear = Path("/proc/self/clear_refs")
+    if platform.system() != "Linux" or not clear.exists():
+        load_and_run()
+        return None, "peak memory not measured: needs Linux /proc (use Instruments on macOS)"
+    try:
+        clear.write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        load_and_run()
+        return None, "peak memory not measured: /proc/self/clear_refs is not writable"
+    before = _proc_status_kb("VmRSS") or 0
+    load_and_run()
+    peak = _proc_status_kb("VmHWM") or 0
+    return max(peak - before, 0) / 1024.0, "rise of peak RSS (VmHWM - VmRSS before) while loading and predicting once"
+
+
+def read_energy_uj() -> int | None:
+    """The CPU package energy counter (RAPL, microjoules) where readable, else ``None``."""
+    try:
+        return int(RAPL_ENERGY.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _accuracy_ci(correct: np.ndarray, resamples: int) -> tuple[float, float]:
+    if len(correct) < 2 or correct.all() or not correct.any():
+        value = 100.0 * float(correct.mean()) if len(correct) else float("nan")
+        return value, value
+    res = stats.bootstrap((correct.astype(np.float64),), np.mean, confidence_level=0.95, n_resamples=resamples,
+                          method="percentile", random_state=np.random.default_rng(0), vectorized=True)
+    return 100.0 * float(res.confidence_interval.low), 100.0 * float(res.confidence_interval.high)
+
+
+def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConfig,
+                    reference: Reference | None = None, description: str = "",
+                    extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """All five axes for one saved package; returns the JSON-ready record and the test scores.
+
+    ``reference`` (usually the FP32 baseline package) gives the paired change in top-1
+    and the fidelity figures; without it those fields are ``None``.
+    """
+    start = time.perf_counter()
+    info = package_info(Path(package))
+    scores, provenance = predict_split(Path(package), dataset, dataset.test, cfg.runtime, cfg.compute_units,
+                                       batch_size=cfg.batch_size)
+    metrics = classification_metrics(scores, dataset.test.labels, dataset.class_names)
+    correct = np.asarray(metrics.correct, dtype=bool)
+    ci_low, ci_high = _accuracy_ci(correct, cfg.bootstrap_resamples)
+
+    runtime_holder: dict[str, Any] = {}
+    sample = dataset.test.images[:1]
+    kind = info.inputs[0]["type"]
+
+    def load_and_run() -> None:
+        runtime_holder["rt"] = load_runtime(Path(package), cfg.runtime, cfg.compute_units)
+        runtime_holder["inputs"] = package_inputs(kind, dataset, sample)
+        runtime_holder["rt"].predict(runtime_holder["inputs"])
+
+    memory_mb, memory_note = peak_memory_mb(load_and_run)
+    rt, inputs = runtime_holder["rt"], runtime_holder["inputs"]
+    energy_before = read_energy_uj()
+    latency = time_latency(lambda: rt.predict(inputs), cfg.latency_warmup, cfg.latency_repeats, cfg.threads)
+    energy_after = read_energy_uj()
+    if energy_before is not None and energy_after is not None and energy_after >= energy_before:
+        energy_mj = (energy_after - energy_before) / 1000.0 / cfg.latency_repeats
+        energy_note = "CPU package energy (RAPL) per batch-1 prediction, whole package incl. other processes"
+    else:
+        energy_mj = None
+        energy_note = ("not measured: no readable energy counter on this platform (Linux RAPL absent or "
+                       "restricted); on macOS use powermetrics or Xcode's energy gauges on the device")
+
+    vs_reference = fid = None
+    if reference is not None:
+        vs_reference = compare_paired(reference.correct, correct, resamples=cfg.bootstrap_resamples).to_dict()
+        fid = fidelity(reference.scores, scores).to_dict()
+    where = provenance.to_dict()
+    record = {
+        "name": name,
+        "description": description,
+        "package": str(Path(package).resolve()),
+        "size_bytes": info.size_bytes,
+        "size_mb": info.size_mb,
+        "zip_mb": info.zip_mb,
+        "top1": metrics.top1,
+        "top5": metrics.top5,
+        "top1_ci": [ci_low, ci_high],
+        "n_test": metrics.n,
+        "reference": reference.name if reference else None,
+        "vs_reference": vs_reference,
+        "fidelity": fid,
+        "latency_ms": latency.median_ms,
+        "latency_p90_ms": latency.p90_ms,
+        "fps": latency.fps,
+        "latency": latency.to_dict(),
+        "peak_memory_mb": memory_mb,
+        "energy_mj": energy_mj,
+        "op_histogram": info.op_histogram,
+        "provenance": {
+            "accuracy": {**where, "measured": True},
+            "latency": {**where, "measured": True, "what": f"batch-1 predict, {cfg.threads} torch thread(s)"
+                        if where["runtime"] == "reference" else f"batch-1 predict, compute units {cfg.compute_units}"},
+            "size": {"measured": True, "what": "bytes of the .mlpackage files; DEFLATE zip for download size"},
+            "memory": {"measured": memory_mb is not None, "what": memory_note, "runtime": where["runtime"]},
+            "energy": {"measured": energy_mj is not None, "what": energy_note},
+            "environment": environment(compute_unit=cfg.compute_units if where["runtime"] == "coreml" else None,
+                                       runtime=where["runtime"]),
+        },
+        "measure_seconds": None,
+        **(extra or {}),
+    }
+    record["measure_seconds"] = time.perf_counter() - start
+    return record, scores
+
+
+def reference_from(record: dict[str, Any], scores: np.ndarray, dataset: Dataset) -> Reference:
+    """A ``Reference`` from a measured variant (its name, test scores and per-image correctness)."""
+    return Reference(record["name"], scores, scores.argmax(1) == dataset.test.labels)

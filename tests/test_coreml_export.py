@@ -1,0 +1,70 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+import coremltools as ct  # noqa: E402
+
+from playbook.config import ConfigError  # noqa: E402
+from playbook.coreml import ExportConfig, export_model, package_info, safe_package_path  # noqa: E402
+from playbook.models import create_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    import torch
+
+    torch.manual_seed(0)
+    return create_model("mobilenetv2", 10, 1, width=8).eval()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_export_declares_fp32_io_and_records_size(tmp_path, digits, small_model, precision):
+    result = export_model(small_model, digits, ExportConfig(precision=precision), tmp_path, precision)
+    assert result.path == tmp_path / f"{precision}.mlpackage"
+    mlmodel = ct.models.MLModel(str(result.path), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    fp32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    assert [f.type.multiArrayType.dataType for f in spec.description.input] == [fp32]
+    assert [f.type.multiArrayType.dataType for f in spec.description.output] == [fp32]
+    files = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file())
+    assert result.package.size_bytes == files and 0 < result.package.zip_bytes
+    assert result.package.op_histogram.get("conv", 0) >= 8
+    # FP16 programs cast the FP32 input down and the output back up.
+    assert ("cast" in result.package.op_histogram) == (precision == "fp16")
+    assert mlmodel.author == "coreml-playbook" and json.loads(mlmodel.user_defined_metadata["playbook.classes"])[0] == "0"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]  # no temp folder left
+
+
+def test_fp16_weights_make_the_package_about_half_the_size(tmp_path, digits):
+    model = create_model("resnet", 10, 1, width=16).eval()
+    sizes = {p: export_model(model, digits, ExportConfig(precision=p), tmp_path, p).package.size_bytes
+             for p in ("fp32", "fp16")}
+    assert 0.4 < sizes["fp16"] / sizes["fp32"] < 0.6
+
+
+def test_image_input_and_classifier_outputs(tmp_path, digits, small_model):
+    cfg = ExportConfig(input_kind="image", classifier=True, minimum_deployment_target="iOS16")
+    info = export_model(small_model, digits, cfg, tmp_path, "clf").package
+    assert info.inputs[0]["type"] == "imageType" and info.inputs[0]["color_space"] == "GRAYSCALE"
+    assert {o["type"] for o in info.outputs} == {"stringType", "dictionaryType"}
+    assert "classLabel" in {o["name"] for o in info.outputs}
+    assert info.specification_version == 7  # iOS16
+
+
+def test_export_never_writes_outside_the_given_folder(tmp_path, digits, small_model):
+    for bad in ("../escape", "a/b", "..", ""):
+        with pytest.raises(ConfigError, match="plain file name"):
+            safe_package_path(tmp_path, bad)
+    with pytest.raises(ConfigError, match="minimum_deployment_target='iOS9'"):
+        ExportConfig(minimum_deployment_target="iOS9")
+
+
+def test_package_info_reads_a_saved_package(tmp_path, digits, small_model):
+    path = export_model(small_model, digits, ExportConfig(precision="fp32"), tmp_path, "m").path
+    info = package_info(path)
+    assert info.inputs[0]["shape"] == [1, 1, 8, 8] and info.outputs[0]["name"] == "logits"
+    assert info.size_mb == pytest.approx(info.size_bytes / 1e6)
+    assert np.isclose(info.size_bytes, sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))

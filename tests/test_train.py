@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from playbook.train import (CheckpointError, ModelConfig, TrainConfig, cache_key, evaluate, load_checkpoint,
+                            train_or_load)
+
+
+def test_training_learns_digits_and_is_cached(digits, isolated):
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    model, first = train_or_load(ModelConfig("resnet", {"width": 8}), digits, cfg, progress=False)
+    assert not first.from_cache and len(first.history) == 3
+    metrics = evaluate(model, digits, digits.test)
+    assert metrics.top1 > 80.0  # chance is 10%
+    assert metrics.top5 >= metrics.top1
+    assert sum(map(sum, metrics.confusion)) == len(digits.test)
+    again, second = train_or_load(ModelConfig("resnet", {"width": 8}), digits, cfg, progress=False)
+    assert second.from_cache and second.checkpoint == first.checkpoint
+    x = digits.to_tensor(digits.test.images[:8])
+    assert torch.equal(model(x), again(x))
+
+
+def test_cache_key_depends_on_config(digits):
+    m = ModelConfig("resnet", {"width": 8})
+    assert cache_key(m, digits, TrainConfig(epochs=1)) != cache_key(m, digits, TrainConfig(epochs=2))
+    assert cache_key(m, digits, TrainConfig(device="cpu")) == cache_key(m, digits, TrainConfig(device="auto"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, digits):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="corrupt or not a weights-only torch file"):
+        train_or_load(ModelConfig("resnet", {"width": 8}), digits, TrainConfig(epochs=0), checkpoint=str(bad))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {"nope": torch.zeros(1)}}, wrong)
+    from playbook.models import create_model
+
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_checkpoint(create_model("resnet", 10, 1, width=8), wrong)
+
+
+def test_invalid_train_config_names_the_field():
+    from playbook.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"device='tpu' is not valid; choose one of"):
+        TrainConfig(device="tpu")
