@@ -236,3 +236,14 @@ def load_baseline(model: str, reports_dir: str | Path | None = None, smoke: bool
     return LoadedBaseline(record, dataset, net.eval(), fp32, Reference("baseline-fp32", scores,
                                                                         scores.argmax(1) == dataset.test.labels),
                           model_dir)
+
+
+def run_baseline(cfg: BaselineConfig, progress: bool = False) -> BaselineResult:
+    """The whole stage without the notebook (scripts, tests): the same steps in the same order."""
+    dataset = prepare(cfg)
+    model, training = train_baseline(cfg, dataset, progress=progress)
+    pytorch = evaluate(model, dataset, dataset.test)
+    exports = export_baseline(model, dataset, cfg)
+    parity = parity_checks(model, dataset, exports, cfg)
+    variants, _ = measure_baseline(dataset, exports, cfg)
+    return write_baseline(cfg, dataset, pytorch, training, exports, parity, variants)

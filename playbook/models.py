@@ -134,7 +134,7 @@ class Classifier(nn.Module):
 
 
 # --------------------------------------------------------------------------- factories
-def resnet(num_classes: int, in_channels: int, width: int = 32, depth: int = 1) -> nn.Module:
+def resnet(num_classes: int, in_channels: int, width: int = 24, depth: int = 1) -> nn.Module:
     """ResNet-style teacher: 3x3 stem, three stride-2 stages (w, 2w, 4w) of ``depth`` basic blocks."""
     stem = nn.Sequential(*_conv_bn(in_channels, width), nn.ReLU(inplace=True))
     stages, c = [], width

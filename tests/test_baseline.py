@@ -1,0 +1,87 @@
+"""Stage 01 end to end on digits, and the bad inputs a user will try."""
+import json
+
+import pytest
+
+from playbook.baseline import BaselineConfig, load_baseline, run_baseline
+from playbook.config import ConfigError
+from playbook.data import DatasetError
+from playbook.models import ModelError
+from playbook.notebooks import NOTEBOOKS_DIR, check_parameters
+from playbook.train import CheckpointError
+
+SMALL = {"dataset": "digits", "model_options": {"width": 8}, "epochs": 2, "lr": 0.05}
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baseline")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        cfg = BaselineConfig(**SMALL, reports_dir=str(root / "reports"), smoke=True)
+        yield cfg, run_baseline(cfg)
+
+
+def test_baseline_writes_a_complete_record(baseline_run):
+    cfg, result = baseline_run
+    record = json.loads(result.path.read_text())
+    assert record["stage"] == "baseline" and record["model"] == "resnet"
+    assert {v["name"] for v in record["variants"]} == {"baseline-fp32", "baseline-fp16"}
+    fp32, fp16 = record["variants"]
+    # FP16 halves the weights; the fixed package overhead (spec, manifest) keeps a tiny model above half.
+    weights = {v["name"]: (result.path.parent / "baseline" / f"{v['name'][-4:]}.mlpackage" / "Data" / "com.apple.CoreML"
+                           / "weights" / "weight.bin").stat().st_size for v in record["variants"]}
+    assert 0.45 < weights["baseline-fp16"] / weights["baseline-fp32"] < 0.55
+    assert fp32["size_mb"] > fp16["size_mb"]
+    assert fp32["top1_ci"][0] <= fp32["top1"] <= fp32["top1_ci"][1]
+    assert record["parity"]["fp32"]["passed"] and record["parity"]["fp32"]["max_rel_error"] <= 1e-5
+    assert record["parity"]["fp16"]["passed"]
+    assert fp16["provenance"]["accuracy"]["runtime"] in ("reference", "coreml")
+    assert record["environment"]["versions"]["coremltools"] == "9.0"
+    assert "--smoke" in record["reproduce"] and "--dataset digits" in record["reproduce"]
+    # Accuracy through the package equals PyTorch's within the FP32 parity tolerance.
+    assert abs(fp32["top1"] - record["pytorch"]["top1"]) < 0.5
+
+
+def test_load_baseline_reuses_checkpoint_and_reference(baseline_run):
+    cfg, result = baseline_run
+    loaded = load_baseline(cfg.model, cfg.reports_dir, smoke=True)
+    assert loaded.reference.correct.mean() * 100 == pytest.approx(result.record["variants"][0]["top1"])
+    with pytest.raises(ConfigError, match="smoke=True"):
+        load_baseline(cfg.model, cfg.reports_dir, smoke=False)
+
+
+@pytest.mark.parametrize("changes, error, message", [
+    ({"model": "resnet9000"}, ModelError, "unknown model 'resnet9000'; valid models are"),
+    ({"dataset": "cifar"}, DatasetError, "unknown dataset 'cifar'"),
+    ({"dataset": "fashion-mnist", "data_dir": "/nonexistent/fmnist"}, DatasetError, "apt-get install"),
+    ({"checkpoint": "CORRUPT"}, CheckpointError, "corrupt"),
+    ({"precision": "int3"}, ConfigError, "precision='int3' is not valid"),
+])
+def test_bad_inputs_fail_clearly_and_write_no_report(tmp_path, monkeypatch, changes, error, message):
+    monkeypatch.setenv("PLAYBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    if changes.get("checkpoint") == "CORRUPT":
+        (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+        changes = {**changes, "checkpoint": str(tmp_path / "bad.pt")}
+    with pytest.raises(error, match=message):
+        run_baseline(BaselineConfig(**{**SMALL, **changes, "reports_dir": str(tmp_path / "reports")}, smoke=True))
+    assert not list((tmp_path / "reports").rglob("*.json")) and not list((tmp_path / "reports").rglob("*.mlpackage"))
+
+
+def test_unknown_parameter_is_an_error_in_the_notebook_and_before_papermill():
+    with pytest.raises(ConfigError, match=r"unknown BaselineConfig key\(s\) \['epoch'\]"):
+        BaselineConfig.from_namespace({"model": "resnet", "epoch": 3})
+    with pytest.raises(ConfigError, match=r"01_baseline.ipynb has no parameter\(s\) \['epoch'\]"):
+        check_parameters(NOTEBOOKS_DIR / "01_baseline.ipynb", {"epoch": 3})
+
+
+def test_notebook_parameters_match_the_config():
+    from playbook.notebooks import notebook_parameters
+
+    declared = notebook_parameters(NOTEBOOKS_DIR / "01_baseline.ipynb")
+    assert sorted(declared) == sorted(BaselineConfig.field_names())
+    defaults = BaselineConfig()
+    for name, info in declared.items():
+        import ast
+
+        assert ast.literal_eval(info["default"]) == getattr(defaults, name), name
