@@ -160,7 +160,7 @@ def read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != expected:
         raise DatasetError(f"{path} is truncated: header says {dims} ({expected} bytes), found {data.size}")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # frombuffer is read-only; torch wants writable memory
 
 
 def fashion_mnist_dir(data_dir: str | None) -> Path:

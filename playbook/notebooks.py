@@ -37,19 +37,34 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
         raise ConfigError(f"{Path(path).name} has no parameter(s) {unknown}; its parameters are {sorted(declared)}")
 
 
+def kernel_environment() -> None:
+    """Let notebook kernels import ``playbook`` from this checkout whether or not it is pip-installed
+    (the kernel inherits ``os.environ``; its working folder is not the repository root)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in current:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *current])
+
+
 def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool = False,
-            log_output: bool = False) -> Path:
-    """Run (or, with ``prepare_only``, just parameterise) a notebook with papermill after checking its parameters."""
+            log_output: bool = False, cwd: Path | str | None = None, stdout_file: Any = None,
+            stderr_file: Any = None) -> Path:
+    """Run (or, with ``prepare_only``, just parameterise) a notebook with papermill after checking its parameters.
+
+    ``cwd`` is the kernel's working folder (default: the notebook's folder); ``stdout_file`` and
+    ``stderr_file`` (open text files) receive what the cells print, as they print it.
+    """
     import papermill
 
     check_parameters(path, params)
+    kernel_environment()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    env_cwd = Path(path).resolve().parent
+    env_cwd = Path(cwd) if cwd is not None else Path(path).resolve().parent
     os.environ.setdefault("TQDM_MININTERVAL", "5")
     papermill.execute_notebook(str(path), str(output), parameters=params, cwd=str(env_cwd),
                                prepare_only=prepare_only, log_output=log_output, progress_bar=False,
-                               kernel_name="python3")
+                               kernel_name="python3", stdout_file=stdout_file, stderr_file=stderr_file)
     return output
 
 
@@ -70,7 +85,7 @@ def prepare_smoke_notebooks(out_dir: Path, reports_dir: Path, notebooks_dir: Pat
 
 # --------------------------------------------------------------------------- stages, stamps, skip-if-done
 def stage_name(path_or_stem: Path | str) -> str:
-    """``01_baseline.ipynb`` -> ``baseline``: the name of the JSON record the stage writes (``06_report`` -> ``report``)."""
+    """``01_baseline.ipynb`` -> ``baseline``: the name of the record the stage writes (``06_report`` -> ``report``)."""
     stem = Path(path_or_stem).stem if str(path_or_stem).endswith(".ipynb") else str(path_or_stem)
     return stem.split("_", 1)[1] if "_" in stem else stem
 

@@ -79,6 +79,7 @@ def write_json(path: Path, payload: Any) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(_jsonable(payload), fh, indent=2, sort_keys=False)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; records are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ dicts loaded with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -107,15 +108,24 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache" / "checkpoints"
 
 
-def cache_key(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConfig) -> str:
-    """Checkpoint name: model, data (name, sizes, input shape) and training config (device-agnostic)."""
+def architecture_signature(model: nn.Module) -> list[tuple[str, list[int]]]:
+    """Names and shapes of the state dict: changes whenever the architecture (or a default knob) does."""
+    return [(name, list(t.shape)) for name, t in model.state_dict().items()]
+
+
+def cache_key(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConfig,
+              architecture: list[tuple[str, list[int]]] | None = None) -> str:
+    """Checkpoint name: model (config and architecture), data (name, sizes, input shape) and training config.
+
+    The device and thread count are left out: the same training on CPU or GPU shares a key.
+    """
     data_id = {"name": dataset.name, "train": len(dataset.train), "shape": list(dataset.input_shape),
                "classes": dataset.num_classes, "mean": dataset.mean}
-    blob = json.dumps({"model": model_cfg.to_dict(), "data": data_id,
+    if architecture is None:
+        architecture = architecture_signature(build_model(model_cfg, dataset))
+    blob = json.dumps({"model": model_cfg.to_dict(), "architecture": architecture, "data": data_id,
                        "train": {k: v for k, v in train_cfg.to_dict().items() if k not in ("device", "threads")}},
                       sort_keys=True, default=str)
-    import hashlib
-
     return f"{model_cfg.name.replace(':', '_').replace('/', '_')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -249,7 +259,8 @@ def train_or_load(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConf
         start = time.perf_counter()
         load_checkpoint(model, Path(checkpoint))
         return model.eval(), TrainResult(str(checkpoint), True, time.perf_counter() - start, "cpu", n_params, ())
-    path = (cache_dir or default_cache_dir()) / f"{cache_key(model_cfg, dataset, train_cfg)}.pt"
+    key = cache_key(model_cfg, dataset, train_cfg, architecture_signature(model))
+    path = (cache_dir or default_cache_dir()) / f"{key}.pt"
     if path.exists():
         start = time.perf_counter()
         meta = load_checkpoint(model, path)

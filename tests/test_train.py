@@ -43,3 +43,13 @@ def test_invalid_train_config_names_the_field():
 
     with pytest.raises(ConfigError, match=r"device='tpu' is not valid; choose one of"):
         TrainConfig(device="tpu")
+
+
+def test_cache_key_changes_when_the_architecture_changes(digits):
+    from playbook.train import architecture_signature, build_model
+
+    m, t = ModelConfig("resnet", {"width": 8}), TrainConfig(epochs=1)
+    narrow = architecture_signature(build_model(m, digits))
+    wide = architecture_signature(build_model(ModelConfig("resnet", {"width": 12}), digits))
+    assert cache_key(m, digits, t, narrow) != cache_key(m, digits, t, wide)
+    assert cache_key(m, digits, t) == cache_key(m, digits, t, narrow)

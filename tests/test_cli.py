@@ -1,0 +1,322 @@
+"""The ``playbook`` command: argument checks before anything runs, skip-if-done, failure pages, batch runs.
+
+The fast tests drive ``playbook run`` over two tiny stand-in notebooks (``--notebooks-dir``); the
+slow ones run the real notebooks on digits in smoke mode, as a user would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from playbook import cli, report
+from playbook.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- parsing
+def test_values_are_python_literals_with_a_string_fallback():
+    assert cli.parse_assignments(["epochs=3", "lr=0.05", "augment=True", "model_options={'width': 16}",
+                                  "data_dir=/tmp/x", "precision=fp16", "note=a=b"], "-p") == {
+        "epochs": 3, "lr": 0.05, "augment": True, "model_options": {"width": 16}, "data_dir": "/tmp/x",
+        "precision": "fp16", "note": "a=b"}
+    assert cli.budget_parameters({"top1_drop": 0.5, "max_size_mb": 1}) == {"max_top1_drop": 0.5, "max_size_mb": 1}
+    for bad in (["epochs"], ["=3"], ["two words=1"], ["a=1", "a=2"]):
+        with pytest.raises(ConfigError):
+            cli.parse_assignments(bad, "-p")
+
+
+def test_batch_file_validation(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(textwrap.dedent("""\
+        defaults: {dataset: digits, smoke: true, params: {epochs: 1}, budget: {top1_drop: 2}}
+        models:
+          - resnet
+          - {model: squeezenet, params: {lr: 0.05}, budget: {size_mb: 1}}
+        """))
+    entries = cli.load_batch(good)
+    assert entries[1] == {"model": "squeezenet", "dataset": "digits", "smoke": True,
+                          "params": {"epochs": 1, "lr": 0.05}, "budget": {"top1_drop": 2, "size_mb": 1}}
+    for text, message in [("models: []", "non-empty list"), ("- {model: resnet, epochs: 3}", "unknown key"),
+                          ("- resnet\n- resnet", "more than once"), ("defaults: {model: x}\nmodels: [resnet]",
+                                                                      "unknown defaults key"),
+                          ("- {model: resnet, params: [1]}", "mapping"), ("a: [", "not valid YAML")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            cli.load_batch(path)
+
+
+# --------------------------------------------------------------------------- errors before anything runs
+def test_unknown_parameter_is_rejected_before_any_notebook_runs(tmp_path):
+    reports = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "playbook", "run", "--model", "resnet", "--dataset", "digits",
+                           "--smoke", "-p", "epochz=3", "--reports-dir", str(reports)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "epochz" in proc.stderr and "epochs" in proc.stderr and "nothing was run" in proc.stderr
+    assert not reports.exists() or not any(reports.rglob("*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet9000"], "valid models are"),
+    (["--model", "resnet", "--budget", "size=1"], "budget(s) ['size']"),
+    (["--model", "resnet", "-p", "dataset=digits"], "use --model, --dataset"),
+    (["--model", "resnet", "-p", "epochs=three"], "declares epochs as int"),
+    (["--model", "resnet", "--stages", "09"], "no stage notebook matches '09'"),
+    (["--model", "no/such/file.py:make"], "does not exist"),
+])
+def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(tmp_path, capsys, argv, message):
+    reports = tmp_path / "reports"
+    assert cli.main(["run", *argv, "--reports-dir", str(reports)]) == 2
+    assert message in capsys.readouterr().err
+    assert not reports.exists() or not any(reports.rglob("*"))
+
+
+# --------------------------------------------------------------------------- fast runner tests
+FAKE_01 = """\
+model: str = "resnet"  # model
+value: int = 1  # changes the record
+fail: bool = False  # raise in the second cell
+smoke: bool = False  # smoke mode
+reports_dir: str = ""  # reports folder
+"""
+FAKE_01_BODY = """\
+from playbook.records import report_dir, write_stage_record
+print("stage one says hello")
+if fail:
+    raise RuntimeError("stage failed on purpose")
+write_stage_record(report_dir(model, reports_dir or None), "baseline", {"model": model, "config": {"value": value,
+                   "smoke": smoke}, "environment": {}, "reproduce": "", "variants": []})
+"""
+FAKE_06 = """\
+model: str = "resnet"  # model
+max_top1_drop: float = 1.0  # budget
+smoke: bool = False  # smoke mode
+reports_dir: str = ""  # reports folder
+"""
+FAKE_06_BODY = """\
+from playbook.records import read_json, report_dir, write_json
+d = report_dir(model, reports_dir or None)
+value = read_json(d / "baseline.json")["config"]["value"]
+write_json(d / "report.json", {"model": model, "recommended": {"name": f"v{value}", "top1": 50.0, "size_mb": 1.0}})
+print(f"REPORT value={value} budget={max_top1_drop}")
+"""
+
+
+def _notebook(path: Path, params: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell(body)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture()
+def fake(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "01_baseline.ipynb", FAKE_01, FAKE_01_BODY)
+    _notebook(nbs / "06_report.ipynb", FAKE_06, FAKE_06_BODY)
+    monkeypatch.setenv("PLAYBOOK_HEARTBEAT_S", "0")
+    reports = tmp_path / "reports"
+
+    def run(*args: str) -> tuple[int, str]:
+        rc = cli.main(["run", "--model", "resnet", "--reports-dir", str(reports), "--notebooks-dir", str(nbs), *args])
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err
+
+    return run, reports / "resnet"
+
+
+def test_run_skips_up_to_date_stages_and_reruns_what_changed(fake):
+    run, model_dir = fake
+    rc, out = run()
+    assert rc == 0, out
+    html = model_dir / "report.html"
+    assert "01_baseline: done" in out and "06_report: done" in out
+    assert "REPORT value=1 budget=1.0" in html.read_text() and report.offline_problems(html.read_text()) == []
+    assert (model_dir / "notebooks" / "01_baseline.ipynb").exists() and (model_dir / "baseline.stamp.json").exists()
+    assert json.loads((model_dir / "run.json").read_text())["status"] == "ok"
+    assert not (model_dir / ".run-tmp").exists()
+    first = html.stat().st_mtime_ns
+
+    rc, out = run()
+    assert rc == 0 and out.count("up to date, skipped") == 2 and html.stat().st_mtime_ns == first
+
+    rc, out = run("--stages", "06", "--budget", "top1_drop=0.5")  # only the report's parameters changed
+    assert rc == 0 and "01_baseline" not in out.split("stages", 1)[1].split("\n", 1)[0]
+    assert "REPORT value=1 budget=0.5" in html.read_text()
+
+    rc, out = run("-p", "value=2", "--budget", "top1_drop=0.5")  # the baseline changed: the report follows
+    assert rc == 0 and "01_baseline: done" in out and "06_report: done" in out
+    assert "REPORT value=2" in html.read_text()
+
+    rc, out = run("-p", "value=3", "--stages", "01")  # new records, report not selected: no stale report left
+    assert rc == 0 and "no report rendered" in out and not html.exists()
+
+    rc, out = run("-p", "value=3", "--budget", "top1_drop=0.5", "--force", "--verbose")
+    assert rc == 0 and "skipped" not in out and "stage one says hello" in out  # --verbose shows cell output
+    assert "REPORT value=3" in html.read_text()
+
+
+def test_a_failing_stage_leaves_a_failure_page_not_a_stale_report(fake):
+    run, model_dir = fake
+    assert run()[0] == 0
+    assert "REPORT value=1" in (model_dir / "report.html").read_text()
+    rc, out = run("-p", "fail=True")
+    assert rc == 1 and "FAILED in 01_baseline" in out
+    page = (model_dir / "report.html").read_text()
+    assert "REPORT value" not in page  # the old report is gone
+    assert "FAILED" in page and "stage failed on purpose" in page and "stage one says hello" in page  # log tail
+    assert "notebooks/01_baseline.ipynb" in page
+    status = json.loads((model_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["failed_stage"] == "01_baseline"
+    assert not (model_dir / "report.stamp.json").exists() and not (model_dir / "baseline.stamp.json").exists()
+    index = (model_dir.parent / "index.html").read_text()
+    assert "FAILED in 01_baseline" in index
+    assert run()[0] == 0  # fixed: runs again and the report is back
+    assert "REPORT value=1" in (model_dir / "report.html").read_text()
+
+
+def test_a_second_run_of_the_same_model_is_refused_while_one_holds_the_lock(fake):
+    import fcntl
+
+    run, model_dir = fake
+    model_dir.mkdir(parents=True)
+    with open(model_dir / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, out = run()
+    assert rc == 1 and "another playbook run is using" in out
+    assert not (model_dir / "report.html").exists()
+
+
+def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys):
+    _, model_dir = fake
+    reports = model_dir.parent
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("- resnet\n- resnet9000\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {model: resnet, params: {valu: 2}}\n- squeezenet\n")
+    common = ["--reports-dir", str(reports), "--notebooks-dir", str(tmp_path / "notebooks")]
+    assert cli.main(["batch", str(bad), *common]) == 2  # a misspelled parameter stops the whole batch up front
+    assert "'valu'" in capsys.readouterr().err and not reports.exists()
+
+    assert cli.main(["batch", str(batch), "--jobs", "2", *common]) == 1
+    out = capsys.readouterr().out
+    assert "[resnet9000] FAILED before running" in out and "/2 done: resnet ok" in out
+    assert "REPORT value=1" in (model_dir / "report.html").read_text()
+    page = (reports / "resnet9000" / "report.html").read_text()
+    assert "FAILED" in page and "valid models are" in page
+    index = (reports / "index.html").read_text()
+    assert 'href="resnet/report.html"' in index and 'href="resnet9000/report.html"' in index
+    assert "FAILED in validation" in index
+
+
+# --------------------------------------------------------------------------- the real notebooks
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    env = dict(os.environ, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="30",
+               PLAYBOOK_CACHE_DIR=str(tmp_path_factory.mktemp("checkpoints")))
+    env.pop("PLAYBOOK_REPORTS_DIR", None)
+    return env
+
+
+def _playbook(args: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "playbook", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _assert_complete_report(path: Path) -> str:
+    html = path.read_text()
+    assert "pb-summary" in html and ("Recommended:" in html or "No variant meets your budget" in html)
+    assert 'class="pb-table"' in html and "baseline-fp32" in html and "baseline-fp16" in html
+    assert report.embedded_images(html) >= 1
+    assert report.offline_problems(html) == []
+    assert "<script src=" not in html and 'src="http' not in html and 'href="http' not in html
+    assert "not measured" in html and "reference executor" in html  # provenance
+    assert "MLMultiArray(shape: [1, 1, 8, 8]" in html and "python -m playbook run --model" in html
+    return html
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory, cache_env):
+    """`playbook run --model resnet --dataset digits --smoke`: every stage notebook there is, as a user runs it."""
+    reports = tmp_path_factory.mktemp("run") / "reports"
+    start = time.monotonic()
+    proc = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
+                     cache_env)
+    return proc, reports, time.monotonic() - start
+
+
+def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache_env):
+    proc, reports, seconds = resnet_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seconds < 300
+    assert "[resnet] 01_baseline: running" in proc.stdout and "[resnet] 06_report: done in" in proc.stdout
+    html = _assert_complete_report(reports / "resnet" / "report.html")
+    assert "Smoke run" in html
+    index = (reports / "index.html").read_text()
+    assert 'href="resnet/report.html"' in index and "digits (smoke)" in index
+    summary = json.loads((reports / "resnet" / "report.json").read_text())
+    best = summary["recommended"] or summary["closest"]
+    assert best["name"] in html and best["package"].endswith(".mlpackage") and Path(best["package"]).exists()
+
+    again = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
+                      cache_env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("up to date, skipped") == len(list((REPO / "notebooks").glob("0*_*.ipynb")))
+    assert ": running" not in again.stdout
+
+
+def test_batch_isolates_a_failing_model(resnet_run, tmp_path, cache_env):
+    """Three models, one of them broken: two complete reports, one failure page, an index of all three.
+
+    The batch shares the reports folder of the run above, so resnet's baseline is up to date and only
+    its report is redone (the batch's budget differs): re-runs skip finished work across commands too.
+    """
+    _, reports, _ = resnet_run
+    broken = tmp_path / "broken_model.py"
+    broken.write_text("def broken(num_classes, in_channels):\n    raise RuntimeError('broken on purpose')\n")
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(textwrap.dedent(f"""\
+        defaults: {{dataset: digits, smoke: true, budget: {{top1_drop: 2.0}}}}
+        models:
+          - resnet
+          - {{model: squeezenet, params: {{lr: 0.05}}}}
+          - {broken}:broken
+        """))
+    proc = _playbook(["batch", str(batch), "--jobs", "2", "--stages", "01,06", "--reports-dir", str(reports)],
+                     cache_env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out  # one model failed
+    assert "[resnet] 01_baseline: up to date, skipped" in out and "[resnet] 06_report: running" in out
+    for model in ("resnet", "squeezenet"):
+        _assert_complete_report(reports / model / "report.html")
+        assert json.loads((reports / model / "run.json").read_text())["status"] == "ok"
+    failed_dir = next(d for d in reports.iterdir() if d.name.endswith("broken"))
+    page = (failed_dir / "report.html").read_text()
+    assert "FAILED" in page and "broken on purpose" in page and "Log tail" in page
+    assert report.offline_problems(page) == []
+    index = (reports / "index.html").read_text()
+    assert 'href="resnet/report.html"' in index and 'href="squeezenet/report.html"' in index
+    assert f'href="{failed_dir.name}/report.html"' in index and index.count("FAILED") == 1
+    assert "[squeezenet] 01_baseline: running" in out and "[batch] 3/3 done" in out
+
+
+def test_list_commands(capsys):
+    assert cli.main(["list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet" in out and "mobilenetv2" in out and "file.py:function" in out
+    assert cli.main(["list-params"]) == 0
+    out = capsys.readouterr().out
+    assert "01_baseline:" in out and "06_report:" in out
+    assert "[--budget top1_drop=]" in out and "[-p epochs=]" in out and "[--smoke]" in out
