@@ -13,11 +13,15 @@ operations, in the program's order, as PyTorch tensor ops on the CPU -- a whole 
     out = prog.predict({"x": images})              # images: (N, C, H, W) float32, any N
     ranges = prog.activation_ranges([batch1, batch2])   # {var_name: (min, max)}
 
-Batch: exported programs usually declare a fixed batch of 1.  The executor treats the leading
-dimension of every input as the batch and runs N images in one pass; ops whose parameters
-carry absolute sizes along that dimension (``reshape``, ``slice_by_index``, ``slice_by_size``,
-``squeeze`` without axes) are re-targeted to the runtime batch when the program keeps the
-batch dimension in place, and raise :class:`ProgramExecutionError` when it does not.
+Batch: exported programs usually declare a fixed batch of 1.  The executor runs N images in
+one pass anyway, treating the leading dimension of every input as the batch.  Most ops are
+batch-agnostic; the few whose parameters hold absolute sizes find the batch axis by comparing
+the runtime shape with the declared one (so a ``transpose`` may have moved it): ``reshape``
+gives the runtime batch to the target axis that carries the batch (same elements before and
+after it), ``slice_by_index``/``slice_by_size`` keep the whole batch, ``squeeze`` keeps it,
+``concat`` repeats constant parts along it.  A program that really mixes images of the batch
+(e.g. reshapes the batch into another axis) raises :class:`ProgramExecutionError`: run it with
+its declared batch size.  ``predict(..., batch_size=B)`` splits large inputs into chunks.
 
 Image inputs (``ct.ImageType``) take an ``(N, C, H, W)`` float array of pixel values, channels
 in the image's colour layout (``G``, ``RGB`` or ``BGR``), exactly the values the image would
@@ -207,9 +211,12 @@ def _round_fp16(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tensor(v: Any, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A tensor from a runtime value (Python scalars take ``like``'s dtype, else their own kind)."""
     if isinstance(v, torch.Tensor):
         return v
-    dtype = torch.float32 if isinstance(v, float) or like is None else like.dtype
+    if like is not None:
+        return torch.tensor(v, dtype=like.dtype)
+    dtype = torch.bool if isinstance(v, bool) else torch.int32 if isinstance(v, int) else torch.float32
     return torch.tensor(v, dtype=dtype)
 
 
@@ -344,7 +351,7 @@ def _batch_norm(n: Node, x, mean, variance, gamma=None, beta=None, epsilon=1e-5)
 
 
 def _instance_norm(n: Node, x, gamma=None, beta=None, epsilon=1e-5):
-    return F.instance_norm(x, None, None, gamma, beta, False, 0.0, float(epsilon))
+    return F.instance_norm(x, None, None, gamma, beta, True, 0.0, float(epsilon))
 
 
 def _layer_norm(n: Node, x, axes=None, gamma=None, beta=None, epsilon=1e-5):
@@ -394,40 +401,60 @@ def _prod(x, axes, keep):
     return x
 
 
-def _batched_target(n: Node, x: torch.Tensor, target: list[int], what: str) -> list[int]:
-    """Re-target a constant shape written for the program's declared batch to the runtime batch.
+def _batch_axis(n: Node, param: str, t: torch.Tensor) -> int | None:
+    """The axis along which the runtime tensor is longer/shorter than declared: the batch axis.
 
-    Allowed only where the program keeps dim 0 in place (declared input and output agree on it);
-    anything else would mix images of the batch, so it raises instead.
+    ``None`` when the tensor has its declared shape (flexible dims match anything).  The batch
+    need not be dim 0: a ``transpose`` may have moved it.
     """
-    declared = n.in_shape("x")
-    if not declared or not target or x.dim() == 0 or declared[0] is None or x.shape[0] == declared[0]:
-        return target
-    out_declared = n.output_types[0].shape
-    if out_declared and out_declared[0] == declared[0] and len(out_declared) == len(target):
-        return [x.shape[0]] + list(target[1:])
-    raise ProgramExecutionError(
-        f"{n.where}: {what} {target} does not keep the batch dimension (declared input shape "
-        f"{declared}, output {out_declared}), so a batch of {x.shape[0]} cannot run through it; "
-        f"run with batch size {declared[0]}"
-    )
+    declared = n.in_shape(param)
+    if declared is None or len(declared) != t.dim():
+        return None
+    diff = [i for i, d in enumerate(declared) if d is not None and t.shape[i] != d]
+    if not diff:
+        return None
+    if len(diff) > 1:
+        raise ProgramExecutionError(f"{n.where}: input {param!r} has shape {tuple(t.shape)} but the program "
+                                    f"declares {declared}; only one (batch) dimension may differ")
+    return diff[0]
 
 
 def _reshape(n: Node, x, shape):
     target = _ints(shape)
-    if len(target) == x.dim():  # 0 copies the input's dim
-        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
-    return x.reshape(_batched_target(n, x, target, "reshape to"))
+    declared = n.in_shape("x")
+    axis = _batch_axis(n, "x", x)
+    if axis is None:
+        if len(target) == x.dim():  # 0 copies the input's dim
+            target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return x.reshape(target)
+    # The program was written for the declared batch: find the output axis that carries the batch
+    # (same elements before and after it) and give it the runtime batch size.
+    if len(target) == len(declared):
+        target = [declared[i] if d == 0 else d for i, d in enumerate(target)]
+    if -1 in target:
+        k = target.index(-1)
+        target[k] = math.prod(declared) // math.prod(d for i, d in enumerate(target) if i != k)
+    before, after, b0 = math.prod(declared[:axis]), math.prod(declared[axis + 1:]), declared[axis]
+    candidates = [j for j in range(len(target)) if target[j] == b0 and math.prod(target[:j]) == before
+                  and math.prod(target[j + 1:]) == after]
+    if not candidates:
+        raise ProgramExecutionError(
+            f"{n.where}: reshape {declared} -> {_ints(shape)} merges or splits the batch dimension "
+            f"(axis {axis}), so a batch of {x.shape[axis]} cannot run through it; run with the declared batch size"
+        )
+    j = axis if axis in candidates else candidates[0]
+    target[j] = x.shape[axis]
+    return x.reshape(target)
 
 
 def _squeeze(n: Node, x, axes=None):
+    axis = _batch_axis(n, "x", x)
     if axes is None:
-        declared = n.in_shape("x")
-        dims = [i for i in range(x.dim()) if x.shape[i] == 1 and (declared is None or declared[i] == 1)]
+        dims = [i for i in range(x.dim()) if x.shape[i] == 1 and i != axis]
     else:
         dims = _axes(axes, x.dim())
-        if x.dim() and 0 in dims and x.shape[0] != 1:
-            raise ProgramExecutionError(f"{n.where}: squeezes the batch dimension; run with batch size 1")
+        if axis is not None and axis in dims:
+            raise ProgramExecutionError(f"{n.where}: squeezes the batch dimension; run with the declared batch size")
     for d in sorted(dims, reverse=True):
         x = x.squeeze(d)
     return x
@@ -446,11 +473,14 @@ def _slice_by_index(n: Node, x, begin, end, stride=None, begin_mask=None, end_ma
     stride = _ints(stride) or [1] * rank
     begin_mask, end_mask = _bools(begin_mask, rank), _bools(end_mask, rank)
     squeeze_mask = _bools(squeeze_mask, rank)
-    declared = n.in_shape("x")
-    if (declared and declared[0] is not None and x.shape[0] != declared[0] and not squeeze_mask[0]
-            and (begin_mask[0] or begin[0] == 0) and (end_mask[0] or end[0] == declared[0])
-            and stride[0] == 1):
-        end_mask[0] = True  # the program keeps the whole (declared) batch: keep the runtime batch
+    axis = _batch_axis(n, "x", x)
+    if axis is not None:  # the program must keep the whole (declared) batch: keep the runtime batch
+        d = n.in_shape("x")[axis]
+        whole = (not squeeze_mask[axis] and stride[axis] == 1
+                 and (begin_mask[axis] or begin[axis] in (0, -d)) and (end_mask[axis] or end[axis] >= d))
+        if not whole:
+            raise ProgramExecutionError(f"{n.where}: slices the batch dimension; run with the declared batch size")
+        begin_mask[axis] = end_mask[axis] = True
     index: list[Any] = []
     for i in range(rank):
         if squeeze_mask[i]:
@@ -485,17 +515,23 @@ def _slice_by_index(n: Node, x, begin, end, stride=None, begin_mask=None, end_ma
 
 def _slice_by_size(n: Node, x, begin, size):
     begin, size = _ints(begin), _ints(size)
-    declared = n.in_shape("x")
-    if declared and declared[0] is not None and x.shape[0] != declared[0] and begin[0] == 0 and size[0] == declared[0]:
-        size[0] = -1
+    axis = _batch_axis(n, "x", x)
+    if axis is not None:
+        if begin[axis] != 0 or size[axis] not in (-1, n.in_shape("x")[axis]):
+            raise ProgramExecutionError(f"{n.where}: slices the batch dimension; run with the declared batch size")
+        size[axis] = -1
     return x[tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size))]
 
 
 def _concat(n: Node, values, axis, interleave=False):
     values = [_tensor(v) for v in values]
-    if not interleave:
-        return torch.cat(values, dim=int(axis))
     axis = int(axis) % values[0].dim()
+    others = {tuple(v.shape[:axis]) + tuple(v.shape[axis + 1:]) for v in values}
+    if len(others) > 1:  # a constant part written for the declared batch: repeat it along the runtime batch
+        size = [max(v.shape[i] for v in values) for i in range(values[0].dim())]
+        values = [v.expand([-1 if i == axis else d for i, d in enumerate(size)]) for v in values]
+    if not interleave:
+        return torch.cat(values, dim=axis)
     stacked = torch.stack(values, dim=axis + 1)
     shape = list(values[0].shape)
     shape[axis] = -1
@@ -510,6 +546,8 @@ def _split(n: Node, x, axis, num_splits=None, split_sizes=None):
 
 def _pad(n: Node, x, pad, mode="constant", constant_val=0.0):
     p = _ints(pad)
+    while len(p) > 2 and p[0] == 0 and p[1] == 0:  # torch's reflect/replicate pad only the trailing dims
+        p = p[2:]
     torch_pad: list[int] = []
     for i in reversed(range(len(p) // 2)):
         torch_pad += [p[2 * i], p[2 * i + 1]]
@@ -605,23 +643,25 @@ def _resize_bilinear(n: Node, x, target_size_height=1, target_size_width=1, samp
     return _bilinear(x, grid(x.shape[-2], int(target_size_height)), grid(x.shape[-1], int(target_size_width)))
 
 
-def _nearest_index(n_in: int, n_out: int, scale: float) -> torch.Tensor:
-    return torch.clamp(torch.floor(torch.arange(n_out, dtype=torch.float64) / scale).long(), max=n_in - 1)
+def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source rows for nearest-neighbour resampling, scale recomputed from the sizes (as torch does)."""
+    src = torch.floor(torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)).long()
+    return torch.clamp(src, max=n_in - 1)
 
 
 def _upsample_nearest(n: Node, x, scale_factor_height=1, scale_factor_width=1):
+    # The output size is floor(size * scale); like upsample_bilinear, the sampling step is then
+    # recomputed from the sizes (the converter stores e.g. 6/16 as 0.3750063 so that the floor works).
     sh, sw = float(scale_factor_height), float(scale_factor_width)
     h_out, w_out = int(math.floor(x.shape[-2] * sh)), int(math.floor(x.shape[-1] * sw))
     if sh.is_integer() and sw.is_integer():
         return x.repeat_interleave(int(sh), dim=-2).repeat_interleave(int(sw), dim=-1)
-    x = x.index_select(-2, _nearest_index(x.shape[-2], h_out, sh))
-    return x.index_select(-1, _nearest_index(x.shape[-1], w_out, sw))
+    return _resize_nearest(n, x, h_out, w_out)
 
 
 def _resize_nearest(n: Node, x, target_size_height=1, target_size_width=1):
-    h, w = int(target_size_height), int(target_size_width)
-    x = x.index_select(-2, _nearest_index(x.shape[-2], h, h / x.shape[-2]))
-    return x.index_select(-1, _nearest_index(x.shape[-1], w, w / x.shape[-1]))
+    x = x.index_select(-2, _nearest_index(x.shape[-2], int(target_size_height)))
+    return x.index_select(-1, _nearest_index(x.shape[-1], int(target_size_width)))
 
 
 _GELU = {"EXACT": "none", "TANH_APPROXIMATION": "tanh"}
@@ -641,6 +681,7 @@ _TORCH_DTYPE = {
 
 
 def _cast(n: Node, x, dtype):
+    x = _tensor(x)
     if dtype == "bool":
         return x != 0
     return x.to(_TORCH_DTYPE[dtype])  # float->int truncates toward zero; fp16 rounding applied afterwards
@@ -726,6 +767,11 @@ def _range_1d(n: Node, end, start, step):
 
 def _select(n: Node, cond, a, b):
     return torch.where(_tensor(cond).bool(), _tensor(a), _tensor(b))
+
+
+def _crop(n: Node, x, crop_height, crop_width):
+    (top, bottom), (left, right) = _ints(crop_height), _ints(crop_width)
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
 
 def _flatten2d(n: Node, x, axis=1):
@@ -910,6 +956,7 @@ OPS: dict[str, OpFn] = {
     "upsample_bilinear": _upsample_bilinear,
     "resize_nearest_neighbor": _resize_nearest,
     "resize_bilinear": _resize_bilinear,
+    "crop": _crop,
     # --- activation quantisation (W8A8)
     "quantize": _quantize,
     "dequantize": _dequantize,
@@ -1030,7 +1077,8 @@ class ReferenceProgram:
     ``ct.models.MLModel``).  Attributes: ``inputs`` / ``outputs`` (lists of :class:`TensorSpec`),
     ``input_names``, ``output_names``, ``class_labels`` (classifiers, else ``None``),
     ``nodes`` (every non-const op as a :class:`Node`, program order), ``precision``
-    (``"fp32"``, ``"fp16"`` or ``"mixed"``: the float dtypes of the op outputs).
+    (``"fp32"``, ``"fp16"`` or ``"mixed"``: the float dtype(s) the ops produce, casts and
+    constexprs aside), ``function_name``, ``source``.
     """
 
     def __init__(self, program: Any, spec: Any = None, function_name: str | None = None,
@@ -1068,13 +1116,15 @@ class ReferenceProgram:
     @classmethod
     def from_model(cls, model: Any, function_name: str | None = None) -> "ReferenceProgram":
         """Build from an in-memory ``MLModel`` of type ML program (reads its weights directory)."""
-        ct = _quiet_coremltools()
+        _quiet_coremltools()
         from coremltools.converters.mil.frontend.milproto.load import load as _load_mil
 
         spec = model.get_spec()
+        if spec.WhichOneof("Type") != "mlProgram":
+            raise ValueError(f"the model is a {spec.WhichOneof('Type')!r} model; the reference executor "
+                             "runs ML programs only (convert with convert_to='mlprogram')")
         program = _load_mil(spec, specification_version=spec.specificationVersion,
                             file_weights_dir=str(model.weights_dir))
-        del ct
         return cls(program, spec, function_name, source="<MLModel>")
 
     def _check_supported(self, func: Any) -> None:
@@ -1089,52 +1139,64 @@ class ReferenceProgram:
                                      sorted({o.op_type for _, o in bad[1:]} - {op.op_type}))
 
     def _build(self, func: Any, spec: Any) -> None:
-        const_np: dict[str, Any] = {}  # var name -> NumPy/Python value (as stored in the program)
-        const_rt: dict[str, Any] = {}  # var name -> runtime value (torch / python)
-        slot_of: dict[str, int] = {}
-        var_types: dict[str, VarType] = {}
+        # Variables are keyed by identity, not by name: coremltools' MIL loader names the consts it
+        # makes for immediate values "const_<n>", which can repeat a name already in the program.
+        const_np: dict[int, Any] = {}  # var id -> NumPy/Python value (as stored in the program)
+        const_rt: dict[int, Any] = {}  # var id -> runtime value (torch / python)
+        slot_of: dict[int, int] = {}
+        var_types: dict[int, VarType] = {}
+        const_names: dict[str, list[int]] = {}
 
         self.inputs = self._input_specs(func, spec)
         for name, var in func.inputs.items():
-            slot_of[name] = len(slot_of)
-            var_types[name] = _var_type(var)
-        self._input_slots = {name: slot_of[name] for name in func.inputs}
-        self._input_types = {name: var_types[name] for name in func.inputs}
+            slot_of[id(var)] = len(slot_of)
+            var_types[id(var)] = _var_type(var)
+        self._input_slots = {name: slot_of[id(var)] for name, var in func.inputs.items()}
+        self._input_types = {name: var_types[id(var)] for name, var in func.inputs.items()}
 
-        def rt(name: str) -> Any:
-            if name not in const_rt:
-                const_rt[name] = _as_runtime(const_np[name])
-            return const_rt[name]
+        def is_const(var: Any) -> bool:
+            return id(var) in const_np or id(var) in const_rt
 
-        def np_value(name: str) -> Any:
-            if name not in const_np:
-                const_np[name] = _as_numpy(const_rt[name])
-            return const_np[name]
+        def rt(var: Any) -> Any:
+            key = id(var)
+            if key not in const_rt:
+                const_rt[key] = _as_runtime(const_np[key])
+            return const_rt[key]
+
+        def np_value(var: Any) -> Any:
+            key = id(var)
+            if key not in const_np:
+                const_np[key] = _as_numpy(const_rt[key])
+            return const_np[key]
 
         steps: list[_Step] = []
         self.nodes: list[Node] = []
+        self._node_consts: dict[tuple[int, str], int] = {}  # (op index, param) -> constant key
         for index, op in enumerate(func.operations):
             out_types = tuple(_var_type(v) for v in op.outputs)
             for v, t in zip(op.outputs, out_types):
-                var_types[v.name] = t
+                var_types[id(v)] = t
             if op.op_type == "const":
-                const_np[op.outputs[0].name] = op.outputs[0].val
+                const_np[id(op.outputs[0])] = op.outputs[0].val
+                const_names.setdefault(op.outputs[0].name, []).append(id(op.outputs[0]))
                 continue
-            in_names = {k: (tuple(x.name for x in v) if isinstance(v, (list, tuple)) else v.name)
-                        for k, v in op.inputs.items()}
-            in_types = {k: var_types.get(v[0] if isinstance(v, tuple) else v, VarType(None, "?"))
-                        for k, v in in_names.items() if not (isinstance(v, tuple) and not v)}
+            in_vars = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in op.inputs.items()}
+            in_names = {k: (tuple(x.name for x in v) if isinstance(v, tuple) else v.name) for k, v in in_vars.items()}
+            in_types = {k: var_types.get(id(v[0] if isinstance(v, tuple) else v), VarType(None, "?"))
+                        for k, v in in_vars.items() if not (isinstance(v, tuple) and not v)}
             node = Node(self.function_name, index, op.op_type, op.name, in_names,
                         tuple(v.name for v in op.outputs), in_types, out_types)
             self.nodes.append(node)
+            for k, v in in_vars.items():
+                if not isinstance(v, tuple) and is_const(v):
+                    self._node_consts[(index, k)] = id(v)
             fn = OPS[op.op_type]
-            is_const = lambda nm: nm in const_np or nm in const_rt  # noqa: E731
             all_const = all(all(is_const(x) for x in v) if isinstance(v, tuple) else is_const(v)
-                            for v in in_names.values())
+                            for v in in_vars.values())
             if all_const and op.op_type != "classify":  # fold at load time
                 numpy_in = getattr(fn, "numpy_inputs", False)
                 get = np_value if numpy_in else rt
-                kwargs = {k: ([get(x) for x in v] if isinstance(v, tuple) else get(v)) for k, v in in_names.items()}
+                kwargs = {k: ([get(x) for x in v] if isinstance(v, tuple) else get(v)) for k, v in in_vars.items()}
                 try:
                     with torch.inference_mode():
                         result = fn(node, **kwargs)
@@ -1144,35 +1206,37 @@ class ReferenceProgram:
                 results = result if isinstance(result, tuple) and len(op.outputs) > 1 else (result,)
                 for v, t, r in zip(op.outputs, out_types, results):
                     if numpy_in:
-                        const_np[v.name] = r
+                        const_np[id(v)] = r
                     else:
-                        const_rt[v.name] = _fixup(r, t.dtype)
+                        const_rt[id(v)] = _fixup(r, t.dtype)
+                    const_names.setdefault(v.name, []).append(id(v))
                 continue
             consts: dict[str, Any] = {}
             slots: list[tuple[str, int]] = []
             lists: list[tuple[str, tuple[tuple[bool, Any], ...]]] = []
-            for k, v in in_names.items():
+            for k, v in in_vars.items():
                 if isinstance(v, tuple):
-                    lists.append((k, tuple((True, slot_of[x]) if not is_const(x) else (False, rt(x)) for x in v)))
+                    lists.append((k, tuple((False, rt(x)) if is_const(x) else (True, slot_of[id(x)]) for x in v)))
                 elif is_const(v):
                     consts[k] = rt(v)
                 else:
-                    slots.append((k, slot_of[v]))
+                    slots.append((k, slot_of[id(v)]))
             out_slots = []
             for v in op.outputs:
-                slot_of[v.name] = len(slot_of)
-                out_slots.append(slot_of[v.name])
+                slot_of[id(v)] = len(slot_of)
+                out_slots.append(slot_of[id(v)])
             steps.append(_Step(node, fn, consts, tuple(slots), tuple(lists), tuple(out_slots),
                                tuple(t.dtype for t in out_types)))
 
         self._n_slots = len(slot_of)
         self._output_refs: list[tuple[str, bool, Any]] = []  # (name, is_slot, slot or constant)
         for var in func.outputs:
-            if var.name in slot_of:
-                self._output_refs.append((var.name, True, slot_of[var.name]))
+            if id(var) in slot_of:
+                self._output_refs.append((var.name, True, slot_of[id(var)]))
             else:
-                self._output_refs.append((var.name, False, rt(var.name)))
-        self.outputs = self._output_specs(func, spec, var_types)
+                self._output_refs.append((var.name, False, rt(var)))
+        self.outputs = self._output_specs(func, spec, {v.name: var_types.get(id(v), _var_type(v))
+                                                       for v in func.outputs})
         self.input_names = [s.name for s in self.inputs]
         self.output_names = [s.name for s in self.outputs]
         self._output_dtypes = {s.name: s.dtype for s in self.outputs}
@@ -1196,12 +1260,12 @@ class ReferenceProgram:
         self._steps = steps
         self._constants_np = const_np
         self._constants_rt = const_rt
-        self._var_types = var_types
+        self._const_names = const_names
         float_types = {t.dtype for n in self.nodes if n.op_type != "cast" and not n.op_type.startswith("constexpr")
                        for t in n.output_types if t.dtype in ("fp16", "fp32")}
         self.precision = "mixed" if len(float_types) > 1 else (float_types.pop() if float_types else "fp32")
         classify = [n for n in self.nodes if n.op_type == "classify"]
-        self.class_labels = list(np_value(classify[0].inputs["classes"])) if classify else None
+        self.class_labels = list(self.const_input(classify[0], "classes")) if classify else None
 
     def _input_specs(self, func: Any, spec: Any) -> list[TensorSpec]:
         described = {d.name: d for d in spec.description.input} if spec is not None else {}
@@ -1228,13 +1292,24 @@ class ReferenceProgram:
         return out
 
     # ------------------------------------------------------------------ introspection
+    def _const_value(self, key: int) -> np.ndarray:
+        if key in self._constants_rt:
+            return np.asarray(_as_numpy(self._constants_rt[key]))
+        return np.asarray(self._constants_np[key])
+
+    def const_input(self, node: Node, param: str) -> np.ndarray | None:
+        """The compile-time value an op receives for ``param`` (e.g. a conv's decompressed weight),
+        as NumPy; ``None`` when that input is computed at run time or absent."""
+        key = self._node_consts.get((node.index, param))
+        return None if key is None else self._const_value(key)
+
     def constant(self, var_name: str) -> np.ndarray:
-        """The compile-time value of a variable (e.g. a decompressed weight), as NumPy."""
-        if var_name in self._constants_rt:
-            return np.asarray(_as_numpy(self._constants_rt[var_name]))
-        if var_name in self._constants_np:
-            return np.asarray(self._constants_np[var_name])
-        raise KeyError(f"{var_name!r} is not a compile-time constant of this program")
+        """The compile-time value of the variable named ``var_name`` (e.g. a decompressed weight)."""
+        keys = self._const_names.get(var_name, [])
+        if len(keys) != 1:
+            raise KeyError(f"{var_name!r} is not a compile-time constant of this program" if not keys else
+                           f"{var_name!r} names {len(keys)} constants; use const_input(node, param)")
+        return self._const_value(keys[0])
 
     def op_counts(self) -> dict[str, int]:
         """Op type -> number of (non-const) ops in the program."""
@@ -1257,7 +1332,11 @@ class ReferenceProgram:
         batch = None
         for name, slot in self._input_slots.items():
             value = inputs[name]
-            t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+            if isinstance(value, torch.Tensor):
+                t = value
+            else:
+                arr = np.ascontiguousarray(value)
+                t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
             declared = self._input_types[name]
             if declared.shape is not None:
                 if t.dim() != len(declared.shape) or any(
