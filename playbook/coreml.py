@@ -1,6 +1,7 @@
 """Core ML export, the one prediction interface, and the PyTorch-vs-Core ML parity check.
 
-Export: ``torch.jit.trace`` then ``ct.convert(convert_to="mlprogram")`` in FP16 or FP32,
+Export: ``torch.jit.trace`` (falling back to ``torch.export`` where TorchScript tracing
+breaks, as for efficientnet-lite0) then ``ct.convert(convert_to="mlprogram")`` in FP16 or FP32,
 a chosen ``minimum_deployment_target``, a ``TensorType`` with FP32 I/O (explicit dtypes:
 without them an FP16 program on iOS16+ gets FP16 inputs *and* outputs) or an
 ``ImageType`` with the dataset's normalisation folded into scale/bias, optional class
@@ -182,8 +183,6 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
     input_type, mean, std = _input_type(dataset, cfg)
     wrapper = _ExportWrapper(model.eval().cpu(), mean, std, softmax=cfg.classifier).eval()
     example = torch.rand(dataset.input_shape) * (255.0 if mean is not None else 1.0)
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example)
     kwargs: dict[str, Any] = {}
     if cfg.classifier:
         kwargs["classifier_config"] = ct.ClassifierConfig(list(dataset.class_names), predicted_feature_name=LABEL_NAME,
@@ -191,16 +190,22 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
         kwargs["outputs"] = [ct.TensorType(name=PROBS_NAME)]
     else:
         kwargs["outputs"] = [ct.TensorType(name=LOGITS_NAME, dtype=np.float32)]
-    try:
-        mlmodel = ct.convert(
-            traced, convert_to="mlprogram", inputs=[input_type],
-            compute_precision=ct.precision.FLOAT16 if cfg.precision == "fp16" else ct.precision.FLOAT32,
-            minimum_deployment_target=getattr(ct.target, cfg.minimum_deployment_target),
-            **kwargs,
-        )
-    except Exception as exc:
-        raise ExportError(f"ct.convert failed for {stem!r}: {type(exc).__name__}: {exc}") from exc
-    describe_model(mlmodel, dataset, cfg, metadata or {})
+    kwargs.update(convert_to="mlprogram", inputs=[input_type],
+                  compute_precision=ct.precision.FLOAT16 if cfg.precision == "fp16" else ct.precision.FLOAT32,
+                  minimum_deployment_target=getattr(ct.target, cfg.minimum_deployment_target))
+    errors = []
+    for frontend in ("torch.jit.trace", "torch.export"):
+        try:
+            with torch.no_grad():
+                program = (torch.jit.trace(wrapper, example) if frontend == "torch.jit.trace"
+                           else torch.export.export(wrapper, (example,)).run_decompositions({}))
+            mlmodel = ct.convert(program, **kwargs)
+            break
+        except Exception as exc:  # e.g. efficientnet-lite0's `x.view(inputs.size(0), -1)` breaks the TorchScript path
+            errors.append(f"{frontend}: {type(exc).__name__}: {exc}")
+    else:
+        raise ExportError(f"ct.convert failed for {stem!r} with both frontends; " + " | ".join(errors))
+    describe_model(mlmodel, dataset, cfg, {"playbook.frontend": frontend, **(metadata or {})})
     save_package(mlmodel, target)
     return ExportResult(package_info(target), cfg, time.perf_counter() - start)
 

@@ -68,3 +68,38 @@ def test_package_info_reads_a_saved_package(tmp_path, digits, small_model):
     assert info.inputs[0]["shape"] == [1, 1, 8, 8] and info.outputs[0]["name"] == "logits"
     assert info.size_mb == pytest.approx(info.size_bytes / 1e6)
     assert np.isclose(info.size_bytes, sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+
+
+def test_pretrained_efficientnet_lite0_exports_and_matches_pytorch(tmp_path):
+    from playbook.data import DatasetConfig, load_dataset
+    from playbook.mlprogram import ReferenceProgram
+
+    data = load_dataset(DatasetConfig(name="digits", image_size=64, calib_size=8, limit_test=4))
+    model = create_model("efficientnet-lite0", 10, 1, image_size=64).eval()
+    result = export_model(model, data, ExportConfig(precision="fp32"), tmp_path, "lite0")
+    import torch
+
+    x = data.to_tensor(data.test.images)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ReferenceProgram.load(result.path).predict({"image": x.numpy()})["logits"]
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_export_falls_back_to_torch_export_when_tracing_fails(tmp_path, digits, small_model, monkeypatch):
+    import torch
+
+    from playbook.mlprogram import ReferenceProgram
+
+    def broken_trace(*args, **kwargs):
+        raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    result = export_model(small_model, digits, ExportConfig(precision="fp32"), tmp_path, "fallback")
+    assert ct.models.MLModel(str(result.path), skip_model_load=True).user_defined_metadata[
+        "playbook.frontend"] == "torch.export"
+    x = digits.to_tensor(digits.test.images[:16])
+    with torch.no_grad():
+        expected = small_model(x).numpy()
+    got = ReferenceProgram.load(result.path).predict({"image": x.numpy()})["logits"]
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
