@@ -4,8 +4,8 @@
    against a reference variant (bootstrap interval + McNemar), plus fidelity (agreement, KL);
 2. latency and FPS: batch 1, warm-up then repeated runs, median and p90, threads pinned;
 3. size: the package's bytes on disk and its zip-compressed download size, read from files;
-4. peak memory: the rise of the process's peak resident set while loading the package and
-   running one prediction (Linux: ``/proc/self/clear_refs`` resets the peak first);
+4. peak memory: the rise of a fresh process's peak resident set while loading the package
+   and running one prediction;
 5. energy: only where a counter is readable (Linux RAPL); otherwise ``None`` with the reason.
 
 Every figure says what produced it: on Linux latency and memory are those of the
@@ -107,31 +107,54 @@ def time_latency(run: Any, warmup: int, repeats: int, threads: int, batch: int =
     return Latency(float(np.median(times)), float(np.percentile(times, 90)), batch, warmup, repeats, threads)
 
 
-def _proc_status_kb(field: str) -> int | None:
+def _rss_mb(field: str) -> float:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process, MB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
-                return int(line.split()[1])
+                return int(line.split()[1]) / 1024.0
     except OSError:
-        return None
-    return None
+        pass
+    import resource  # macOS: only the peak is available, in bytes
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)
 
 
-def peak_memory_mb(load_and_run: Any) -> tuple[float | None, str]:
-    """Peak resident-set rise (MB) while ``load_and_run()`` executes, and how it was measured."""
-    clear = Path("/proc/self/clear_refs")
-    if platform.system() != "Linux" or not clear.exists():
-        load_and_run()
-        return None, "peak memory not measured: needs Linux /proc (use Instruments on macOS)"
+def _peak_memory_child(package: str, runtime: str, compute_units: str) -> tuple[float, float]:
+    """In a freshly forked process: peak RSS rise while loading ``package`` and predicting once."""
+    info = package_info(Path(package))
+    spec = info.inputs[0]
+    if spec["type"] == "imageType":
+        channels = 1 if spec.get("color_space") == "GRAYSCALE" else 3
+        shape = (1, channels, spec["height"], spec["width"])
+        sample = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    else:
+        sample = np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
+    torch.set_num_threads(1)
+    before = _rss_mb("VmRSS")
+    rt = load_runtime(Path(package), runtime, compute_units)
+    rt.predict({spec["name"]: sample})
+    return _rss_mb("VmHWM") - before, before
+
+
+def peak_memory_mb(package: Path, runtime: str, compute_units: str) -> tuple[float | None, str]:
+    """Peak resident-memory rise (MB) of a fresh process that loads ``package`` and predicts one input.
+
+    Each variant gets its own process forked from a clean ``forkserver`` (imports done, no
+    model loaded yet), because a long-lived process reuses memory freed by earlier variants
+    and would under-report.  The figure is what loading and running the model adds.
+    """
+    import multiprocessing
+
     try:
-        clear.write_text("5")  # resets VmHWM (peak RSS) to the current RSS
-    except OSError:
-        load_and_run()
-        return None, "peak memory not measured: /proc/self/clear_refs is not writable"
-    before = _proc_status_kb("VmRSS") or 0
-    load_and_run()
-    peak = _proc_status_kb("VmHWM") or 0
-    return max(peak - before, 0) / 1024.0, "rise of peak RSS (VmHWM - VmRSS before) while loading and predicting once"
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["playbook.measure"])
+        with ctx.Pool(1) as pool:
+            rise, before = pool.apply(_peak_memory_child, (str(package), runtime, compute_units))
+    except Exception as exc:  # no forkserver on this platform, or the child failed
+        return None, f"peak memory not measured: the measuring process failed ({type(exc).__name__}: {exc})"
+    return max(rise, 0.0), (f"rise of peak RSS of a fresh process (forked after imports, {before:.0f} MB) while "
+                            "loading the package and predicting one input")
 
 
 def read_energy_uj() -> int | None:
@@ -167,17 +190,9 @@ def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConf
     correct = np.asarray(metrics.correct, dtype=bool)
     ci_low, ci_high = _accuracy_ci(correct, cfg.bootstrap_resamples)
 
-    runtime_holder: dict[str, Any] = {}
-    sample = dataset.test.images[:1]
-    kind = info.inputs[0]["type"]
-
-    def load_and_run() -> None:
-        runtime_holder["rt"] = load_runtime(Path(package), cfg.runtime, cfg.compute_units)
-        runtime_holder["inputs"] = package_inputs(kind, dataset, sample)
-        runtime_holder["rt"].predict(runtime_holder["inputs"])
-
-    memory_mb, memory_note = peak_memory_mb(load_and_run)
-    rt, inputs = runtime_holder["rt"], runtime_holder["inputs"]
+    memory_mb, memory_note = peak_memory_mb(Path(package), cfg.runtime, cfg.compute_units)
+    rt = load_runtime(Path(package), cfg.runtime, cfg.compute_units)
+    inputs = package_inputs(info.inputs[0]["type"], dataset, dataset.test.images[:1])
     energy_before = read_energy_uj()
     latency = time_latency(lambda: rt.predict(inputs), cfg.latency_warmup, cfg.latency_repeats, cfg.threads)
     energy_after = read_energy_uj()
@@ -235,3 +250,4 @@ def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConf
 def reference_from(record: dict[str, Any], scores: np.ndarray, dataset: Dataset) -> Reference:
     """A ``Reference`` from a measured variant (its name, test scores and per-image correctness)."""
     return Reference(record["name"], scores, scores.argmax(1) == dataset.test.labels)
+

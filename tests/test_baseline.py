@@ -37,6 +37,8 @@ def test_baseline_writes_a_complete_record(baseline_run):
     assert record["parity"]["fp32"]["passed"] and record["parity"]["fp32"]["max_rel_error"] <= 1e-5
     assert record["parity"]["fp16"]["passed"]
     assert fp16["provenance"]["accuracy"]["runtime"] in ("reference", "coreml")
+    assert fp32["peak_memory_mb"] > 0 and fp32["provenance"]["memory"]["measured"]
+    assert fp32["latency"]["repeats"] == 5 and fp32["latency_p90_ms"] >= fp32["latency_ms"] > 0
     assert record["environment"]["versions"]["coremltools"] == "9.0"
     assert "--smoke" in record["reproduce"] and "--dataset digits" in record["reproduce"]
     # Accuracy through the package equals PyTorch's within the FP32 parity tolerance.
