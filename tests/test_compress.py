@@ -1,0 +1,315 @@
+"""Stage 02: the recipe catalogue, coremltools' compressors on tiny models, sensitivity, the record, the widget."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+from playbook import compress  # noqa: E402
+from playbook.compress import (  # noqa: E402
+    CompressionError, QuantizationConfig, QuantizationStage, compress_package, compress_torch, get_recipe,
+    required_target, weight_layers,
+)
+from playbook.config import ConfigError  # noqa: E402
+from playbook.coreml import ExportConfig, export_model, package_info, predict_split  # noqa: E402
+from playbook.models import create_model  # noqa: E402
+
+THRESHOLD = 256
+
+
+def constexpr_ops(info):
+    return {k: v for k, v in info.op_histogram.items() if k.startswith("constexpr_")}
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return create_model("resnet", 10, 1, width=32).eval()  # channels 32/64/128: divisible by int4's block of 32
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory, digits, net):
+    out = tmp_path_factory.mktemp("base")
+    return {target: export_model(net, digits, ExportConfig(precision="fp16", minimum_deployment_target=target),
+                                 out, f"fp16-{target}").path for target in ("iOS17", "iOS18")}
+
+
+def test_catalogue_holds_the_documented_recipes():
+    names = compress.available_recipes()
+    for required in ("int8-weights", "int4-block", "palettize-8bit", "palettize-6bit", "palettize-4bit",
+                     "palettize-2bit", "palettize-4bit-grouped", "prune-50", "prune-75", "prune-2of4",
+                     "prune-50+palettize-4bit", "prune-50+int8", "torch-ptq-int8", "torch-w8a8-static",
+                     "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm", "torch-palettize-2bit-dkm"):
+        assert required in names
+    for name in names:
+        recipe = get_recipe(name)
+        assert recipe.description and recipe.scheme in compress.SCHEMES
+        assert json.dumps(recipe.to_dict())  # serialisable into the record
+    assert {get_recipe(n).min_target for n in ("int4-block", "palettize-4bit-grouped", "prune-50+int8")} == {"iOS18"}
+    assert get_recipe("torch-w8a8-static").scheme == "static W8A8" and get_recipe("int8-weights").scheme == "weight-only"
+    assert set(compress.SMOKE_RECIPES) <= set(compress.DEFAULT_RECIPES)
+    # Smoke runs skip no code path of the default run: every technique and PyTorch algorithm is in both.
+    default, smoke = ([get_recipe(n) for n in s] for s in (compress.DEFAULT_RECIPES, compress.SMOKE_RECIPES))
+    assert {r.technique for r in default} == {r.technique for r in smoke}
+    assert {r.algorithm for r in default} == {r.algorithm for r in smoke}
+    assert {k for r in default for k, _ in r.steps} == {k for r in smoke for k, _ in r.steps}
+    with pytest.raises(ConfigError, match="unknown recipe 'int3'; valid recipes are"):
+        get_recipe("int3")
+
+
+def test_required_target_keeps_the_os_family():
+    assert required_target("iOS17", "iOS18") == "iOS18"
+    assert required_target("macOS14", "iOS18") == "macOS15"
+    assert required_target("iOS18", "iOS16") == "iOS18"
+
+
+def test_coreml_recipes_shrink_in_the_expected_order_with_the_expected_ops(tmp_path, packages):
+    base18 = packages["iOS18"]
+    eligible = [layer for layer in weight_layers(base18, THRESHOLD) if layer.eligible]
+    infos, messages = {"fp16": package_info(base18)}, {}
+    for name in ("int8-weights", "int4-block", "palettize-6bit", "palettize-4bit", "palettize-2bit", "prune-50",
+                 "prune-50+palettize-4bit"):
+        made = compress_package(name, base18, tmp_path, weight_threshold=THRESHOLD)
+        assert made.seconds > 0
+        infos[name], messages[name] = package_info(made.path), made.messages
+    size = {k: v.size_bytes for k, v in infos.items()}
+    assert size["fp16"] > size["int8-weights"] > size["palettize-6bit"] > size["palettize-4bit"] > size["palettize-2bit"]
+    assert size["int4-block"] < size["int8-weights"]
+    assert size["prune-50+palettize-4bit"] < min(size["palettize-4bit"], size["prune-50"])
+    # int8 weights are about half of FP16 (scales and the uncompressed small tensors make it a bit more).
+    assert 0.45 < size["int8-weights"] / size["fp16"] < 0.65
+    n = len(eligible)
+    assert constexpr_ops(infos["fp16"]) == {}
+    # iOS18 programs store int8 weights with the iOS18 op; iOS17 ones with constexpr_affine_dequantize.
+    assert constexpr_ops(infos["int8-weights"]) == {"constexpr_blockwise_shift_scale": n}
+    int8_ios17 = package_info(compress_package("int8-weights", packages["iOS17"], tmp_path, "int8-17", THRESHOLD).path)
+    assert constexpr_ops(int8_ios17) == {"constexpr_affine_dequantize": n}
+    # per_block skips the 1-channel stem (1 input channel is not a multiple of the block of 32) and says so.
+    assert eligible[0].shape[1] == 1
+    assert constexpr_ops(infos["int4-block"]) == {"constexpr_blockwise_shift_scale": n - 1}
+    assert any("not divisible by block size 32" in m for m in messages["int4-block"])
+    assert constexpr_ops(infos["palettize-4bit"]) == {"constexpr_lut_to_dense": n}
+    assert constexpr_ops(infos["prune-50"]) == {"constexpr_sparse_to_dense": n}
+    assert constexpr_ops(infos["prune-50+palettize-4bit"]) == {"constexpr_lut_to_sparse": n,
+                                                              "constexpr_sparse_to_dense": n}
+    assert compress.compressed_weight_count(infos["prune-50+palettize-4bit"].op_histogram) == n
+
+
+def test_block_and_group_sizes_adapt_to_channel_counts(tmp_path, digits):
+    # 24/48/96 channels: coremltools would skip every layer for a block of 32 or a group of 16.
+    torch.manual_seed(0)
+    base = export_model(create_model("resnet", 10, 1, width=24).eval(), digits,
+                        ExportConfig(minimum_deployment_target="iOS18"), tmp_path, "w24").path
+    n = len([layer for layer in weight_layers(base, THRESHOLD) if layer.eligible])
+    int4 = compress_package("int4-block", base, tmp_path, weight_threshold=THRESHOLD)
+    assert package_info(int4.path).op_histogram["constexpr_blockwise_shift_scale"] == n
+    assert any("block_size 32 does not divide the 24 channels" in m and "used 24" in m for m in int4.messages)
+    grouped = compress_package("palettize-4bit-grouped", base, tmp_path, weight_threshold=THRESHOLD)
+    assert package_info(grouped.path).op_histogram["constexpr_lut_to_dense"] == n
+    assert any("group_size 16 does not divide the 24 channels" in m and "used 12" in m for m in grouped.messages)
+
+
+def test_weight_threshold_leaves_small_tensors_float(tmp_path, packages):
+    layers = weight_layers(packages["iOS17"], weight_threshold=4096)
+    small = [layer for layer in layers if not layer.eligible]
+    assert small and all(layer.size <= 4096 for layer in small)
+    info = package_info(compress_package("int8-weights", packages["iOS17"], tmp_path, weight_threshold=4096).path)
+    assert info.op_histogram["constexpr_affine_dequantize"] == len(layers) - len(small)
+
+
+@pytest.mark.parametrize("recipe, says", [
+    ("int4-block", "per_block quantization is supported since iOS18"),
+    ("palettize-4bit-grouped", "per_grouped_channel palettization is supported since iOS18"),
+    ("prune-50+palettize-4bit", "Joint compression is only supported since iOS18"),
+])
+def test_ios18_recipe_on_an_ios17_program_fails_with_coremltools_message_and_a_hint(tmp_path, packages, recipe, says):
+    with pytest.raises(CompressionError) as info:
+        compress_package(recipe, packages["iOS17"], tmp_path, weight_threshold=THRESHOLD)
+    err = info.value
+    assert says in err.coremltools_message and says in str(err)
+    assert "minimum_deployment_target" in err.hint and "iOS18" in err.hint
+    assert err.__cause__ is None and err.__suppress_context__  # no chained coremltools traceback
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_weight_layers_are_named_after_the_torch_modules(packages, net, digits):
+    example = digits.to_tensor(digits.calib.images[:1])
+    layers = weight_layers(packages["iOS17"], THRESHOLD, net, example)
+    modules = [layer.module for layer in layers]
+    assert modules[0] == "stem.0" and modules[-1] == "fc"
+    assert "stages.0.body.0" in modules and "stages.2.shortcut.0" in modules
+    torch_shapes = {n: tuple(m.weight.shape) for n, m in net.named_modules() if n in modules}
+    assert all(torch_shapes[layer.module] == layer.shape for layer in layers)
+    assert [layer.eligible for layer in layers] == [layer.size > THRESHOLD for layer in layers]
+
+
+def test_layer_selection_with_exclude_and_only(tmp_path, packages):
+    eligible = [layer.name for layer in weight_layers(packages["iOS17"], THRESHOLD) if layer.eligible]
+    kept = eligible[:2]
+    info = package_info(compress_package("palettize-4bit", packages["iOS17"], tmp_path, "kept",
+                                         THRESHOLD, exclude=kept).path)
+    assert info.op_histogram["constexpr_lut_to_dense"] == len(eligible) - 2
+    one = package_info(compress_package("palettize-4bit", packages["iOS17"], tmp_path, "one",
+                                        THRESHOLD, only=[eligible[-1]]).path)
+    assert one.op_histogram["constexpr_lut_to_dense"] == 1
+    with pytest.raises(ConfigError, match="not weights of this program"):
+        compress_package("palettize-4bit", packages["iOS17"], tmp_path, "bad", THRESHOLD, exclude=["conv_99"])
+
+
+def test_static_w8a8_package_quantizes_activations_and_follows_torch(tmp_path, digits):
+    torch.manual_seed(0)
+    result = compress_torch("torch-w8a8-static", create_model("resnet", 10, 1, width=8).eval(), digits)
+    package = export_model(result.model, digits, ExportConfig(minimum_deployment_target="iOS17"), tmp_path, "w8a8")
+    ops = package.package.op_histogram
+    assert ops.get("quantize", 0) >= 5 and ops.get("dequantize", 0) >= 5
+    assert ops.get("constexpr_affine_dequantize", 0) >= 8  # int8 weights too
+    assert result.details["calibration_images"] == len(digits.calib)
+    # The converted program computes what the calibrated PyTorch model computes.
+    scores, _ = predict_split(package.path, digits, digits.test, "reference")
+    with torch.no_grad():
+        torch_scores = result.model(digits.to_tensor(digits.test.images)).numpy()
+    assert (scores.argmax(1) == torch_scores.argmax(1)).mean() > 0.95
+
+
+@pytest.mark.parametrize("recipe, op", [
+    ("torch-ptq-int8", "constexpr_affine_dequantize"),
+    ("torch-prune-75-ft", "constexpr_sparse_to_dense"),
+    ("torch-palettize-4bit-skm", "constexpr_lut_to_dense"),
+    ("torch-palettize-2bit-dkm", "constexpr_lut_to_dense"),
+    ("torch-w8a8-qat", "quantize"),
+])
+def test_torch_recipes_convert_to_compressed_programs(tmp_path, digits, recipe, op):
+    torch.manual_seed(0)
+    small = create_model("resnet", 10, 1, width=8).eval()
+    result = compress_torch(recipe, small, digits, finetune_steps=3, batch_size=16)
+    info = export_model(result.model, digits, ExportConfig(minimum_deployment_target="iOS17"), tmp_path, "t").package
+    assert info.op_histogram.get(op, 0) >= 1
+    weight = dict(result.model.named_modules())["stages.2.body.3"].weight.detach()
+    if recipe == "torch-prune-75-ft":
+        assert result.finetune_steps == 3 and len(result.losses) == 3
+        assert (weight == 0).float().mean() == pytest.approx(0.75, abs=0.02)
+    if recipe == "torch-palettize-2bit-dkm":
+        assert len(torch.unique(weight)) <= 4
+    # small tensors stay float unless the recipe quantizes activations end to end
+    if recipe != "torch-w8a8-qat":
+        assert "stem.0" in result.details["kept_float"]
+
+
+def test_config_is_strict():
+    with pytest.raises(ConfigError, match="unknown QuantizationConfig key"):
+        QuantizationConfig.from_namespace({"model": "resnet", "recipies": []})
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        QuantizationConfig(recipes=["int3"])
+    with pytest.raises(ConfigError, match="single-step Core ML recipe"):
+        QuantizationConfig(sensitivity_recipe="prune-50+palettize-4bit")
+    assert QuantizationConfig(smoke=True).recipe_names() == [n for n in compress.RECIPES if n in compress.SMOKE_RECIPES]
+    assert QuantizationConfig(recipes=["palettize-2bit", "int8-weights"]).recipe_names() == \
+        ["int8-weights", "palettize-2bit"]
+    assert QuantizationConfig(smoke=True, finetune_steps=500).steps() == 20
+
+
+def test_pareto_front_and_chart():
+    variants = [{"name": n, "size_bytes": s, "size_mb": s / 1e6, "top1": t, "top1_ci": [t - 1, t + 1],
+                 "technique": "palettization"}
+                for n, s, t in (("big", 4e6, 90.0), ("mid", 1e6, 89.5), ("dominated", 2e6, 89.0), ("tiny", 2e5, 20.0))]
+    assert compress.pareto_front(variants) == ["tiny", "mid", "big"]
+    fig = compress.plot_accuracy_vs_size(variants[1:], variants[:1], accuracy_budget=1.0)
+    assert fig.axes[0].get_xscale() == "log"
+
+
+# --------------------------------------------------------------------------- the stage, end to end on digits
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    from playbook.baseline import BaselineConfig, run_baseline
+
+    root = tmp_path_factory.mktemp("quant")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        run_baseline(BaselineConfig(dataset="digits", model_options={"width": 16}, epochs=3, lr=0.05, smoke=True,
+                                    reports_dir=str(root / "reports")))
+        cfg = QuantizationConfig(dataset="digits", recipes=["int8-weights", "palettize-2bit"], smoke=True,
+                                 sensitivity_recipe="palettize-2bit", max_exceptions=2,
+                                 reports_dir=str(root / "reports"))
+        st = QuantizationStage(cfg)
+        st.run()
+        st.layer_sensitivity()
+        yield st
+
+
+def test_stage_measures_every_variant_against_fp32(stage):
+    assert [v["name"] for v in stage.variants][:2] == ["int8-weights", "palettize-2bit"]
+    for v in stage.variants:
+        assert v["reference"] == "baseline-fp32" and v["n_test"] == len(stage.dataset.test)
+        assert v["vs_reference"]["ci_low"] <= v["vs_reference"]["delta_top1"] <= v["vs_reference"]["ci_high"]
+        assert 0 <= v["vs_reference"]["p_value"] <= 1 and 0 <= v["fidelity"]["top1_agreement"] <= 100
+        assert v["compress_seconds"] > 0 and v["weight_threshold"] == 256
+        assert v["size_ratio_vs_fp32"] == pytest.approx(stage.fp32_bytes / v["size_bytes"])
+    int8, pal2 = stage.variant("int8-weights"), stage.variant("palettize-2bit")
+    assert pal2["size_bytes"] < int8["size_bytes"] < stage.fp32_bytes
+    assert int8["fidelity"]["kl_divergence"] < pal2["fidelity"]["kl_divergence"]
+    assert "not run" in stage.explain("torch-w8a8-qat") and "x smaller than FP32" in stage.explain("int8-weights")
+
+
+def test_sensitivity_ranks_layers_and_keeping_the_worst_float_recovers(stage):
+    s = stage.sensitivity
+    layers = s["layers"]
+    assert [e["kl"] for e in layers] == sorted((e["kl"] for e in layers), reverse=True)
+    assert len(layers) == len([x for x in weight_layers(stage.base_package("iOS17"), 256) if x.eligible])
+    curve = s["keep_curve"]
+    assert [c["kept"] for c in curve] == [0, 1, 2]
+    assert curve[2]["kept_layers"] == [e["label"] for e in layers[:2]]
+    # keeping the most damaging layers float brings the outputs back towards FP32, at a size cost
+    assert curve[-1]["kl"] < curve[0]["kl"] and curve[-1]["size_mb"] > curve[0]["size_mb"]
+    if s["control"]:
+        assert s["control"]["kl"] >= curve[s["chosen_kept"]]["kl"]
+    guided = stage.variant(s["variant"])
+    assert guided is not None and guided["name"] == f"palettize-2bit-keep{s['chosen_kept']}"
+    n_eligible = len(layers)
+    assert guided["op_histogram"]["constexpr_lut_to_dense"] == n_eligible - s["chosen_kept"]
+    assert stage.variant("palettize-2bit")["size_bytes"] < guided["size_bytes"]
+
+
+def test_stage_writes_the_record(stage):
+    path = stage.write()
+    record = json.loads(path.read_text())
+    assert path.name == "quantization.json" and record["stage"] == "quantization"
+    for key in ("model", "config", "environment", "reproduce", "variants", "pitfalls", "sensitivity",
+                "pareto_front", "baseline", "weight_threshold"):
+        assert key in record
+    assert record["reproduce"].startswith("python -m playbook run --model resnet --dataset digits --smoke --stages 02")
+    assert "-p 'recipes=[" in record["reproduce"] and "max_exceptions=2" in record["reproduce"]
+    assert all({"title", "detail"} <= set(p) for p in record["pitfalls"])
+    assert any("W8A8" in p["title"] for p in record["pitfalls"]) or record["environment"]["os"].startswith("Darwin")
+    assert set(record["pareto_front"]) <= {v["name"] for v in record["variants"]} | {"baseline-fp32", "baseline-fp16"}
+
+
+def test_stage_refuses_a_dataset_other_than_the_baselines(stage):
+    with pytest.raises(ConfigError, match="was made on 'digits'"):
+        QuantizationStage(stage.cfg.replace(dataset="fashion-mnist"))
+
+
+def test_stage_records_refused_recipes_without_a_traceback(stage, capsys):
+    st = QuantizationStage(stage.cfg.replace(recipes=["int4-block"], retarget=False))
+    assert st.run_recipe("int4-block") is None
+    assert st.skipped[0]["recipe"] == "int4-block" and "iOS18" in st.skipped[0]["coremltools_message"]
+    assert "skipped int4-block" in capsys.readouterr().out
+    assert "refused by coremltools" in st.explain("int4-block")
+    assert any("refused" in p["title"] for p in st.pitfalls())
+
+
+def test_explorer_widget_shows_a_row_and_the_sensitivity(stage):
+    import ipywidgets
+
+    box = compress.explore(stage.record())
+    assert isinstance(box, ipywidgets.VBox)
+    dropdown, panel = box.children
+    assert isinstance(dropdown, ipywidgets.Dropdown) and isinstance(panel, ipywidgets.HTML)
+    assert list(dropdown.options) == [v["name"] for v in stage.variants]
+    dropdown.value = "int8-weights"
+    assert "int8-weights" in panel.value and "layer sensitivity was computed for palettize-2bit" in panel.value
+    dropdown.value = "palettize-2bit"
+    assert "layer sensitivity of palettize-2bit" in panel.value and "<table>" in panel.value
+    assert np.isfinite(stage.variant("palettize-2bit")["top1"])
