@@ -26,3 +26,11 @@ def pytest_configure(config):  # noqa: D103 - pytest hook
     shutil.rmtree(SMOKE_NOTEBOOKS, ignore_errors=True)
     shutil.rmtree(SMOKE_REPORTS, ignore_errors=True)
     prepare_smoke_notebooks(SMOKE_NOTEBOOKS, SMOKE_REPORTS)
+    # pytest resolved `testpaths` before this hook, when a fresh clone had no build/ folder yet:
+    # add the notebooks to a default (testpaths) run; explicit command-line paths are left alone.
+    import pytest
+
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        resolved = {Path(a).resolve() for a in config.args}
+        if SMOKE_NOTEBOOKS.resolve() not in resolved:
+            config.args.append(str(SMOKE_NOTEBOOKS))
