@@ -8,12 +8,9 @@ reference package back from ``reports/<model>/baseline.json`` without training a
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from playbook.config import ConfigError, StrictConfig, check_range, parameters_from_namespace
@@ -21,6 +18,7 @@ from playbook.coreml import ExportConfig, ExportResult, ParityResult, check_pari
 from playbook.data import Dataset, DatasetConfig, load_dataset
 from playbook.env import environment
 from playbook.measure import MeasureConfig, Reference, measure_variant, reference_from
+from playbook.notebooks import run_command
 from playbook.metrics import ClassificationMetrics
 from playbook.records import read_json, report_dir, write_stage_record
 from playbook.train import ModelConfig, TrainConfig, TrainResult, evaluate, train_or_load
@@ -81,26 +79,15 @@ class BaselineConfig(StrictConfig):
                             input_kind=self.input_kind, classifier=self.classifier)
 
     def measure_config(self) -> MeasureConfig:
-        if self.smoke:
-            return MeasureConfig(runtime=self.runtime, latency_warmup=2, latency_repeats=5, bootstrap_resamples=200)
-        return MeasureConfig(runtime=self.runtime)
+        return MeasureConfig.for_run(self.runtime, self.smoke)
 
     def model_dir(self) -> Path:
         return report_dir(self.model, self.reports_dir or None)
 
     def reproduce_command(self) -> str:
         """The CLI command that reproduces this run."""
-        parts = ["python", "-m", "playbook", "run", "--model", self.model, "--dataset", self.dataset]
-        if self.smoke:
-            parts.append("--smoke")
-        for f in dataclasses.fields(self):
-            if f.name in ("model", "dataset", "smoke", "reports_dir"):
-                continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            value = getattr(self, f.name)
-            if value != default:
-                parts += ["-p", f"{f.name}={value!r}" if isinstance(value, (dict, str)) else f"{f.name}={value}"]
-        return " ".join(shlex.quote(p) for p in parts)
+        return run_command(self.model, self.dataset, self.smoke,
+                           self.non_defaults(skip=("model", "dataset", "smoke", "reports_dir")))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,14 +22,12 @@ failing never stops the others, and its ``report.html`` is a failure page with t
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import contextlib
 import dataclasses
 import datetime as dt
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -40,8 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from playbook.config import ConfigError
-from playbook.notebooks import (NOTEBOOKS_DIR, is_up_to_date, notebook_parameters, select_stages, stage_fingerprint,
-                                stage_name, stage_notebooks, upstream_hashes, write_stamp)
+from playbook.notebooks import (NOTEBOOKS_DIR, is_up_to_date, notebook_parameters, parse_value, run_command,
+                                select_stages, stage_fingerprint, stage_name, stage_notebooks, upstream_hashes,
+                                write_stamp)
 from playbook.records import STAGES, default_reports_root, model_slug, read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,14 +56,6 @@ class RunFailed(RuntimeError):
 
 
 # --------------------------------------------------------------------------- parsing
-def parse_value(text: str) -> Any:
-    """A ``-p`` value: a Python literal (``3``, ``0.5``, ``True``, ``{'width': 16}``), else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
-
-
 def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any]:
     """``["epochs=3", "lr=0.05"]`` -> ``{"epochs": 3, "lr": 0.05}``; a malformed item raises ``ConfigError``."""
     out: dict[str, Any] = {}
@@ -150,23 +141,15 @@ class RunSpec:
 
     def command(self) -> str:
         """The ``playbook run`` command line for this spec."""
-        parts = ["python", "-m", "playbook", "run", "--model", self.model]
-        if self.dataset:
-            parts += ["--dataset", self.dataset]
-        if self.smoke:
-            parts.append("--smoke")
-        for k, v in self.params.items():
-            parts += ["-p", f"{k}={v}" if isinstance(v, str) and parse_value(v) == v else f"{k}={v!r}"]
+        extra: list[str] = []
         if self.budget:
-            parts += ["--budget", *(f"{k[len(BUDGET_PREFIX):] if k.startswith(BUDGET_PREFIX) else k}={v!r}"
+            extra += ["--budget", *(f"{k[len(BUDGET_PREFIX):] if k.startswith(BUDGET_PREFIX) else k}={v!r}"
                                     for k, v in self.budget.items())]
-        if self.stages:
-            parts += ["--stages", self.stages]
         if Path(self.reports_root).resolve() != default_reports_root().resolve():
-            parts += ["--reports-dir", str(self.reports_root)]
+            extra += ["--reports-dir", str(self.reports_root)]
         if self.force:
-            parts.append("--force")
-        return " ".join(shlex.quote(p) for p in parts)
+            extra.append("--force")
+        return run_command(self.model, self.dataset or "", self.smoke, self.params, self.stages or "", extra)
 
 
 def declared_parameters(spec: RunSpec) -> dict[Path, dict[str, dict[str, Any]]]:

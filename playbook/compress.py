@@ -42,7 +42,6 @@ import copy
 import dataclasses
 import logging
 import math
-import shlex
 import shutil
 import tempfile
 import time
@@ -60,6 +59,7 @@ from playbook.coreml import DEPLOYMENT_TARGETS, RUNTIMES, ExportConfig, export_m
 from playbook.data import Dataset, Split
 from playbook.env import environment
 from playbook.measure import MeasureConfig, Reference, measure_variant
+from playbook.notebooks import run_command
 from playbook.metrics import compare_paired, fidelity
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -762,26 +762,12 @@ class QuantizationConfig(StrictConfig):
         return min(self.finetune_steps, 20) if self.smoke else self.finetune_steps
 
     def measure_config(self) -> MeasureConfig:
-        if self.smoke:
-            return MeasureConfig(runtime=self.runtime, latency_warmup=2, latency_repeats=5, bootstrap_resamples=200)
-        return MeasureConfig(runtime=self.runtime)
+        return MeasureConfig.for_run(self.runtime, self.smoke)
 
     def reproduce_command(self) -> str:
         """The ``playbook`` CLI command that reruns this stage (``-p NAME=VALUE`` for non-default parameters)."""
-        parts = ["python", "-m", "playbook", "run", "--model", self.model]
-        if self.dataset:
-            parts += ["--dataset", self.dataset]
-        if self.smoke:
-            parts.append("--smoke")
-        parts += ["--stages", "02"]
-        for f in dataclasses.fields(self):
-            if f.name in ("model", "dataset", "smoke", "reports_dir", "interactive"):
-                continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            value = getattr(self, f.name)
-            if value != default:
-                parts += ["-p", f"{f.name}={value!r}" if isinstance(value, (list, dict, str)) else f"{f.name}={value}"]
-        return " ".join(shlex.quote(p) for p in parts)
+        return run_command(self.model, self.dataset, self.smoke, stages="02", params=self.non_defaults(
+            skip=("model", "dataset", "smoke", "reports_dir", "interactive")))
 
 
 # --------------------------------------------------------------------------- tables

@@ -60,6 +60,17 @@ class StrictConfig:
             raise ConfigError(f"unknown {type(self).__name__} key(s) {unknown}")
         return dataclasses.replace(self, **changes)
 
+    def non_defaults(self, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The fields whose value differs from the class default (for reproduction commands)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in skip:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if getattr(self, f.name) != default:
+                out[f.name] = getattr(self, f.name)
+        return out
+
     def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
         """A short stable hash of the config (for cache keys and skip-if-done checks)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}

@@ -14,7 +14,6 @@ playbook's reference executor on this CPU, *not* of Apple's Core ML runtime on a
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,13 @@ class MeasureConfig(StrictConfig):
     threads: int = 1
     bootstrap_resamples: int = 2000
     batch_size: int = 500
+
+    @classmethod
+    def for_run(cls, runtime: str, smoke: bool) -> "MeasureConfig":
+        """The stages' measurement settings: full repeats, or few of them in smoke runs."""
+        if smoke:
+            return cls(runtime=runtime, latency_warmup=2, latency_repeats=5, bootstrap_resamples=200)
+        return cls(runtime=runtime)
 
     def __post_init__(self) -> None:
         check_choice("runtime", self.runtime, RUNTIMES)

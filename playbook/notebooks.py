@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from playbook.config import ConfigError
 
@@ -185,3 +185,37 @@ def is_up_to_date(model_dir: Path, stage: str, fingerprint: str, outputs: list[P
     """True when the stage's stamp has this fingerprint and every output it made still exists."""
     stamp = read_stamp(model_dir, stage)
     return bool(stamp) and stamp.get("fingerprint") == fingerprint and all(Path(p).exists() for p in outputs)
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value: a Python literal (``3``, ``0.5``, ``True``, ``{'width': 16}``), else the string itself."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def format_assignment(name: str, value: Any) -> str:
+    """``name=value`` as ``-p`` takes it: text that reads back as itself stays bare, the rest is a literal."""
+    return f"{name}={value}" if isinstance(value, str) and parse_value(value) == value else f"{name}={value!r}"
+
+
+def run_command(model: str, dataset: str = "", smoke: bool = False, params: dict[str, Any] | None = None,
+                stages: str = "", extra: Sequence[str] = ()) -> str:
+    """The ``python -m playbook run`` command line (shell-quoted) for these settings: the one way
+    every stage record and the CLI spell their reproduction command."""
+    import shlex
+
+    parts = ["python", "-m", "playbook", "run", "--model", model]
+    if dataset:
+        parts += ["--dataset", dataset]
+    if smoke:
+        parts.append("--smoke")
+    if stages:
+        parts += ["--stages", stages]
+    for name, value in (params or {}).items():
+        parts += ["-p", format_assignment(name, value)]
+    parts += list(extra)
+    return " ".join(shlex.quote(p) for p in parts)

@@ -70,21 +70,28 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, payload: Any) -> Path:
-    """Write JSON atomically: a temp file in the same folder, then ``os.replace``."""
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically (a temp file in the same folder, then ``os.replace``), world-readable
+    as the umask allows (``mkstemp`` alone makes 0600 files, but records and reports are meant to be shared)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(payload), fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; records are meant to be read by others
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically (see ``atomic_write_text``)."""
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -30,16 +30,14 @@ import datetime as dt
 import html
 import json
 import math
-import os
 import re
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from playbook.config import ConfigError, StrictConfig, check_choice, check_range, parameters_from_namespace
-from playbook.records import (STAGES, all_variants, default_reports_root, load_stage_records, model_slug, read_json,
-                              write_json)
+from playbook.records import (STAGES, all_variants, atomic_write_text, default_reports_root, load_stage_records,
+                              model_slug, read_json, write_json)
 
 OBJECTIVES = ("auto", "size", "latency", "accuracy")
 BUDGET_FIELDS = {"top1_drop": "max_top1_drop", "size_mb": "max_size_mb", "latency_ms": "max_latency_ms"}
@@ -1011,23 +1009,6 @@ def _strip_external(text: str) -> str:
     return text
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def notebook_to_html(notebook: str | Path, title: str | None = None) -> str:
     """An executed notebook as one self-contained HTML page: no code cells, no prompts, no stderr,
     figures embedded as base64 PNG, no script or stylesheet from the network."""
@@ -1066,7 +1047,7 @@ def notebook_to_html(notebook: str | Path, title: str | None = None) -> str:
 
 def export_html(notebook: str | Path, out: str | Path, title: str | None = None) -> Path:
     """Write ``notebook_to_html(notebook)`` to ``out`` atomically (temp file beside it, then ``os.replace``)."""
-    return _atomic_write_text(Path(out), notebook_to_html(notebook, title))
+    return atomic_write_text(Path(out), notebook_to_html(notebook, title))
 
 
 def _page(title: str, body: str) -> str:
@@ -1096,7 +1077,7 @@ def write_failure_page(model_dir: Path, model: str, error: str, log_tail: str = 
         body.append(f'<p>Command:</p><pre class="pb-code">{esc(command)}</pre>')
     body.append(f'<h2>Log tail</h2><pre class="pb-code">{esc(log_tail or "(no log)")}</pre>')
     body.append('<p><a href="../index.html">All models</a></p>')
-    return _atomic_write_text(model_dir / REPORT_HTML, _page(f"FAILED: {model}", "".join(body)))
+    return atomic_write_text(model_dir / REPORT_HTML, _page(f"FAILED: {model}", "".join(body)))
 
 
 def _read_optional(path: Path) -> dict[str, Any] | None:
@@ -1161,7 +1142,7 @@ def write_index(reports_root: Path | str | None = None) -> Path:
     """Write ``reports/index.html`` atomically."""
     root = Path(reports_root) if reports_root else default_reports_root()
     root.mkdir(parents=True, exist_ok=True)
-    return _atomic_write_text(root / INDEX_HTML, index_html(root))
+    return atomic_write_text(root / INDEX_HTML, index_html(root))
 
 
 _IMG_PNG = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']data:image/png;base64,([A-Za-z0-9+/=\s]+)", re.I)

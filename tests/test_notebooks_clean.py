@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from playbook.notebooks import NOTEBOOKS_DIR, notebook_parameters, stage_notebooks
+from playbook.notebooks import notebook_parameters, stage_notebooks
 
 NOTEBOOKS = stage_notebooks()
 
