@@ -59,3 +59,12 @@ def test_core_ml_runtime_agrees_with_the_reference_executor(exported, digits, co
     assert p1.runtime == "coreml" and p1.compute_units == compute_units and p2.runtime == "reference"
     assert (apple.argmax(1) == ours.argmax(1)).mean() >= 0.97
     np.testing.assert_allclose(apple, ours, atol=5e-2 * max(1.0, float(np.abs(ours).max())))
+
+
+def test_parity_compares_probabilities_for_a_classifier_package(exported, digits):
+    from playbook.coreml import check_parity
+
+    model, plain, clf = exported
+    assert check_parity(model, plain, digits, digits.test.head(50), "fp32").compared == "logits"
+    result = check_parity(model, clf, digits, digits.test.head(50), "fp32")
+    assert result.compared == "probabilities" and result.fidelity.top1_agreement == 100.0
