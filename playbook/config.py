@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T", bound="StrictConfig")
@@ -33,9 +35,57 @@ def check_range(field: str, value: float, low: float | None = None, high: float 
         raise ConfigError(f"{field}={value!r} is out of range [{low}, {high}]")
 
 
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(origin or hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (the outer type; element types are the field's own check)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    outer = origin or hint
+    if outer is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if outer is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if outer in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if isinstance(outer, type):
+        return isinstance(value, outer)
+    return True
+
+
+def check_types(config: Any) -> None:
+    """Raise ``ConfigError`` naming the first field whose value does not fit its annotation
+    (``model_options="x"`` for a dict, ``data_dir=3`` for a string, ``epochs=True`` for an int)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints.get(f.name, Any)
+        if not _matches(value, hint):
+            raise ConfigError(f"{f.name}={value!r} must be {_type_name(hint)}, not {type(value).__name__}")
+
+
 @dataclasses.dataclass(frozen=True)
 class StrictConfig:
-    """Base class: frozen, serialisable, and strict about unknown keys."""
+    """Base class: frozen, serialisable, strict about unknown keys and about each field's type.
+
+    Subclasses that define ``__post_init__`` call ``super().__post_init__()`` first, so a value of
+    the wrong type fails with the field's name before any range or choice check runs.
+    """
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -77,6 +77,7 @@ class ExportConfig(StrictConfig):
     description: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("precision", self.precision, ["fp16", "fp32"])
         check_choice("minimum_deployment_target", self.minimum_deployment_target, DEPLOYMENT_TARGETS)
         check_choice("input_kind", self.input_kind, ["tensor", "image"])
@@ -463,17 +464,18 @@ class ParityResult:
                 "compared": self.compared, "provenance": self.provenance.to_dict()}
 
 
-def check_parity(model: nn.Module, package: Path, dataset: Dataset, split: Split, precision: str,
+def check_parity(reference_logits: np.ndarray, package: Path, dataset: Dataset, split: Split, precision: str,
                  runtime: str = "auto") -> ParityResult:
-    """Run ``split`` through PyTorch and through the package; compare with the precision's tolerance.
+    """Compare PyTorch's logits for ``split`` (``reference_logits``) with the package's outputs on the same images,
+    with the precision's tolerance.
 
-    Classifier packages output probabilities, so those are compared to PyTorch's softmax;
+    Classifier packages output probabilities, so those are compared to the softmax of the logits;
     otherwise logits are compared.  KL is computed on the softmax of each side.
     """
-    from playbook.train import predict_logits
-
     check_choice("precision", precision, list(PARITY_TOLERANCE))
-    reference = predict_logits(model, dataset, split)
+    reference = np.asarray(reference_logits, dtype=np.float32)
+    if len(reference) != len(split):
+        raise ValueError(f"{len(reference)} reference rows for a split of {len(split)} images")
     scores, provenance = predict_split(package, dataset, split, runtime)
     # Only the output types are needed: read the spec, not package_info (which also zips the package for its size).
     outputs = ct.utils.load_spec(str(package)).description.output

@@ -74,6 +74,7 @@ class DatasetConfig(StrictConfig):
     download: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (self.name in ("digits", "fashion-mnist") or self.name.startswith("imagefolder:")):
             raise DatasetError(f"unknown dataset {self.name!r}; valid datasets are {available_datasets()}")
         check_range("val_fraction", self.val_fraction, 0.0, 0.5)

@@ -1,18 +1,43 @@
 """Provenance: what machine, OS, library versions and settings produced a number."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
+from playbook.paths import repository_root
+
 PACKAGES = ("torch", "coremltools", "numpy", "scipy", "scikit-learn", "papermill")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def playbook_version() -> str:
+    """The installed playbook's version (``pyproject.toml``), or ``0+unknown`` when not installed."""
+    try:
+        return importlib.metadata.version("coreml-playbook")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """torch's CPU thread count set to ``threads`` for the block (0 leaves it), restored afterwards.
+
+    Yields the count in effect, for the record."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _version(name: str) -> str | None:
@@ -41,8 +66,11 @@ def cpu_model() -> str:
 
 def git_commit() -> str | None:
     """The repository's HEAD commit, if this is a git checkout."""
+    root = repository_root()
+    if root is None or not (root / ".git").exists():
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -70,4 +98,7 @@ def environment(compute_unit: str | None = None, runtime: str | None = None) -> 
         "runtime": runtime,
         "compute_unit": compute_unit,
         "git_commit": git_commit(),
+        "playbook_version": playbook_version(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
     }

@@ -25,8 +25,9 @@ from scipy import stats
 from playbook.config import StrictConfig, check_choice, check_range
 from playbook.coreml import COMPUTE_UNITS, RUNTIMES, load_runtime, package_info, package_inputs, predict_split
 from playbook.data import Dataset
-from playbook.env import environment
+from playbook.env import environment, torch_threads
 from playbook.metrics import classification_metrics, compare_paired, fidelity
+from playbook.records import VariantRecord, relative, sha256_path
 
 RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
@@ -53,14 +54,8 @@ class MeasureConfig(StrictConfig):
     bootstrap_resamples: int = 2000
     batch_size: int = 500
 
-    @classmethod
-    def for_run(cls, runtime: str, smoke: bool) -> "MeasureConfig":
-        """The stages' measurement settings: full repeats, or few of them in smoke runs."""
-        if smoke:
-            return cls(runtime=runtime, latency_warmup=2, latency_repeats=5, bootstrap_resamples=200)
-        return cls(runtime=runtime)
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
         check_range("latency_warmup", self.latency_warmup, 0)
@@ -98,9 +93,7 @@ class Latency:
 
 def time_latency(run: Any, warmup: int, repeats: int, threads: int, batch: int = 1) -> Latency:
     """Warm up, then time ``run()`` ``repeats`` times with torch threads pinned; median and p90."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for _ in range(warmup):
             run()
         times = []
@@ -108,8 +101,6 @@ def time_latency(run: Any, warmup: int, repeats: int, threads: int, batch: int =
             start = time.perf_counter()
             run()
             times.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous)
     return Latency(float(np.median(times)), float(np.percentile(times, 90)), batch, warmup, repeats, threads)
 
 
@@ -180,24 +171,26 @@ def _accuracy_ci(correct: np.ndarray, resamples: int) -> tuple[float, float]:
     return 100.0 * float(res.confidence_interval.low), 100.0 * float(res.confidence_interval.high)
 
 
-def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConfig,
-                    reference: Reference | None = None, description: str = "",
-                    extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """All five axes for one saved package; returns the JSON-ready record and the test scores.
+def measure_variant(name: str, stage: str, package: Path, dataset: Dataset, cfg: MeasureConfig,
+                    reference: Reference | None = None, description: str = "", root: Path | None = None,
+                    extra: dict[str, Any] | None = None) -> tuple[VariantRecord, np.ndarray]:
+    """All five axes for one saved package; returns its ``VariantRecord`` and the test scores.
 
-    ``reference`` (usually the FP32 baseline package) gives the paired change in top-1
-    and the fidelity figures; without it those fields are ``None``.
+    ``reference`` (usually the FP32 baseline package) gives the paired change in top-1 and the
+    fidelity figures; without it those fields are ``None``.  ``root`` is the model's reports folder:
+    the package path is stored relative to it.
     """
     start = time.perf_counter()
-    info = package_info(Path(package))
-    scores, provenance = predict_split(Path(package), dataset, dataset.test, cfg.runtime, cfg.compute_units,
+    package = Path(package)
+    info = package_info(package)
+    scores, provenance = predict_split(package, dataset, dataset.test, cfg.runtime, cfg.compute_units,
                                        batch_size=cfg.batch_size)
     metrics = classification_metrics(scores, dataset.test.labels, dataset.class_names)
     correct = np.asarray(metrics.correct, dtype=bool)
     ci_low, ci_high = _accuracy_ci(correct, cfg.bootstrap_resamples)
 
-    memory_mb, memory_note = peak_memory_mb(Path(package), cfg.runtime, cfg.compute_units)
-    rt = load_runtime(Path(package), cfg.runtime, cfg.compute_units)
+    memory_mb, memory_note = peak_memory_mb(package, cfg.runtime, cfg.compute_units)
+    rt = load_runtime(package, cfg.runtime, cfg.compute_units)
     inputs = package_inputs(info.inputs[0]["type"], dataset, dataset.test.images[:1])
     energy_before = read_energy_uj()
     latency = time_latency(lambda: rt.predict(inputs), cfg.latency_warmup, cfg.latency_repeats, cfg.threads)
@@ -210,33 +203,21 @@ def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConf
         energy_note = ("not measured: no readable energy counter on this platform (Linux RAPL absent or "
                        "restricted); on macOS use powermetrics or Xcode's energy gauges on the device")
 
-    vs_reference = fid = None
-    if reference is not None:
-        vs_reference = compare_paired(reference.correct, correct, resamples=cfg.bootstrap_resamples).to_dict()
-        fid = fidelity(reference.scores, scores).to_dict()
     where = provenance.to_dict()
-    record = {
-        "name": name,
-        "description": description,
-        "package": str(Path(package).resolve()),
-        "size_bytes": info.size_bytes,
-        "size_mb": info.size_mb,
-        "zip_mb": info.zip_mb,
-        "top1": metrics.top1,
-        "top5": metrics.top5,
-        "top1_ci": [ci_low, ci_high],
-        "n_test": metrics.n,
-        "reference": reference.name if reference else None,
-        "vs_reference": vs_reference,
-        "fidelity": fid,
-        "latency_ms": latency.median_ms,
-        "latency_p90_ms": latency.p90_ms,
-        "fps": latency.fps,
-        "latency": latency.to_dict(),
-        "peak_memory_mb": memory_mb,
-        "energy_mj": energy_mj,
-        "op_histogram": info.op_histogram,
-        "provenance": {
+    record = VariantRecord(
+        name=name, stage=stage, description=description,
+        package=relative(package, root) if root is not None else str(package.resolve()),
+        package_sha256=sha256_path(package), size_bytes=info.size_bytes, zip_bytes=info.zip_bytes,
+        top1=metrics.top1, top5=metrics.top5, top1_ci=(ci_low, ci_high), n_test=metrics.n,
+        reference=reference.name if reference else None,
+        vs_reference=compare_paired(reference.correct, correct, resamples=cfg.bootstrap_resamples)
+        if reference is not None else None,
+        fidelity=fidelity(reference.scores, scores) if reference is not None else None,
+        latency_ms=latency.median_ms, latency_p90_ms=latency.p90_ms, fps=latency.fps, latency=latency.to_dict(),
+        peak_memory_mb=memory_mb, energy_mj=energy_mj, op_histogram=info.op_histogram,
+        io={"inputs": list(info.inputs), "outputs": list(info.outputs),
+            "specification_version": info.specification_version},
+        provenance={
             "accuracy": {**where, "measured": True},
             "latency": {**where, "measured": True, "what": f"batch-1 predict, {cfg.threads} torch thread(s)"
                         if where["runtime"] == "reference" else f"batch-1 predict, compute units {cfg.compute_units}"},
@@ -246,14 +227,13 @@ def measure_variant(name: str, package: Path, dataset: Dataset, cfg: MeasureConf
             "environment": environment(compute_unit=cfg.compute_units if where["runtime"] == "coreml" else None,
                                        runtime=where["runtime"]),
         },
-        "measure_seconds": None,
-        **(extra or {}),
-    }
-    record["measure_seconds"] = time.perf_counter() - start
+        extra=dict(extra or {}),
+    )
+    record.measure_seconds = time.perf_counter() - start
     return record, scores
 
 
-def reference_from(record: dict[str, Any], scores: np.ndarray, dataset: Dataset) -> Reference:
-    """A ``Reference`` from a measured variant (its name, test scores and per-image correctness)."""
-    return Reference(record["name"], scores, scores.argmax(1) == dataset.test.labels)
+def reference_from(name: str, scores: np.ndarray, dataset: Dataset) -> Reference:
+    """A ``Reference`` from a measured variant's name and test scores (per-image correctness follows)."""
+    return Reference(name, scores, scores.argmax(1) == dataset.test.labels)
 

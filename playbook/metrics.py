@@ -9,6 +9,8 @@ model (top-1 agreement, KL divergence of the softmax outputs).
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 from scipy import stats
@@ -84,6 +86,11 @@ class PairedComparison:
         d["significant"] = self.significant
         return d
 
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> "PairedComparison":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})  # "significant" is derived
+
 
 def compare_paired(reference_correct: np.ndarray, variant_correct: np.ndarray, confidence: float = 0.95,
                    resamples: int = 2000, seed: int = 0) -> PairedComparison:
@@ -119,6 +126,10 @@ class Fidelity:
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, float]) -> "Fidelity":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
 
 def fidelity(reference_logits: np.ndarray, variant_logits: np.ndarray) -> Fidelity:
     """Top-1 agreement (percent), mean KL(reference || variant) of softmaxes, max abs/rel logit error."""
@@ -133,3 +144,21 @@ def fidelity(reference_logits: np.ndarray, variant_logits: np.ndarray) -> Fideli
     max_abs = float(abs_err.max()) if abs_err.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 1.0
     return Fidelity(agree, max(kl, 0.0), max_abs, max_abs / max(scale, 1e-12))
+
+
+T = TypeVar("T")
+
+
+def pareto_front(items: Sequence[T], cost: Callable[[T], float | None], value: Callable[[T], float | None]) -> list[T]:
+    """The items no other item beats on both axes (lower ``cost``, higher ``value``), cheapest first.
+
+    Items missing either figure are left out; of two items with the same cost the better one is kept.
+    """
+    pts = sorted((i for i in items if cost(i) is not None and value(i) is not None),
+                 key=lambda i: (cost(i), -value(i)))
+    front, best = [], -math.inf
+    for item in pts:
+        if value(item) > best + 1e-12:
+            front.append(item)
+            best = value(item)
+    return front

@@ -244,19 +244,21 @@ def _registry() -> dict[str, ModelEntry]:
 def available_models() -> list[str]:
     """Registered model names (user factories and ``torchvision:NAME`` are accepted too)."""
     names = list(_registry())
-    if _torchvision() is not None:
+    if torchvision_module() is not None:
         names.append("torchvision:<name>")
     return names
 
 
-def _torchvision() -> Any:
+def torchvision_module() -> Any:
+    """``torchvision`` when it imports here, else ``None`` (optional: it fails beside the CPU torch 2.13 wheel)."""
     try:
         return importlib.import_module("torchvision")
     except Exception:  # torchvision is optional and fails to import beside the CPU torch 2.13 wheel
         return None
 
 
-def _load_factory(spec: str) -> Callable[..., nn.Module]:
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable named by ``package.module:function`` or ``path/to/file.py:function`` (imported, not called)."""
     target, _, func = spec.rpartition(":")
     if not target or not func:
         raise ModelError(f"model factory {spec!r} must look like 'package.module:function' or 'file.py:function'")
@@ -312,7 +314,7 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int 
         return _call_with_supported(factory, num_classes=num_classes, in_channels=in_channels,
                                     image_size=image_size or entry.native_image_size, **knobs)
     if name.startswith("torchvision:"):
-        tv = _torchvision()
+        tv = torchvision_module()
         if tv is None:
             raise ModelError(f"{name!r} needs torchvision, which is not importable here; use one of {list(registry)}")
         arch = name.split(":", 1)[1]
@@ -323,8 +325,12 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int 
         _adapt_first_conv(model, in_channels)
         return model
     if ":" in name:
-        return _call_with_supported(_load_factory(name), num_classes=num_classes, in_channels=in_channels,
-                                    image_size=image_size, **knobs)
+        built = _call_with_supported(load_factory(name), num_classes=num_classes, in_channels=in_channels,
+                                     image_size=image_size, **knobs)
+        if not isinstance(built, nn.Module):
+            raise ModelError(f"model factory {name!r} returned {type(built).__name__}, not a torch.nn.Module; "
+                             "it must build and return the network")
+        return built
     raise ModelError(
         f"unknown model {name!r}; valid models are {list(registry)}, 'torchvision:NAME' (if torchvision imports), "
         "or a factory 'package.module:function' / 'path/to/file.py:function'"
@@ -341,6 +347,35 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, attr, new)
             return
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ModelError`` (with the valid names) unless ``name`` is a registered model, ``torchvision:NAME``
+    or an importable factory ``module:function`` / ``file.py:function``.  Nothing is built or trained."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"model name {name!r} is empty; valid models are {available_models()}")
+    if name in _registry():
+        return
+    if name.startswith("torchvision:"):
+        tv = torchvision_module()
+        if tv is None:
+            raise ModelError(f"{name!r} needs torchvision, which is not importable here; valid models are "
+                             f"{available_models()}")
+        if getattr(tv.models, name.split(":", 1)[1], None) is None:
+            raise ModelError(f"torchvision has no model {name.split(':', 1)[1]!r}")
+        return
+    if ":" in name:
+        try:
+            load_factory(name)
+        except ModelError:
+            raise
+        except Exception as exc:  # the user's file failed to import (syntax error, missing package, ...)
+            raise ModelError(f"cannot load model factory {name!r}: {type(exc).__name__}: {exc}") from exc
+        return
+    raise ModelError(
+        f"unknown model {name!r}; valid models are {list(_registry())}, 'torchvision:NAME' (if torchvision imports), "
+        "or a factory 'package.module:function' / 'path/to/file.py:function'"
+    )
 
 
 def model_entry(name: str) -> ModelEntry | None:

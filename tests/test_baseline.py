@@ -3,12 +3,18 @@ import json
 
 import pytest
 
-from playbook.baseline import BaselineConfig, load_baseline, run_baseline
 from playbook.config import ConfigError
 from playbook.data import DatasetError
 from playbook.models import ModelError
-from playbook.notebooks import NOTEBOOKS_DIR, check_parameters
+from playbook.notebooks import check_parameters
+from playbook.paths import notebooks_dir
+from playbook.records import RecordError, read_stage_record
+from playbook.stages.baseline import BaselineConfig, run_baseline
+from playbook.stages.common import load_baseline
+from playbook.stages.quantization import QuantizationConfig
 from playbook.train import CheckpointError
+
+NOTEBOOKS_DIR = notebooks_dir()
 
 SMALL = {"dataset": "digits", "model_options": {"width": 8}, "epochs": 2, "lr": 0.05}
 
@@ -24,12 +30,14 @@ def baseline_run(tmp_path_factory):
 
 def test_baseline_writes_a_complete_record(baseline_run):
     cfg, result = baseline_run
-    record = json.loads(result.path.read_text())
+    path = cfg.model_dir() / "baseline.json"
+    record = json.loads(path.read_text())
+    assert read_stage_record(cfg.model_dir(), "baseline").variants[0].name == "baseline-fp32"
     assert record["stage"] == "baseline" and record["model"] == "resnet"
     assert {v["name"] for v in record["variants"]} == {"baseline-fp32", "baseline-fp16"}
     fp32, fp16 = record["variants"]
     # FP16 halves the weights; the fixed package overhead (spec, manifest) keeps a tiny model above half.
-    weights = {v["name"]: (result.path.parent / "baseline" / f"{v['name'][-4:]}.mlpackage" / "Data" / "com.apple.CoreML"
+    weights = {v["name"]: (path.parent / "baseline" / f"{v['name'][-4:]}.mlpackage" / "Data" / "com.apple.CoreML"
                            / "weights" / "weight.bin").stat().st_size for v in record["variants"]}
     assert 0.45 < weights["baseline-fp16"] / weights["baseline-fp32"] < 0.55
     assert fp32["size_mb"] > fp16["size_mb"]
@@ -45,16 +53,22 @@ def test_baseline_writes_a_complete_record(baseline_run):
     assert fp32["latency"]["repeats"] == 5 and fp32["latency_p90_ms"] >= fp32["latency_ms"] > 0
     assert record["environment"]["versions"]["coremltools"] == "9.0"
     assert "--smoke" in record["reproduce"] and "--dataset digits" in record["reproduce"]
+    assert record["run"]["params"] == {"model_options": {"width": 8}, "epochs": 2, "lr": 0.05}
+    assert fp32["package"] == "baseline/fp32.mlpackage"  # relative: the reports folder can move
+    assert len(fp32["package_sha256"]) == 64 and fp32["io"]["inputs"][0]["name"] == "image"
+    assert record["exports"]["fp32"]["package"]["path"] == "baseline/fp32.mlpackage"
     # Accuracy through the package equals PyTorch's within the FP32 parity tolerance.
     assert abs(fp32["top1"] - record["pytorch"]["top1"]) < 0.5
 
 
 def test_load_baseline_reuses_checkpoint_and_reference(baseline_run):
     cfg, result = baseline_run
-    loaded = load_baseline(cfg.model, cfg.reports_dir, smoke=True)
-    assert loaded.reference.correct.mean() * 100 == pytest.approx(result.record["variants"][0]["top1"])
-    with pytest.raises(ConfigError, match="smoke=True"):
-        load_baseline(cfg.model, cfg.reports_dir, smoke=False)
+    later = QuantizationConfig(model=cfg.model, reports_dir=cfg.reports_dir, smoke=True)
+    loaded = load_baseline(later)
+    assert loaded.reference.correct.mean() * 100 == pytest.approx(result.variants[0].top1)
+    assert set(loaded.lineage) == {"baseline.json", "baseline/fp32.mlpackage"}
+    with pytest.raises(RecordError, match="smoke=True"):
+        load_baseline(later.replace(smoke=False))
 
 
 @pytest.mark.parametrize("changes, error, message", [
@@ -63,6 +77,10 @@ def test_load_baseline_reuses_checkpoint_and_reference(baseline_run):
     ({"dataset": "fashion-mnist", "data_dir": "/nonexistent/fmnist"}, DatasetError, "apt-get install"),
     ({"checkpoint": "CORRUPT"}, CheckpointError, "corrupt"),
     ({"precision": "int3"}, ConfigError, "precision='int3' is not valid"),
+    ({"deployment_target": "iOS99"}, ConfigError, "deployment_target='iOS99' is not valid"),
+    ({"model_options": "x"}, ConfigError, "model_options='x' must be dict"),
+    ({"data_dir": 3}, ConfigError, "data_dir=3 must be str"),
+    ({"epochs": True}, ConfigError, "epochs=True must be int"),
 ])
 def test_bad_inputs_fail_clearly_and_write_no_report(tmp_path, monkeypatch, changes, error, message):
     monkeypatch.setenv("PLAYBOOK_CACHE_DIR", str(tmp_path / "cache"))
@@ -79,15 +97,3 @@ def test_unknown_parameter_is_an_error_in_the_notebook_and_before_papermill():
         BaselineConfig.from_namespace({"model": "resnet", "epoch": 3})
     with pytest.raises(ConfigError, match=r"01_baseline.ipynb has no parameter\(s\) \['epoch'\]"):
         check_parameters(NOTEBOOKS_DIR / "01_baseline.ipynb", {"epoch": 3})
-
-
-def test_notebook_parameters_match_the_config():
-    from playbook.notebooks import notebook_parameters
-
-    declared = notebook_parameters(NOTEBOOKS_DIR / "01_baseline.ipynb")
-    assert sorted(declared) == sorted(BaselineConfig.field_names())
-    defaults = BaselineConfig()
-    for name, info in declared.items():
-        import ast
-
-        assert ast.literal_eval(info["default"]) == getattr(defaults, name), name

@@ -16,22 +16,28 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from playbook import cli, report
+from playbook import cli
+from playbook.command import parse_assignments, parse_budget
 from playbook.config import ConfigError
+from playbook.batch import load_batch
+from playbook.report.render import embedded_images, offline_problems
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- parsing
 def test_values_are_python_literals_with_a_string_fallback():
-    assert cli.parse_assignments(["epochs=3", "lr=0.05", "augment=True", "model_options={'width': 16}",
+    assert parse_assignments(["epochs=3", "lr=0.05", "augment=True", "model_options={'width': 16}",
                                   "data_dir=/tmp/x", "precision=fp16", "note=a=b"], "-p") == {
         "epochs": 3, "lr": 0.05, "augment": True, "model_options": {"width": 16}, "data_dir": "/tmp/x",
         "precision": "fp16", "note": "a=b"}
-    assert cli.budget_parameters({"top1_drop": 0.5, "max_size_mb": 1}) == {"max_top1_drop": 0.5, "max_size_mb": 1}
+    assert parse_budget(["top1_drop=0.5", "max_size_mb=1"]) == {"max_top1_drop": 0.5, "max_size_mb": 1}
     for bad in (["epochs"], ["=3"], ["two words=1"], ["a=1", "a=2"]):
         with pytest.raises(ConfigError):
-            cli.parse_assignments(bad, "-p")
+            parse_assignments(bad, "-p")
+    for bad in (["size=1"], ["top1_drop=1", "max_top1_drop=2"]):
+        with pytest.raises(ConfigError):
+            parse_budget(bad)
 
 
 def test_batch_file_validation(tmp_path):
@@ -42,7 +48,7 @@ def test_batch_file_validation(tmp_path):
           - resnet
           - {model: squeezenet, params: {lr: 0.05}, budget: {size_mb: 1}}
         """))
-    entries = cli.load_batch(good)
+    entries = load_batch(good)
     assert entries[1] == {"model": "squeezenet", "dataset": "digits", "smoke": True,
                           "params": {"epochs": 1, "lr": 0.05}, "budget": {"top1_drop": 2, "size_mb": 1}}
     for text, message in [("models: []", "non-empty list"), ("- {model: resnet, epochs: 3}", "unknown key"),
@@ -52,7 +58,7 @@ def test_batch_file_validation(tmp_path):
         path = tmp_path / "bad.yaml"
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
-            cli.load_batch(path)
+            load_batch(path)
 
 
 # --------------------------------------------------------------------------- errors before anything runs
@@ -68,7 +74,10 @@ def test_unknown_parameter_is_rejected_before_any_notebook_runs(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "resnet9000"], "valid models are"),
-    (["--model", "resnet", "--budget", "size=1"], "budget(s) ['size']"),
+    (["--model", "resnet", "--budget", "size=1"], "--budget 'size' is not a budget"),
+    (["--model", "resnet", "--budget", "top1_drop=-1"], "02_quantization: max_top1_drop=-1 is out of range"),
+    (["--model", "resnet", "-p", "recipes=['int3']"], "02_quantization: unknown recipe 'int3'"),
+    (["--model", "resnet", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
     (["--model", "resnet", "-p", "dataset=digits"], "use --model, --dataset"),
     (["--model", "resnet", "-p", "epochs=three"], "declares epochs as int"),
     (["--model", "resnet", "--stages", "09"], "no stage notebook matches '09'"),
@@ -90,12 +99,14 @@ smoke: bool = False  # smoke mode
 reports_dir: str = ""  # reports folder
 """
 FAKE_01_BODY = """\
-from playbook.records import report_dir, write_stage_record
+from playbook.paths import model_dir
+from playbook.records import StageRecord, write_stage_record
 print("stage one says hello")
 if fail:
     raise RuntimeError("stage failed on purpose")
-write_stage_record(report_dir(model, reports_dir or None), "baseline", {"model": model, "config": {"value": value,
-                   "smoke": smoke}, "environment": {}, "reproduce": "", "variants": []})
+write_stage_record(model_dir(model, reports_dir or None), StageRecord(
+    stage="baseline", model=model, config={"value": value, "smoke": smoke}, environment={}, run={"model": model},
+    reproduce=""))
 """
 FAKE_06 = """\
 model: str = "resnet"  # model
@@ -104,8 +115,9 @@ smoke: bool = False  # smoke mode
 reports_dir: str = ""  # reports folder
 """
 FAKE_06_BODY = """\
-from playbook.records import read_json, report_dir, write_json
-d = report_dir(model, reports_dir or None)
+from playbook.paths import model_dir
+from playbook.records import read_json, write_json
+d = model_dir(model, reports_dir or None)
 value = read_json(d / "baseline.json")["config"]["value"]
 write_json(d / "report.json", {"model": model, "recommended": {"name": f"v{value}", "top1": 50.0, "size_mb": 1.0}})
 print(f"REPORT value={value} budget={max_top1_drop}")
@@ -143,7 +155,7 @@ def test_run_skips_up_to_date_stages_and_reruns_what_changed(fake):
     assert rc == 0, out
     html = model_dir / "report.html"
     assert "01_baseline: done" in out and "06_report: done" in out
-    assert "REPORT value=1 budget=1.0" in html.read_text() and report.offline_problems(html.read_text()) == []
+    assert "REPORT value=1 budget=1.0" in html.read_text() and offline_problems(html.read_text()) == []
     assert (model_dir / "notebooks" / "01_baseline.ipynb").exists() and (model_dir / "baseline.stamp.json").exists()
     assert json.loads((model_dir / "run.json").read_text())["status"] == "ok"
     assert not (model_dir / ".run-tmp").exists()
@@ -239,8 +251,8 @@ def _assert_complete_report(path: Path) -> str:
     html = path.read_text()
     assert "pb-summary" in html and ("Recommended:" in html or "No variant meets your budget" in html)
     assert 'class="pb-table"' in html and "baseline-fp32" in html and "baseline-fp16" in html
-    assert report.embedded_images(html) >= 1
-    assert report.offline_problems(html) == []
+    assert embedded_images(html) >= 1
+    assert offline_problems(html) == []
     assert "<script src=" not in html and 'src="http' not in html and 'href="http' not in html
     assert "not measured" in html and "reference executor" in html  # provenance
     assert "MLMultiArray(shape: [1, 1, 8, 8]" in html and "python -m playbook run --model" in html
@@ -268,7 +280,7 @@ def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache
     assert 'href="resnet/report.html"' in index and "digits (smoke)" in index
     summary = json.loads((reports / "resnet" / "report.json").read_text())
     best = summary["recommended"] or summary["closest"]
-    assert best["name"] in html and best["package"].endswith(".mlpackage") and Path(best["package"]).exists()
+    assert best["name"] in html and best["package"].endswith(".mlpackage") and (reports / "resnet" / best["package"]).exists()
 
     again = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
                       cache_env)
@@ -305,7 +317,7 @@ def test_batch_isolates_a_failing_model(resnet_run, tmp_path, cache_env):
     failed_dir = next(d for d in reports.iterdir() if d.name.endswith("broken"))
     page = (failed_dir / "report.html").read_text()
     assert "FAILED" in page and "broken on purpose" in page and "Log tail" in page
-    assert report.offline_problems(page) == []
+    assert offline_problems(page) == []
     index = (reports / "index.html").read_text()
     assert 'href="resnet/report.html"' in index and 'href="squeezenet/report.html"' in index
     assert f'href="{failed_dir.name}/report.html"' in index and index.count("FAILED") == 1
@@ -319,4 +331,4 @@ def test_list_commands(capsys):
     assert cli.main(["list-params"]) == 0
     out = capsys.readouterr().out
     assert "01_baseline:" in out and "06_report:" in out
-    assert "[--budget top1_drop=]" in out and "[-p epochs=]" in out and "[--smoke]" in out
+    assert "[--budget max_top1_drop=]" in out and "[-p epochs=]" in out and "[--smoke]" in out

@@ -8,11 +8,15 @@ import torch
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 
-from playbook import compress  # noqa: E402
+from playbook import compress, views  # noqa: E402
+from playbook.compress import recipes  # noqa: E402
 from playbook.compress import (  # noqa: E402
-    CompressionError, QuantizationConfig, QuantizationStage, compress_package, compress_torch, get_recipe,
-    required_target, weight_layers,
+    CompressionError, compress_package, compress_torch, get_recipe, required_target, weight_layers,
 )
+from playbook.metrics import pareto_front  # noqa: E402
+from playbook.records import VariantRecord  # noqa: E402
+from playbook.stages.common import SMOKE  # noqa: E402
+from playbook.stages.quantization import QuantizationConfig, QuantizationRun  # noqa: E402
 from playbook.config import ConfigError  # noqa: E402
 from playbook.coreml import ExportConfig, export_model, package_info, predict_split  # noqa: E402
 from playbook.models import create_model  # noqa: E402
@@ -46,13 +50,13 @@ def test_catalogue_holds_the_documented_recipes():
         assert required in names
     for name in names:
         recipe = get_recipe(name)
-        assert recipe.description and recipe.scheme in compress.SCHEMES
+        assert recipe.description and recipe.scheme in recipes.SCHEMES
         assert json.dumps(recipe.to_dict())  # serialisable into the record
     assert {get_recipe(n).min_target for n in ("int4-block", "palettize-4bit-grouped", "prune-50+int8")} == {"iOS18"}
     assert get_recipe("torch-w8a8-static").scheme == "static W8A8" and get_recipe("int8-weights").scheme == "weight-only"
-    assert set(compress.SMOKE_RECIPES) <= set(compress.DEFAULT_RECIPES)
+    assert set(SMOKE.quantization_recipes) <= set(compress.DEFAULT_RECIPES)
     # Smoke runs skip no code path of the default run: every technique and PyTorch algorithm is in both.
-    default, smoke = ([get_recipe(n) for n in s] for s in (compress.DEFAULT_RECIPES, compress.SMOKE_RECIPES))
+    default, smoke = ([get_recipe(n) for n in s] for s in (compress.DEFAULT_RECIPES, SMOKE.quantization_recipes))
     assert {r.technique for r in default} == {r.technique for r in smoke}
     assert {r.algorithm for r in default} == {r.algorithm for r in smoke}
     assert {k for r in default for k, _ in r.steps} == {k for r in smoke for k, _ in r.steps}
@@ -205,25 +209,31 @@ def test_config_is_strict():
         QuantizationConfig(recipes=["int3"])
     with pytest.raises(ConfigError, match="single-step Core ML recipe"):
         QuantizationConfig(sensitivity_recipe="prune-50+palettize-4bit")
-    assert QuantizationConfig(smoke=True).recipe_names() == [n for n in compress.RECIPES if n in compress.SMOKE_RECIPES]
+    assert QuantizationConfig(smoke=True).recipe_names() == [n for n in compress.RECIPES
+                                                             if n in SMOKE.quantization_recipes]
+    with pytest.raises(ConfigError, match="recipes='int8-weights' must be list"):
+        QuantizationConfig(recipes="int8-weights")
     assert QuantizationConfig(recipes=["palettize-2bit", "int8-weights"]).recipe_names() == \
         ["int8-weights", "palettize-2bit"]
     assert QuantizationConfig(smoke=True, finetune_steps=500).steps() == 20
 
 
 def test_pareto_front_and_chart():
-    variants = [{"name": n, "size_bytes": s, "size_mb": s / 1e6, "top1": t, "top1_ci": [t - 1, t + 1],
-                 "technique": "palettization"}
+    variants = [VariantRecord(name=n, stage="quantization", size_bytes=int(s), top1=t, top1_ci=(t - 1, t + 1),
+                              extra={"technique": "palettization"})
                 for n, s, t in (("big", 4e6, 90.0), ("mid", 1e6, 89.5), ("dominated", 2e6, 89.0), ("tiny", 2e5, 20.0))]
-    assert compress.pareto_front(variants) == ["tiny", "mid", "big"]
-    fig = compress.plot_accuracy_vs_size(variants[1:], variants[:1], accuracy_budget=1.0)
-    assert fig.axes[0].get_xscale() == "log"
+    assert [v.name for v in pareto_front(variants, lambda v: v.size_bytes, lambda v: v.top1)] == ["tiny", "mid", "big"]
+    chart = views.accuracy_figure(variants, ("size_mb", "size_mb"), zooms=(None, 3.0), reference_top1=90.0,
+                                  max_top1_drop=1.0, colour_by="technique")
+    left, right = chart.figure.axes[:2]
+    assert left.get_xscale() == "log" and right.get_ylim()[0] == pytest.approx(87.0)  # the zoom: 3 points
+    assert "tiny (20.0%)" in [t.get_text() for t in right.texts]  # the outlier sits on the edge, labelled
 
 
 # --------------------------------------------------------------------------- the stage, end to end on digits
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    from playbook.baseline import BaselineConfig, run_baseline
+    from playbook.stages.baseline import BaselineConfig, run_baseline
 
     root = tmp_path_factory.mktemp("quant")
     with pytest.MonkeyPatch.context() as mp:
@@ -233,23 +243,24 @@ def stage(tmp_path_factory):
         cfg = QuantizationConfig(dataset="digits", recipes=["int8-weights", "palettize-2bit"], smoke=True,
                                  sensitivity_recipe="palettize-2bit", max_exceptions=2,
                                  reports_dir=str(root / "reports"))
-        st = QuantizationStage(cfg)
+        st = QuantizationRun(cfg)
         st.run()
         st.layer_sensitivity()
         yield st
 
 
 def test_stage_measures_every_variant_against_fp32(stage):
-    assert [v["name"] for v in stage.variants][:2] == ["int8-weights", "palettize-2bit"]
+    assert [v.name for v in stage.variants][:2] == ["int8-weights", "palettize-2bit"]
     for v in stage.variants:
-        assert v["reference"] == "baseline-fp32" and v["n_test"] == len(stage.dataset.test)
-        assert v["vs_reference"]["ci_low"] <= v["vs_reference"]["delta_top1"] <= v["vs_reference"]["ci_high"]
-        assert 0 <= v["vs_reference"]["p_value"] <= 1 and 0 <= v["fidelity"]["top1_agreement"] <= 100
-        assert v["compress_seconds"] > 0 and v["weight_threshold"] == 256
-        assert v["size_ratio_vs_fp32"] == pytest.approx(stage.fp32_bytes / v["size_bytes"])
+        assert v.stage == "quantization" and v.reference == "baseline-fp32" and v.n_test == len(stage.dataset.test)
+        assert v.vs_reference.ci_low <= v.vs_reference.delta_top1 <= v.vs_reference.ci_high
+        assert 0 <= v.vs_reference.p_value <= 1 and 0 <= v.fidelity.top1_agreement <= 100
+        assert v.get("compress_seconds") > 0 and v.get("weight_threshold") == 256
+        assert v.get("size_ratio_vs_fp32") == pytest.approx(stage.fp32_bytes / v.size_bytes)
+        assert v.package.startswith("quantization/") and (stage.model_dir / v.package).exists()
     int8, pal2 = stage.variant("int8-weights"), stage.variant("palettize-2bit")
-    assert pal2["size_bytes"] < int8["size_bytes"] < stage.fp32_bytes
-    assert int8["fidelity"]["kl_divergence"] < pal2["fidelity"]["kl_divergence"]
+    assert pal2.size_bytes < int8.size_bytes < stage.fp32_bytes
+    assert int8.fidelity.kl_divergence < pal2.fidelity.kl_divergence
     assert "not run" in stage.explain("torch-w8a8-qat") and "x smaller than FP32" in stage.explain("int8-weights")
 
 
@@ -258,6 +269,7 @@ def test_sensitivity_ranks_layers_and_keeping_the_worst_float_recovers(stage):
     layers = s["layers"]
     assert [e["kl"] for e in layers] == sorted((e["kl"] for e in layers), reverse=True)
     assert len(layers) == len([x for x in weight_layers(stage.base_package("iOS17"), 256) if x.eligible])
+    assert all(e["label"] == e["module"] and e["module"] for e in layers)  # PyTorch names, not MIL constants
     curve = s["keep_curve"]
     assert [c["kept"] for c in curve] == [0, 1, 2]
     assert curve[2]["kept_layers"] == [e["label"] for e in layers[:2]]
@@ -266,21 +278,24 @@ def test_sensitivity_ranks_layers_and_keeping_the_worst_float_recovers(stage):
     if s["control"]:
         assert s["control"]["kl"] >= curve[s["chosen_kept"]]["kl"]
     guided = stage.variant(s["variant"])
-    assert guided is not None and guided["name"] == f"palettize-2bit-keep{s['chosen_kept']}"
+    assert guided is not None and guided.name == f"palettize-2bit-keep{s['chosen_kept']}"
     n_eligible = len(layers)
-    assert guided["op_histogram"]["constexpr_lut_to_dense"] == n_eligible - s["chosen_kept"]
-    assert stage.variant("palettize-2bit")["size_bytes"] < guided["size_bytes"]
+    assert guided.op_histogram["constexpr_lut_to_dense"] == n_eligible - s["chosen_kept"]
+    assert stage.variant("palettize-2bit").size_bytes < guided.size_bytes
 
 
 def test_stage_writes_the_record(stage):
-    path = stage.write()
+    stage.finish()
+    path = stage.path
     record = json.loads(path.read_text())
     assert path.name == "quantization.json" and record["stage"] == "quantization"
     for key in ("model", "config", "environment", "reproduce", "variants", "pitfalls", "sensitivity",
-                "pareto_front", "baseline", "weight_threshold"):
+                "pareto_front", "baseline", "weight_threshold", "lineage", "run", "playbook_version"):
         assert key in record
     assert record["reproduce"].startswith("python -m playbook run --model resnet --dataset digits --smoke --stages 02")
     assert "-p 'recipes=[" in record["reproduce"] and "max_exceptions=2" in record["reproduce"]
+    assert "interactive" not in record["reproduce"] and "reports" not in record["reproduce"]
+    assert set(record["lineage"]) == {"baseline.json", "baseline/fp32.mlpackage"}
     assert all({"title", "detail"} <= set(p) for p in record["pitfalls"])
     assert any("W8A8" in p["title"] for p in record["pitfalls"]) or record["environment"]["os"].startswith("Darwin")
     assert set(record["pareto_front"]) <= {v["name"] for v in record["variants"]} | {"baseline-fp32", "baseline-fp16"}
@@ -288,28 +303,28 @@ def test_stage_writes_the_record(stage):
 
 def test_stage_refuses_a_dataset_other_than_the_baselines(stage):
     with pytest.raises(ConfigError, match="was made on 'digits'"):
-        QuantizationStage(stage.cfg.replace(dataset="fashion-mnist"))
+        QuantizationRun(stage.cfg.replace(dataset="fashion-mnist"))
 
 
 def test_stage_records_refused_recipes_without_a_traceback(stage, capsys):
-    st = QuantizationStage(stage.cfg.replace(recipes=["int4-block"], retarget=False))
+    st = QuantizationRun(stage.cfg.replace(recipes=["int4-block"], retarget=False))
     assert st.run_recipe("int4-block") is None
     assert st.skipped[0]["recipe"] == "int4-block" and "iOS18" in st.skipped[0]["coremltools_message"]
     assert "skipped int4-block" in capsys.readouterr().out
     assert "refused by coremltools" in st.explain("int4-block")
-    assert any("refused" in p["title"] for p in st.pitfalls())
+    assert any("refused" in p["title"] for p in st.collect_pitfalls())
 
 
 def test_explorer_widget_shows_a_row_and_the_sensitivity(stage):
     import ipywidgets
 
-    box = compress.explore(stage.record())
+    box = views.explore(stage.record or stage.finish())
     assert isinstance(box, ipywidgets.VBox)
     dropdown, panel = box.children
     assert isinstance(dropdown, ipywidgets.Dropdown) and isinstance(panel, ipywidgets.HTML)
-    assert list(dropdown.options) == [v["name"] for v in stage.variants]
+    assert list(dropdown.options) == [v.name for v in stage.variants]
     dropdown.value = "int8-weights"
     assert "int8-weights" in panel.value and "layer sensitivity was computed for palettize-2bit" in panel.value
     dropdown.value = "palettize-2bit"
     assert "layer sensitivity of palettize-2bit" in panel.value and "<table>" in panel.value
-    assert np.isfinite(stage.variant("palettize-2bit")["top1"])
+    assert np.isfinite(stage.variant("palettize-2bit").top1)

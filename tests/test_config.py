@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -29,3 +30,34 @@ def test_parameters_from_namespace_keeps_only_user_values():
 
     ns = {"model": "resnet", "epochs": 3, "_private": 1, "math": math, "In": [], "f": lambda: 0, "Example": Example}
     assert parameters_from_namespace(ns) == {"model": "resnet", "epochs": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Typed(StrictConfig):
+    name: str = "x"
+    size: int = 1
+    rate: float = 0.5
+    flag: bool = False
+    options: dict = dataclasses.field(default_factory=dict)
+    items: list = dataclasses.field(default_factory=list)
+    folder: str | None = None
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("name", 3, "name=3 must be str, not int"),
+    ("size", True, "size=True must be int, not bool"),
+    ("size", 1.5, "size=1.5 must be int, not float"),
+    ("rate", "fast", "rate='fast' must be float, not str"),
+    ("flag", "yes", "flag='yes' must be bool, not str"),
+    ("options", "x", "options='x' must be dict, not str"),
+    ("items", "a,b", "items='a,b' must be list, not str"),
+    ("folder", 3, "folder=3 must be str or None, not int"),
+])
+def test_values_of_the_wrong_type_are_rejected_naming_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Typed(**{field: value})
+
+
+def test_values_of_the_right_type_pass():
+    ok = Typed(name="y", size=2, rate=1, flag=True, options={"a": 1}, items=("a",), folder=None)
+    assert ok.rate == 1 and Typed(folder="/tmp").folder == "/tmp"

@@ -65,6 +65,9 @@ def test_parity_compares_probabilities_for_a_classifier_package(exported, digits
     from playbook.coreml import check_parity
 
     model, plain, clf = exported
-    assert check_parity(model, plain, digits, digits.test.head(50), "fp32").compared == "logits"
-    result = check_parity(model, clf, digits, digits.test.head(50), "fp32")
+    from playbook.train import predict_logits
+
+    logits = predict_logits(model, digits, digits.test.head(50))
+    assert check_parity(logits, plain, digits, digits.test.head(50), "fp32").compared == "logits"
+    result = check_parity(logits, clf, digits, digits.test.head(50), "fp32")
     assert result.compared == "probabilities" and result.fidelity.top1_agreement == 100.0

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from playbook import report
+from playbook.command import RunCommand
 from playbook.config import ConfigError
-from playbook.notebooks import NOTEBOOKS_DIR, execute
-from playbook.records import write_stage_record
+from playbook.metrics import PairedComparison, pareto_front
+from playbook.notebooks import execute
+from playbook.paths import notebooks_dir
+from playbook.records import RecordError, StageRecord, VariantRecord, write_json, write_stage_record
+from playbook.report import pages, render
+from playbook.report.recommend import Budget, load, recommend
+from playbook.report.swift import swift_snippet
+from playbook.stages.report import ReportConfig, ReportRun
 
 EVIL = '<script>alert("x")</script>'
 
@@ -43,65 +49,72 @@ def _provenance(energy_measured=False):
             "environment": {"os": "Linux"}}
 
 
-def _variant(name, top1, size, latency, package, drop=None, description="", energy=None):
-    v = {"name": name, "description": description, "package": str(package), "size_mb": size, "zip_mb": size * 0.9,
-         "top1": top1, "top5": 99.0, "top1_ci": [top1 - 1.5, top1 + 1.5], "n_test": 400, "latency_ms": latency,
-         "latency_p90_ms": latency * 1.2, "fps": 1000 / latency, "peak_memory_mb": 3.0, "energy_mj": energy,
-         "provenance": _provenance(energy is not None), "reference": None, "vs_reference": None}
+IO = {"inputs": [{"name": "image", "type": "multiArrayType", "shape": [1, 1, 8, 8], "dtype": "FLOAT32"}],
+      "outputs": [{"name": "logits", "type": "multiArrayType", "shape": [1, 10], "dtype": "FLOAT32"}]}
+
+
+def _variant(stage, name, top1, size, latency, package, drop=None, description="", energy=None):
+    vs = None
     if drop is not None:
-        v["reference"] = "baseline-fp32"
-        v["vs_reference"] = {"delta_top1": -drop, "ci_low": -drop - 0.4, "ci_high": -drop + 0.4, "p_value": 0.2,
-                             "significant": False}
-    return v
+        vs = PairedComparison(delta_top1=-drop, ci_low=-drop - 0.4, ci_high=-drop + 0.4, p_value=0.2,
+                              only_reference_correct=0, only_variant_correct=0, n=400)
+    return VariantRecord(name=name, stage=stage, description=description, package=str(package),
+                         size_bytes=int(size * 1e6), zip_bytes=int(size * 0.9e6), top1=top1, top5=99.0,
+                         top1_ci=(top1 - 1.5, top1 + 1.5), n_test=400, latency_ms=latency,
+                         latency_p90_ms=latency * 1.2, fps=1000 / latency, peak_memory_mb=3.0, energy_mj=energy,
+                         provenance=_provenance(energy is not None), io=IO,
+                         reference="baseline-fp32" if drop is not None else None, vs_reference=vs)
 
 
-def _envelope(model, stage, variants, pitfalls=(), reproduce="", **extra):
-    return {"model": model, "config": {"smoke": False, "dataset": "digits"}, "environment": {"os": "Linux 6",
-            "cpu": "AMD EPYC", "python": "3.11", "versions": {"torch": "2.13.0", "coremltools": "9.0"}},
-            "reproduce": reproduce, "variants": list(variants), "pitfalls": list(pitfalls), **extra}
+def _record(model, stage, variants, pitfalls=(), run=None, **details):
+    return StageRecord(stage=stage, model=model, config={"smoke": False, "dataset": "digits"},
+                       environment={"os": "Linux 6", "cpu": "AMD EPYC", "python": "3.11",
+                                    "versions": {"torch": "2.13.0", "coremltools": "9.0"}},
+                       run=(run or RunCommand(model=model)).to_dict(), reproduce="", variants=list(variants),
+                       pitfalls=list(pitfalls), details=details)
 
 
 def write_records(root: Path, package: Path, model="resnet", stages=("baseline", "quantization", "distillation")):
     """Three stage records with numbers chosen so that budgets pick different techniques."""
     model_dir = root / model
     if "baseline" in stages:
-        write_stage_record(model_dir, "baseline", _envelope(
+        write_stage_record(model_dir, _record(
             model, "baseline",
-            [_variant("baseline-fp32", 90.0, 1.00, 2.0, package, description="FP32 reference"),
-             _variant("baseline-fp16", 90.0, 0.50, 1.8, package, drop=0.0)],
+            [_variant("baseline", "baseline-fp32", 90.0, 1.00, 2.0, package, description="FP32 reference"),
+             _variant("baseline", "baseline-fp16", 90.0, 0.50, 1.8, package, drop=0.0)],
             pitfalls=[{"title": "FP16 package has FP16 I/O", "detail": "pass dtype=np.float32"}],
-            reproduce="python -m playbook run --model resnet --dataset digits -p epochs=3",
+            run=RunCommand(model=model, dataset="digits", params={"epochs": 3}, stages="01"),
             reference_variant="baseline-fp32", dataset={"name": "digits", "classes": [str(i) for i in range(10)],
                                                         "mean": [0.3], "std": [0.37]}))
     if "quantization" in stages:
-        write_stage_record(model_dir, "quantization", _envelope(
+        write_stage_record(model_dir, _record(
             model, "quantization",
-            [_variant("int8-linear", 89.6, 0.25, 1.7, package, drop=0.4),
-             _variant("int4-palettized", 87.0, 0.13, 1.9, package, drop=3.0, description=EVIL)],
+            [_variant("quantization", "int8-linear", 89.6, 0.25, 1.7, package, drop=0.4),
+             _variant("quantization", "int4-palettized", 87.0, 0.13, 1.9, package, drop=3.0, description=EVIL)],
             pitfalls=[{"title": f"Calibration {EVIL}", "detail": "int4 lost 3 points"}],
-            reproduce="papermill notebooks/02_quantization.ipynb out.ipynb -p model resnet -p calibration random "
-                      "-p smoke False"))
+            run=RunCommand(model=model, params={"calibration": "random"}, stages="02")))
     if "distillation" in stages:
-        write_stage_record(model_dir, "distillation", _envelope(
-            model, "distillation", [_variant("student-w8", 89.9, 0.30, 0.9, package, drop=0.1, energy=0.12)]))
+        write_stage_record(model_dir, _record(
+            model, "distillation", [_variant("distillation", "student-w8", 89.9, 0.30, 0.9, package, drop=0.1,
+                                             energy=0.12)]))
     return model_dir
 
 
-def _data(root, **cfg):
-    return report.load(report.ReportConfig(model="resnet", reports_dir=str(root), **cfg))
+def _data(root, smoke=False, **budget):
+    return load("resnet", root / "resnet", Budget(**budget), smoke)
 
 
 # --------------------------------------------------------------------------- recommendation
 def test_default_budget_recommends_the_smallest_variant_within_one_point(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path)
-    rec = report.recommend(data)
+    rec = recommend(data)
     assert rec.objective == "size" and rec.meets_budget
     assert rec.chosen.name == "int8-linear"  # int4 is smaller but drops 3 points > 1
     assert "int4-palettized" not in {r.name for r in rec.feasible}
     assert "smallest" in rec.objective_reason and "int8-linear" in rec.why
     assert "interval of its top-1 drop reaches 0.80 pp" not in rec.why  # 0.4 +- 0.4 stays within 1 point
-    tight = report.recommend(_data(tmp_path, max_top1_drop=0.5))
+    tight = recommend(_data(tmp_path, max_top1_drop=0.5))
     assert tight.chosen.name == "int8-linear" and "interval of its top-1 drop reaches 0.80 pp" in tight.why
     # the technique advice comes from the numbers: quantization for size, distillation for accuracy
     assert "when accuracy dominates, prefer distillation" in rec.technique
@@ -110,7 +123,7 @@ def test_default_budget_recommends_the_smallest_variant_within_one_point(tmp_pat
 
 def test_size_and_latency_budgets_make_accuracy_the_objective(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
-    rec = report.recommend(_data(tmp_path, max_size_mb=0.35, max_latency_ms=1.0))
+    rec = recommend(_data(tmp_path, max_size_mb=0.35, max_latency_ms=1.0))
     assert rec.objective == "accuracy"
     assert rec.chosen.name == "student-w8" and rec.chosen.stage == "distillation"
     assert "Only distillation variants" in rec.technique
@@ -118,18 +131,18 @@ def test_size_and_latency_budgets_make_accuracy_the_objective(tmp_path, tiny_pac
 
 def test_latency_objective_and_explicit_objective(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
-    assert report.recommend(_data(tmp_path, max_size_mb=0.6)).chosen.name == "student-w8"  # fastest under 0.6 MB
-    rec = report.recommend(_data(tmp_path, objective="accuracy"))
+    assert recommend(_data(tmp_path, max_size_mb=0.6)).chosen.name == "student-w8"  # fastest under 0.6 MB
+    rec = recommend(_data(tmp_path, objective="accuracy"))
     assert rec.chosen.name in ("baseline-fp32", "baseline-fp16")  # 90.0, the reference accuracy
 
 
 def test_no_variant_meets_the_budget_shows_the_closest(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
-    rec = report.recommend(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2))
+    rec = recommend(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2))
     assert not rec.meets_budget and rec.chosen is None
     assert rec.closest is not None and rec.deliverable is rec.closest
     assert "No variant meets the budgets" in rec.why and rec.closest.name in rec.why
-    html = report.summary_html(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2), rec)
+    html = render.summary_html(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2), rec)
     assert "No variant meets your budget" in html
 
 
@@ -140,32 +153,34 @@ def test_unmeasured_axis_does_not_meet_a_budget(tmp_path, tiny_package):
     for v in record["variants"]:
         v["latency_ms"] = None
     rec_path.write_text(json.dumps(record))
-    rec = report.recommend(_data(tmp_path, max_latency_ms=5.0))
+    rec = recommend(_data(tmp_path, max_latency_ms=5.0))
     assert not rec.meets_budget and "latency not measured" in rec.why
 
 
 def test_pareto_front_keeps_only_non_dominated_variants(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path)
-    assert [r.name for r in report.pareto_front(data.rows, "size_mb")] == [
+    variants = [r.raw for r in data.rows]
+    assert [v.name for v in pareto_front(variants, lambda v: v.size_mb, lambda v: v.top1)] == [
         "int4-palettized", "int8-linear", "student-w8", "baseline-fp16"]
-    assert [r.name for r in report.pareto_front(data.rows, "latency_ms")] == ["student-w8", "baseline-fp16"]
-    fig = report.pareto_figure(data, report.recommend(data))
-    assert len(fig.axes) == 2 and report.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [v.name for v in pareto_front(variants, lambda v: v.latency_ms, lambda v: v.top1)] == [
+        "student-w8", "baseline-fp16"]
+    chart = render.pareto_figure(data, recommend(data))
+    assert len(chart.figure.axes) == 2 and chart.png()[:8] == b"\x89PNG\r\n\x1a\n" and f"{len(data.rows)} variants" in chart.alt
 
 
 # --------------------------------------------------------------------------- loading
 def test_any_subset_of_records_works_and_empty_is_a_clear_error(tmp_path, tiny_package):
-    with pytest.raises(FileNotFoundError, match="no stage records"):
+    with pytest.raises(RecordError, match="no stage records"):
         _data(tmp_path)
     write_records(tmp_path, tiny_package, stages=("quantization",))  # no baseline at all
     data = _data(tmp_path)
-    rec = report.recommend(data)
+    rec = recommend(data)
     assert {r.name for r in data.rows} == {"int8-linear", "int4-palettized"}
     assert rec.chosen.name == "int8-linear"
     assert "techniques cannot be compared yet" in rec.technique
-    for piece in (report.summary_html(data, rec), report.variants_table_html(data, rec), report.pitfalls_html(data),
-                  report.deliverables_html(data, rec)):
+    for piece in (render.summary_html(data, rec), render.variants_table_html(data, rec), render.pitfalls_html(data),
+                  render.deliverables_html(data, rec)):
         assert piece.startswith("<div")
 
 
@@ -174,28 +189,30 @@ def test_smoke_mismatch_and_unknown_parameters_are_errors(tmp_path, tiny_package
     with pytest.raises(ConfigError, match="smoke=False"):
         _data(tmp_path, smoke=True)
     with pytest.raises(ConfigError, match="unknown ReportConfig key"):
-        report.ReportConfig.from_namespace({"model": "resnet", "max_top1_dorp": 1.0})
+        ReportConfig.from_namespace({"model": "resnet", "max_top1_dorp": 1.0})
     with pytest.raises(ConfigError, match="objective"):
-        report.ReportConfig(objective="speed")
+        ReportConfig(objective="speed")
     with pytest.raises(ConfigError, match="max_size_mb"):
-        report.ReportConfig(max_size_mb=-1)
+        ReportConfig(max_size_mb=-1)
+    with pytest.raises(ConfigError, match="max_top1_drop=True must be float"):
+        ReportConfig(max_top1_drop=True)
 
 
 # --------------------------------------------------------------------------- HTML pieces
 def test_model_supplied_strings_are_escaped(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path)
-    rec = report.recommend(data)
-    pieces = report.variants_table_html(data, rec) + report.pitfalls_html(data) + report.summary_html(data, rec)
+    rec = recommend(data)
+    pieces = render.variants_table_html(data, rec) + render.pitfalls_html(data) + render.summary_html(data, rec)
     assert "<script" not in pieces
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in pieces
-    table = report.variants_table_html(data, rec)
+    table = render.variants_table_html(data, rec)
     assert table.count("<tr") == 1 + len(data.rows)
     # energy: the distilled variant measured it, the others say why not
     assert "0.120" in table and "not measured: no readable energy counter" in table
     assert "reference executor on Linux x86_64 CPU" in table and "not Apple&#x27;s Core ML runtime" in table
     assert "[88.50, 91.50]" in table  # top-1 interval
-    page = report.index_html(tmp_path)
+    page = pages.index_html(tmp_path)
     assert "<script" not in page
 
 
@@ -204,7 +221,7 @@ def test_swift_snippet_uses_the_package_real_io(tiny_package):
 
     info = package_info(tiny_package)
     assert [f["name"] for f in info.inputs] == ["image"] and [f["name"] for f in info.outputs] == ["logits"]
-    swift = report.swift_snippet(tiny_package, normalisation={"mean": [0.3], "std": [0.37]})
+    swift = swift_snippet(tiny_package, info.to_dict(), normalisation={"mean": [0.3], "std": [0.37]})
     assert 'forResource: "int8-linear", withExtension: "mlmodelc"' in swift
     assert "let image = try MLMultiArray(shape: [1, 1, 8, 8], dataType: .float32)" in swift
     assert '"image": MLFeatureValue(multiArray: image)' in swift
@@ -217,7 +234,7 @@ def test_swift_snippet_handles_images_classifiers_and_odd_names():
                         "color_space": "GRAYSCALE"}],
             "outputs": [{"name": "classLabel", "type": "stringType"},
                         {"name": 'probs"\\', "type": "dictionaryType", "key_type": "stringKeyType"}]}
-    swift = report.swift_snippet("My Model.mlpackage", info)
+    swift = swift_snippet("My Model.mlpackage", info)
     assert "let inputImage = try MLFeatureValue(cgImage: cgImage, pixelsWide: 28, pixelsHigh: 28, " \
            "pixelFormatType: kCVPixelFormatType_OneComponent8, options: nil)" in swift
     assert '"input image": inputImage,' in swift
@@ -228,40 +245,39 @@ def test_swift_snippet_handles_images_classifiers_and_odd_names():
 def test_reproduce_command_merges_the_stage_commands_and_budgets(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path, max_top1_drop=0.5, max_size_mb=2.0, objective="latency")
-    cmd = report.reproduce_command(data)
-    assert cmd.startswith("python -m playbook run --model resnet --dataset digits -p epochs=3")
-    assert "-p calibration=random" in cmd  # the quantization stage's own parameter (papermill syntax there)
+    cmd = data.command().shell()
+    assert cmd.startswith("python -m playbook run --model resnet --dataset digits --stages 01,02,03,06 -p epochs=3")
+    assert "-p calibration=random" in cmd  # the quantization stage's own parameter
     assert cmd.count("--model") == 1 and "-p model" not in cmd and "-p smoke" not in cmd
-    assert "--budget top1_drop=0.5 size_mb=2" in cmd and "-p objective=latency" in cmd
-    assert f"--reports-dir {tmp_path}" in cmd
+    assert "--budget max_top1_drop=0.5 max_size_mb=2.0" in cmd and "-p objective=latency" in cmd
+    assert "--reports-dir" not in cmd  # the command is the client's to run, not this machine's folder
 
 
 def test_offline_check_finds_network_resources():
-    assert report.offline_problems('<p>ok</p><img src="data:image/png;base64,AAAA">') == []
+    assert render.offline_problems('<p>ok</p><img src="data:image/png;base64,AAAA">') == []
     for bad in ('<script src="https://cdn.example/x.js"></script>', '<link href="//fonts.example/x.css">',
                 '<a href="http://example.com">x</a>', "<style>@import 'x.css';</style>",
                 "<div style=\"background: url(https://example.com/x.png)\"></div>"):
-        assert report.offline_problems(bad), bad
+        assert render.offline_problems(bad), bad
 
 
 def test_failure_page_and_index(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     model_dir = tmp_path / "resnet"
-    data = _data(tmp_path)
-    report.write_report_record(data, report.recommend(data))
-    (model_dir / report.REPORT_HTML).write_text("<html>report</html>")
-    report.write_json(model_dir / report.RUN_STATUS, {"model": "resnet", "status": "ok"})
+    ReportRun(ReportConfig(model="resnet", reports_dir=str(tmp_path))).finish()
+    (model_dir / pages.REPORT_HTML).write_text("<html>report</html>")
+    write_json(model_dir / pages.RUN_STATUS, {"model": "resnet", "status": "ok"})
     bad_dir = tmp_path / "evil"
-    page = report.write_failure_page(bad_dir, EVIL, f"RuntimeError: {EVIL}", log_tail=f"line\n{EVIL}",
+    page = pages.write_failure_page(bad_dir, EVIL, f"RuntimeError: {EVIL}", log_tail=f"line\n{EVIL}",
                                      stage="01_baseline")
-    report.write_json(bad_dir / report.RUN_STATUS, {"model": EVIL, "status": "failed", "error": "RuntimeError: boom",
+    write_json(bad_dir / pages.RUN_STATUS, {"model": EVIL, "status": "failed", "error": "RuntimeError: boom",
                                                     "failed_stage": "01_baseline"})
     text = page.read_text()
     assert "FAILED" in text and "01_baseline" in text and "<script" not in text
-    index = report.write_index(tmp_path).read_text()
+    index = pages.write_index(tmp_path).read_text()
     assert 'href="resnet/report.html"' in index and "int8-linear" in index and "89.60" in index
     assert "FAILED in 01_baseline" in index and "RuntimeError: boom" in index and "<script" not in index
-    assert report.offline_problems(index) == [] and report.offline_problems(text) == []
+    assert render.offline_problems(index) == [] and render.offline_problems(text) == []
 
 
 # --------------------------------------------------------------------------- the notebook, end to end
@@ -270,24 +286,24 @@ def test_report_notebook_renders_an_offline_html_report(tmp_path, tiny_package):
     reports = tmp_path / "reports"
     write_records(reports, tiny_package)
     executed = tmp_path / "06_report.ipynb"
-    execute(NOTEBOOKS_DIR / "06_report.ipynb", executed,
+    execute(notebooks_dir() / "06_report.ipynb", executed,
             {"model": "resnet", "reports_dir": str(reports), "smoke": False, "max_size_mb": 0.35,
              "max_latency_ms": 1.0})
     summary = json.loads((reports / "resnet" / "report.json").read_text())
     assert summary["recommended"]["name"] == "student-w8" and summary["meets_budget"]
     assert summary["objective"] == "accuracy" and summary["stages"] == ["baseline", "quantization", "distillation"]
 
-    out = report.export_html(executed, reports / "resnet" / "report.html", title="Core ML report: resnet")
+    out = render.export_html(executed, reports / "resnet" / "report.html", title="Core ML report: resnet")
     html = out.read_text()
     assert "Recommended: <b>student-w8</b>" in html  # executive summary
     assert html.count('class="pb-table"') == 1 and "Top-1 drop vs reference" in html  # the table
-    assert report.embedded_images(html) >= 1  # the Pareto charts, inline
-    assert report.decode_first_png(html)[:4] == b"\x89PNG"
-    assert report.offline_problems(html) == []
+    assert render.embedded_images(html) >= 1  # the Pareto charts, inline
+    assert render.decode_first_png(html)[:4] == b"\x89PNG"
+    assert render.offline_problems(html) == []
     assert not re.search(r"<script[^>]*\bsrc=", html) and 'src="http' not in html and 'href="http' not in html
     assert "cdnjs" not in html and "mathjax" not in html.lower() and "require.js" not in html
     assert "&lt;script&gt;alert" in html and '<script>alert("x")' not in html
-    assert "cfg = report.ReportConfig" not in html  # no code cells
+    assert "cfg = ReportConfig" not in html  # no code cells
     assert "MLMultiArray(shape: [1, 1, 8, 8], dataType: .float32)" in html  # Swift from the real package
     assert "python -m playbook run --model resnet" in html
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -299,3 +315,21 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_record_computed_from_a_changed_baseline_is_refused(tmp_path, tiny_package):
+    """Lineage: a quantization record made from an older baseline.json is stale, and the report says which and how
+    to refresh it instead of mixing the two runs."""
+    from playbook.records import lineage_of, read_stage_record
+
+    model_dir = write_records(tmp_path, tiny_package, stages=("baseline", "quantization"))
+    quant = read_stage_record(model_dir, "quantization")
+    quant.lineage = lineage_of(model_dir, [model_dir / "baseline.json"])
+    write_stage_record(model_dir, quant)
+    assert _data(tmp_path).rows  # fresh: loads
+    base = read_stage_record(model_dir, "baseline")
+    base.details["note"] = "a new training run"
+    write_stage_record(model_dir, base)
+    with pytest.raises(RecordError, match=r"stale records .*quantization\.json \(baseline\.json \(changed\)\).*"
+                                          r"--stages 02,06"):
+        _data(tmp_path)

@@ -53,3 +53,24 @@ def test_cache_key_changes_when_the_architecture_changes(digits):
     wide = architecture_signature(build_model(ModelConfig("resnet", {"width": 12}), digits))
     assert cache_key(m, digits, t, narrow) != cache_key(m, digits, t, wide)
     assert cache_key(m, digits, t) == cache_key(m, digits, t, narrow)
+
+
+def test_fit_restores_the_thread_count_and_skips_frozen_parameters(digits):
+    from playbook.train import fit
+
+    before = torch.get_num_threads()
+    model = build_model_for(digits)
+    frozen = model.stem[0].weight.detach().clone()
+    model.stem[0].weight.requires_grad_(False)
+    result = fit(model, digits, TrainConfig(steps=5, batch_size=32, lr=0.05, threads=1, schedule="cosine",
+                                            validate=False), progress=False)
+    assert torch.get_num_threads() == before
+    assert result.steps == 5 and len(result.losses) == 5
+    assert torch.equal(model.stem[0].weight, frozen)
+
+
+def build_model_for(digits):
+    from playbook.train import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig("resnet", {"width": 8}), digits)

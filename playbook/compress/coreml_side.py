@@ -1,0 +1,234 @@
+"""Core ML-side compression: ``coremltools.optimize.coreml`` on a saved ML program.
+
+``compress_package`` applies a recipe's steps (quantize, palettize, prune; two steps make a joint
+recipe) to a package and saves the result; ``weight_layers`` lists the program's weights in order with
+the PyTorch module each came from, for per-layer configs and sensitivity tables.
+
+``weight_threshold``: coremltools leaves tensors with at most this many elements uncompressed
+(default 2048).  The playbook's models are small, so its stages use 256 and record it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from playbook.compress.recipes import CompressionError, Recipe, get_recipe, hint_for, quiet_compression
+from playbook.config import ConfigError
+from playbook.coreml import ct, safe_package_path, save_package
+
+_OP_CONFIG = {"quantize": "OpLinearQuantizerConfig", "palettize": "OpPalettizerConfig",
+              "prune": "OpMagnitudePrunerConfig"}
+_COMPRESS_FN = {"quantize": "linear_quantize_weights", "palettize": "palettize_weights", "prune": "prune_weights"}
+WEIGHT_CONSUMERS = ("conv", "conv_transpose", "linear", "matmul")
+
+
+def op_config(kind: str, options: dict[str, Any], weight_threshold: int) -> Any:
+    """The coremltools per-op config for one Core ML step (``OpPalettizerConfig(...)`` etc.)."""
+    import coremltools.optimize.coreml as oc
+
+    return getattr(oc, _OP_CONFIG[kind])(**options, weight_threshold=weight_threshold)
+
+
+def load_mlmodel(package: Path | Any) -> Any:
+    """An ``MLModel`` for compression: a path is loaded with ``skip_model_load=True`` (works on Linux)."""
+    if isinstance(package, (str, Path)):
+        return ct.models.MLModel(str(package), skip_model_load=True)
+    return package
+
+
+def compress_mlmodel(recipe: str | Recipe, package: Path | Any, weight_threshold: int = 256,
+                     exclude: Sequence[str] = (), only: Sequence[str] | None = None,
+                     messages: list[str] | None = None) -> Any:
+    """Apply a Core ML recipe to a package (path) or ``MLModel``; returns the compressed ``MLModel``.
+
+    Args:
+        recipe: a Core ML side recipe (name or ``Recipe``).
+        package: the ``.mlpackage`` path or a loaded ``MLModel`` (not modified).
+        weight_threshold: tensors with at most this many elements stay uncompressed.
+        exclude: weight (const op) names kept uncompressed: ``op_name_configs={name: None}``.
+        only: if given, compress only these weights (``global_config=None`` plus one
+            ``op_name_configs`` entry each) -- the per-layer sensitivity analysis uses this.
+        messages: a list that receives coremltools' warnings (e.g. layers ``per_block`` skipped).
+
+    Raises:
+        CompressionError: coremltools refused (e.g. an iOS18-only recipe on an iOS17 program),
+            with coremltools' message and a hint.
+        ConfigError: a name in ``exclude``/``only`` is not a weight of the program.
+    """
+    import coremltools.optimize.coreml as oc
+
+    recipe = get_recipe(recipe)
+    if recipe.side != "coreml":
+        raise ConfigError(f"{recipe.name!r} is a PyTorch-side recipe; use compress_torch")
+    mlmodel = load_mlmodel(package)
+    names = set(exclude) | set(only or ())
+    metadata = oc.get_weights_metadata(mlmodel, weight_threshold=0) if recipe.steps else {}
+    unknown = sorted(names - set(metadata))
+    if unknown:
+        raise ConfigError(f"{unknown} are not weights of this program; see weight_layers(package) for the names")
+    notes: list[str] = []
+    with quiet_compression() as captured:
+        try:
+            for index, (kind, options) in enumerate(recipe.steps):
+                cfg = op_config(kind, options, weight_threshold)
+                per_op = _block_size_overrides(kind, options, metadata, weight_threshold, notes) if index == 0 else {}
+                if only is not None:
+                    opt = oc.OptimizationConfig(global_config=None,
+                                                op_name_configs={n: per_op.get(n, cfg) for n in only})
+                else:
+                    opt = oc.OptimizationConfig(global_config=cfg,
+                                                op_name_configs={**per_op, **{n: None for n in exclude}})
+                fn = getattr(oc, _COMPRESS_FN[kind])
+                mlmodel = fn(mlmodel, opt, joint_compression=True) if index else fn(mlmodel, opt)
+        except (ValueError, NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError) as exc:
+            raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
+    if messages is not None:
+        messages.extend(m for m in notes + captured if m not in messages)
+    return mlmodel
+
+
+def _block_size_overrides(kind: str, options: dict[str, Any], metadata: dict[str, Any], weight_threshold: int,
+                          notes: list[str]) -> dict[str, Any]:
+    """Per-op configs where a recipe's block (``per_block`` quantization: input channels) or group
+    (``per_grouped_channel`` palettization: output channels) does not divide a weight's channel count:
+    the largest divisor of the count not above the recipe's size (at least 4) is used instead, and a
+    note says so.  Without it coremltools skips such weights (they stay float), which on a 24/48/96-channel
+    network is most layers.  Weights with no such divisor are left to coremltools (which skips them)."""
+    if kind == "quantize" and options.get("granularity") == "per_block":
+        key, axis, size = "block_size", 1, int(options.get("block_size", 32))
+    elif kind == "palettize" and options.get("granularity") == "per_grouped_channel":
+        key, axis, size = "group_size", int(options.get("channel_axis") or 0), int(options.get("group_size", 32))
+    else:
+        return {}
+    overrides = {}
+    for name, meta in metadata.items():
+        shape = meta.val.shape
+        if meta.val.size <= weight_threshold or len(shape) <= axis or shape[axis] % size == 0:
+            continue
+        divisor = next((d for d in range(min(size, shape[axis]), 3, -1) if shape[axis] % d == 0), None)
+        if divisor is not None:
+            overrides[name] = op_config(kind, {**options, key: divisor}, weight_threshold)
+            notes.append(f"{options['granularity']}: {key} {size} does not divide the {shape[axis]} channels (axis "
+                         f"{axis}) of {name}; used {divisor}")
+    return overrides
+
+
+def compress_package(recipe: str | Recipe, package: Path, out_dir: Path, stem: str | None = None,
+                     weight_threshold: int = 256, exclude: Sequence[str] = (),
+                     only: Sequence[str] | None = None) -> "CompressedPackage":
+    """Compress ``package`` with a Core ML recipe and save ``out_dir/<stem>.mlpackage`` (atomically)."""
+    recipe = get_recipe(recipe)
+    start = time.perf_counter()
+    messages: list[str] = []
+    mlmodel = compress_mlmodel(recipe, package, weight_threshold, exclude, only, messages)
+    seconds = time.perf_counter() - start
+    target = safe_package_path(Path(out_dir), stem or recipe.name)
+    save_package(mlmodel, target)
+    return CompressedPackage(target, seconds, tuple(messages), {})
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedPackage:
+    """A compressed package and how long compression took (``seconds``: compressor only, not the save)."""
+
+    path: Path
+    seconds: float
+    messages: tuple[str, ...]
+    details: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- weights / layers
+@dataclasses.dataclass(frozen=True)
+class WeightLayer:
+    """A weight tensor of the program that a compressor can act on.
+
+    Attributes:
+        name: the const op's name (what ``op_name_configs`` / ``exclude`` take).
+        shape: the tensor's shape.
+        size: number of elements.
+        consumer: the op type using it (``conv``, ``linear``...).
+        module: the PyTorch module it came from (matched by execution order and shape), or ``""``.
+        eligible: ``size > weight_threshold``: compressors act on it.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    size: int
+    consumer: str
+    module: str
+    eligible: bool
+
+    @property
+    def label(self) -> str:
+        return self.module or self.name
+
+
+def _torch_call_order(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)) and \
+                isinstance(weight, torch.Tensor):
+            hooks.append(module.register_forward_hook(
+                lambda mod, inp, out, _n=name: calls.append((_n, tuple(mod.weight.shape)))))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def weight_layers(package: Path | Any, weight_threshold: int = 256, model: nn.Module | None = None,
+                  example: torch.Tensor | None = None) -> list[WeightLayer]:
+    """The conv/linear weights of a program in program order, with the PyTorch module each came from.
+
+    ``model`` and ``example`` (one input batch) are optional: with them, each weight is matched
+    to the module that ran with the same weight shape, in execution order (the converter keeps
+    the trace order), which gives readable names like ``stages.1.body.0``.
+    """
+    import coremltools.optimize.coreml as oc
+
+    metadata = oc.get_weights_metadata(load_mlmodel(package), weight_threshold=0)
+    calls = _torch_call_order(model, example) if model is not None and example is not None else []
+    used = [False] * len(calls)
+    layers = []
+    for name, meta in metadata.items():
+        consumers = [c.op_type for c in meta.child_ops]
+        consumer = next((c for c in consumers if c in WEIGHT_CONSUMERS), None)
+        if consumer is None or meta.val.ndim < 2:
+            continue
+        shape = tuple(int(s) for s in meta.val.shape)
+        module = ""
+        for i, (mod_name, mod_shape) in enumerate(calls):
+            if not used[i] and mod_shape == shape:
+                used[i], module = True, mod_name
+                break
+        size = int(np.prod(shape))
+        layers.append(WeightLayer(name, shape, size, consumer, module, size > weight_threshold))
+    return layers
+
+
+def weight_file_bytes(package: Path) -> int:
+    """Bytes of the package's weight file (``Data/com.apple.CoreML/weights/weight.bin``): the part compression
+    shrinks; the rest of the package (program, metadata, manifest) is a fixed overhead."""
+    path = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    return path.stat().st_size if path.exists() else 0
+
+
+def compressed_weight_count(op_histogram: dict[str, int]) -> int:
+    """How many weights the program stores compressed (the outermost ``constexpr_*`` op per weight)."""
+    lut_sparse = op_histogram.get("constexpr_lut_to_sparse", 0) + \
+        op_histogram.get("constexpr_sparse_blockwise_shift_scale", 0)
+    total = sum(v for k, v in op_histogram.items() if k.startswith("constexpr_") and k != "constexpr_cast")
+    return total - lut_sparse  # a joint weight is one sparse_to_dense fed by one lut_to_sparse/shift_scale
+
+

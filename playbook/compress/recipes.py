@@ -1,0 +1,308 @@
+"""The compression recipe catalogue: named, documented recipes built on coremltools' own compressors.
+
+Every recipe is a ``Recipe`` in ``RECIPES`` (``available_recipes()`` lists them).  Two families:
+
+* **Core ML side** (``side="coreml"``, ``compress.coreml_side``): ``coremltools.optimize.coreml`` applied
+  to an exported ML program (``linear_quantize_weights``, ``palettize_weights``, ``prune_weights``,
+  chained with ``joint_compression=True`` for the joint recipes).  Data-free: no images are needed.
+* **PyTorch side** (``side="torch"``, ``compress.torch_side``): ``coremltools.optimize.torch`` on the
+  trained model (``PostTrainingQuantizer``, ``LinearQuantizer`` for calibrated or trained W8A8,
+  ``MagnitudePruner`` with a short fine-tune, ``SKMPalettizer``, ``DKMPalettizer``), then
+  ``ct.convert``; the converter turns the compression metadata into the same ``constexpr_*`` ops.
+
+Naming used throughout (it matches what the package computes):
+
+* **weight-only**: weights are *stored* compressed (int8/int4 with scales, a palette + indices, or a
+  sparse mask) and expanded back to float when the model loads or runs; activations stay FP16/FP32
+  and the arithmetic stays float.  (PyTorch's and TFLite's *dynamic* quantization is different: it
+  quantizes activations on the fly and computes in int8.)
+* **static W8A8**: weights *and* activations are int8; activation scales are fixed ahead of time from
+  a calibration set (``quantize``/``dequantize`` ops in the program).
+
+Recipes that need an iOS18 program (int4 per-block, per-grouped-channel palettes, joint compression)
+name it in ``min_target``; applied to an older program they raise ``CompressionError`` carrying
+coremltools' own message and a hint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import warnings
+from typing import Any, Iterable, Iterator
+
+from playbook.config import ConfigError, check_choice
+from playbook.coreml import DEPLOYMENT_TARGETS
+
+SIDES = ("coreml", "torch")
+TECHNIQUES = ("precision", "quantization", "palettization", "pruning", "joint", "activation-quantization",
+              "data-aware")
+SCHEMES = ("float", "weight-only", "static W8A8")
+TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm")
+COREML_STEPS = ("quantize", "palettize", "prune")
+_OS_LEVEL = {"iOS15": 15, "iOS16": 16, "iOS17": 17, "iOS18": 18,
+             "macOS12": 15, "macOS13": 16, "macOS14": 17, "macOS15": 18}
+
+
+class CompressionError(RuntimeError):
+    """A recipe cannot be applied: coremltools' own message plus the playbook's hint.
+
+    Attributes:
+        recipe: the recipe's name.
+        coremltools_message: what coremltools (or torch) said.
+        hint: what to do about it.
+    """
+
+    def __init__(self, recipe: str, coremltools_message: str, hint: str) -> None:
+        self.recipe, self.coremltools_message, self.hint = recipe, coremltools_message, hint
+        super().__init__(f"recipe {recipe!r} failed: coremltools says: {coremltools_message}\nhint: {hint}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"recipe": self.recipe, "coremltools_message": self.coremltools_message, "hint": self.hint}
+
+
+# --------------------------------------------------------------------------- recipes
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One named compression recipe.
+
+    Attributes:
+        name: stable identifier (used in ``recipes=[...]`` and as the variant name).
+        side: ``coreml`` (``ct.optimize.coreml`` on the exported program) or ``torch``
+            (``ct.optimize.torch`` on the PyTorch model, then converted).
+        technique: ``precision``, ``quantization``, ``palettization``, ``pruning``, ``joint``,
+            ``activation-quantization`` or ``data-aware`` (uses training data or gradients).
+        scheme: ``float`` (no weight compression), ``weight-only`` (stored compressed, expanded at
+            load/run time; activations float) or ``static W8A8`` (int8 activations with calibrated,
+            fixed scales).
+        bits: nominal bits per compressed weight (sparsity counts as the stored density).
+        min_target: oldest ``minimum_deployment_target`` whose ops can hold the result.
+        steps: Core ML side: ``(kind, options)`` pairs, ``kind`` in ``quantize``/``palettize``/``prune``;
+            options are passed to ``OpLinearQuantizerConfig``/``OpPalettizerConfig``/``OpMagnitudePrunerConfig``.
+            Two steps make a joint recipe (``joint_compression=True`` on the second); none is the
+            plain export.
+        algorithm: PyTorch side: one of ``TORCH_ALGORITHMS``.
+        options: PyTorch side: the algorithm's settings.
+        data: what data the recipe needs: ``none``, ``calibration`` or ``training``.
+        precision: forces the program's compute precision (``fp16``/``fp32``); empty: the stage's ``precision``.
+        description: one line for tables and the report.
+    """
+
+    name: str
+    side: str
+    technique: str
+    scheme: str
+    bits: float
+    description: str
+    min_target: str = "iOS16"
+    steps: tuple[tuple[str, dict[str, Any]], ...] = ()
+    algorithm: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: str = "none"
+    precision: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("side", self.side, SIDES)
+        check_choice("technique", self.technique, TECHNIQUES)
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_choice("min_target", self.min_target, DEPLOYMENT_TARGETS)
+        check_choice("data", self.data, ["none", "calibration", "training"])
+        check_choice("precision", self.precision, ["", "fp16", "fp32"])
+        if self.side == "coreml":
+            for kind, _ in self.steps:
+                check_choice("step", kind, COREML_STEPS)
+        else:
+            check_choice("algorithm", self.algorithm, TORCH_ALGORITHMS)
+
+    @property
+    def single_step(self) -> bool:
+        """A Core ML recipe with one compressor (per-layer sensitivity and exceptions apply)."""
+        return self.side == "coreml" and len(self.steps) == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["steps"] = [[kind, dict(opts)] for kind, opts in self.steps]
+        return d
+
+
+def _q(**kw: Any) -> tuple[str, dict[str, Any]]:
+    return ("quantize", kw)
+
+
+def _p(**kw: Any) -> tuple[str, dict[str, Any]]:
+    return ("palettize", kw)
+
+
+def _s(**kw: Any) -> tuple[str, dict[str, Any]]:
+    return ("prune", kw)
+
+
+def _catalogue() -> dict[str, Recipe]:
+    r = [
+        Recipe("fp16", "coreml", "precision", "float", 16,
+               "FP16 ML program, no weight compression (the default Core ML export; 01 measures it as baseline-fp16)",
+               precision="fp16"),
+        # ---- Core ML side, data-free, weight-only
+        Recipe("int8-weights", "coreml", "quantization", "weight-only", 8,
+               "int8 weights, per-output-channel symmetric scales (linear_quantize_weights)",
+               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),)),
+        Recipe("int4-block", "coreml", "quantization", "weight-only", 4,
+               "int4 weights, one scale per block of 32 input channels, or of the largest divisor of a layer's "
+               "channel count below 32 (linear_quantize_weights, per_block)",
+               min_target="iOS18",
+               steps=(_q(mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32),)),
+        *[Recipe(f"palettize-{n}bit", "coreml", "palettization", "weight-only", n,
+                 f"{n}-bit k-means palette per tensor ({2 ** n} distinct values per weight tensor)",
+                 steps=(_p(mode="kmeans", nbits=n, granularity="per_tensor"),)) for n in (8, 6, 4, 2)],
+        Recipe("palettize-4bit-grouped", "coreml", "palettization", "weight-only", 4,
+               "4-bit k-means palettes, one per group of 16 output channels, or of the largest divisor of a layer's "
+               "channel count below 16 (per_grouped_channel)",
+               min_target="iOS18",
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16),)),
+        Recipe("prune-50", "coreml", "pruning", "weight-only", 8.5,
+               "50% of weights set to zero by magnitude, stored sparse (prune_weights)",
+               steps=(_s(target_sparsity=0.5),)),
+        Recipe("prune-75", "coreml", "pruning", "weight-only", 4.75,
+               "75% of weights set to zero by magnitude, stored sparse, no fine-tune",
+               steps=(_s(target_sparsity=0.75),)),
+        Recipe("prune-2of4", "coreml", "pruning", "weight-only", 8.5,
+               "2:4 structured sparsity: 2 of every 4 consecutive weights zero (n_m_ratio=(2, 4))",
+               steps=(_s(n_m_ratio=(2, 4)),)),
+        Recipe("prune-50+palettize-4bit", "coreml", "joint", "weight-only", 2.5,
+               "50% magnitude pruning, then the remaining weights on a 4-bit palette (joint compression)",
+               min_target="iOS18", steps=(_s(target_sparsity=0.5), _p(mode="kmeans", nbits=4))),
+        Recipe("prune-50+int8", "coreml", "joint", "weight-only", 4.5,
+               "50% magnitude pruning, then the remaining weights as int8 (joint compression)",
+               min_target="iOS18",
+               steps=(_s(target_sparsity=0.5), _q(mode="linear_symmetric", dtype="int8", granularity="per_channel"))),
+        # ---- PyTorch side
+        Recipe("torch-ptq-int8", "torch", "quantization", "weight-only", 8,
+               "int8 weights per channel from the PyTorch model (PostTrainingQuantizer), then converted",
+               algorithm="ptq", options={"weight_dtype": "int8", "granularity": "per_channel"}),
+        Recipe("torch-w8a8-static", "torch", "activation-quantization", "static W8A8", 8,
+               "int8 weights and activations; activation ranges calibrated on the calibration split, no training "
+               "(LinearQuantizer, observers only)",
+               min_target="iOS17", algorithm="w8a8-static", data="calibration",
+               options={"activation_observer": "min_max"}),
+        Recipe("torch-w8a8-qat", "torch", "activation-quantization", "static W8A8", 8,
+               "int8 weights and activations learned with quantization-aware training (LinearQuantizer, short "
+               "fine-tune with fake quantization)",
+               min_target="iOS17", algorithm="qat", data="training"),
+        Recipe("torch-prune-75-ft", "torch", "data-aware", "weight-only", 4.75,
+               "75% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule)",
+               algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75}),
+        Recipe("torch-palettize-4bit-skm", "torch", "data-aware", "weight-only", 4,
+               "4-bit palettes from sensitivity-weighted k-means: gradients on calibration images decide which "
+               "weights the palette must fit best (SKMPalettizer)",
+               algorithm="skm", data="calibration", options={"n_bits": 4}),
+        Recipe("torch-palettize-2bit-dkm", "torch", "data-aware", "weight-only", 2,
+               "2-bit palettes learned during a short fine-tune with differentiable k-means (DKMPalettizer)",
+               algorithm="dkm", data="training", options={"n_bits": 2}),
+    ]
+    return {x.name: x for x in r}
+
+
+RECIPES: dict[str, Recipe] = _catalogue()
+# What the stage runs when ``recipes`` is empty.  In the catalogue but not the default, because each
+# costs a full test-split evaluation (or minutes of CPU) for no new finding on a 2-core machine:
+# ``prune-50+int8`` and ``torch-ptq-int8`` (same code paths as ``prune-50+palettize-4bit`` and
+# ``int8-weights``), ``palettize-8bit`` and ``palettize-6bit`` (indistinguishable from FP32 in every run
+# we made: the cliff is between 4 and 2 bits) and ``torch-palettize-2bit-dkm`` (DKM re-clusters every
+# weight at every step: slow on a CPU).
+DEFAULT_RECIPES: tuple[str, ...] = (
+    "int8-weights", "int4-block",
+    "palettize-4bit", "palettize-2bit", "palettize-4bit-grouped",
+    "prune-50", "prune-75", "prune-2of4", "prune-50+palettize-4bit",
+    "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
+)
+
+
+def available_recipes() -> list[str]:
+    """Every recipe name in the catalogue."""
+    return list(RECIPES)
+
+
+def get_recipe(name: str | Recipe) -> Recipe:
+    """The recipe called ``name``; an unknown name raises ``ConfigError`` listing the valid ones."""
+    if isinstance(name, Recipe):
+        return name
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; valid recipes are {available_recipes()}")
+    return RECIPES[name]
+
+
+def recipe_rows(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One row per recipe: name, side, technique, scheme, bits, oldest target, data needed, description."""
+    return [{"recipe": r.name, "side": r.side, "technique": r.technique, "scheme": r.scheme, "bits": r.bits,
+             "min target": r.min_target, "data": r.data, "what it does": r.description}
+            for r in (get_recipe(n) for n in (names if names is not None else RECIPES))]
+
+
+def required_target(current: str, needed: str) -> str:
+    """``current`` if it is at least ``needed``; else ``needed``'s level in ``current``'s OS family."""
+    check_choice("deployment target", current, DEPLOYMENT_TARGETS)
+    check_choice("deployment target", needed, DEPLOYMENT_TARGETS)
+    if _OS_LEVEL[current] >= _OS_LEVEL[needed]:
+        return current
+    level = _OS_LEVEL[needed]
+    return f"macOS{level - 3}" if current.startswith("macOS") else f"iOS{level}"
+
+
+# --------------------------------------------------------------------------- quiet coremltools
+class _Captured(logging.Handler):
+    """Collects coremltools' warnings (some go to the root logger: ``coremltools._getLogger()`` is root)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "coremltools" not in record.pathname and not record.name.startswith("coremltools"):
+            return
+        msg = record.getMessage()
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+
+@contextlib.contextmanager
+def quiet_compression() -> Iterator[list[str]]:
+    """Silence coremltools' INFO chatter; collect its warnings (deduplicated) instead of printing them.
+
+    Yields the list the warnings are appended to, so a recipe can record e.g. which layers
+    ``per_block`` quantization skipped.
+    """
+    handler = _Captured()
+    names = ["coremltools"] + [n for n in logging.root.manager.loggerDict if n.startswith("coremltools")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield handler.messages
+        finally:
+            root.removeHandler(handler)
+            for n, level in saved.items():
+                logging.getLogger(n).setLevel(level)
+            for w in caught:
+                text = str(w.message)
+                if "coremltools" in str(w.filename) and text not in handler.messages:
+                    handler.messages.append(text)
+
+
+def hint_for(message: str, recipe: Recipe) -> str:
+    low = message.lower()
+    if "ios18" in low or "re-convert" in low or "deployment" in low:
+        return (f"{recipe.name} needs an ML program with minimum_deployment_target {recipe.min_target} or newer: "
+                f"re-export with playbook.coreml.export_model(..., ExportConfig(minimum_deployment_target="
+                f"'{recipe.min_target}')) -- the quantization stage does this for you unless retarget=False; "
+                "the app then requires iOS 18 / macOS 15")
+    if "scikit-learn" in low or "sklearn" in low:
+        return "k-means palettization needs scikit-learn: pip install scikit-learn"
+    if "divisible" in low or "block" in low:
+        return "choose a block_size / group_size that divides the weight's channel counts"
+    return f"see the recipe's documentation: {recipe.description}"
+
+

@@ -1,0 +1,424 @@
+"""The recommendation: which variant meets the budgets and wins on the remaining axis, read from records.
+
+Everything here reads ``reports/<model>/<stage>.json`` (``records.load_stage_records``), never the outputs
+of earlier notebooks, and checks that the records belong together (same smoke setting, same model,
+lineage that still matches the files: a record computed from an older baseline is refused).
+
+How a variant is chosen (``recommend``):
+
+1. *Budgets.* A variant meets the budget when its top-1 drop against the reference (the FP32
+   baseline package) is at most ``max_top1_drop`` points and, where set (> 0), its package
+   is at most ``max_size_mb`` and its median latency at most ``max_latency_ms``.  An axis
+   with a budget but no measurement does not meet it.
+2. *Objective.* Among the variants that meet the budget, the best on the remaining axis wins:
+   ``objective="auto"`` takes the first axis without a budget of size, latency, accuracy
+   (so with only an accuracy budget the smallest package wins; with size and latency
+   budgets the most accurate one).  Ties go to higher top-1, then smaller, then faster.
+3. *None meets it.*  Then the report says so and shows the closest variant: the one whose
+   summed relative excess over the budgets is smallest.
+
+Which technique "wins" (quantization when size dominates, distillation when accuracy
+dominates, or otherwise) is read from the measured numbers, never assumed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from playbook.command import RunCommand
+from playbook.config import StrictConfig, check_choice, check_range
+from playbook.records import RecordError, StageRecord, VariantRecord, load_stage_records, stale_inputs
+from playbook.stages import VARIANT_STAGES, get_stage
+
+OBJECTIVES = ("auto", "size", "latency", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget(StrictConfig):
+    """The client's constraints: top-1 drop in points against the FP32 reference, and optional size and
+    latency limits (0 = no limit); ``objective`` is the axis to optimise within them."""
+
+    max_top1_drop: float = 1.0
+    max_size_mb: float = 0.0
+    max_latency_ms: float = 0.0
+    objective: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
+        check_range("max_size_mb", self.max_size_mb, 0.0)
+        check_range("max_latency_ms", self.max_latency_ms, 0.0)
+        check_choice("objective", self.objective, OBJECTIVES)
+
+    def limits(self) -> dict[str, float]:
+        """The budgets that are set, by axis: ``{"top1_drop": 1.0, "size_mb": ..., "latency_ms": ...}``."""
+        out = {"top1_drop": float(self.max_top1_drop)}
+        if self.max_size_mb > 0:
+            out["size_mb"] = float(self.max_size_mb)
+        if self.max_latency_ms > 0:
+            out["latency_ms"] = float(self.max_latency_ms)
+        return out
+
+
+# --------------------------------------------------------------------------- variants
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One variant, flattened for comparison (``None`` = not measured)."""
+
+    name: str
+    stage: str
+    description: str
+    package: str | None  # relative to the model's reports folder
+    top1: float | None
+    top1_ci: tuple[float, float] | None
+    top5: float | None
+    drop: float | None  # reference top-1 minus this variant's, points (positive = worse)
+    drop_ci: tuple[float, float] | None
+    p_value: float | None
+    significant: bool | None
+    size_mb: float | None
+    zip_mb: float | None
+    latency_ms: float | None
+    latency_p90_ms: float | None
+    fps: float | None
+    memory_mb: float | None
+    energy_mj: float | None
+    is_reference: bool
+    provenance: dict[str, Any]
+    raw: VariantRecord
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = _num(value[0]), _num(value[1])
+        if low is not None and high is not None:
+            return (low, high)
+    return None
+
+
+def reference_name(records: dict[str, StageRecord]) -> str | None:
+    """The name of the variant every change is measured against (the baseline's ``reference_variant``)."""
+    for rec in records.values():
+        if rec.get("reference_variant"):
+            return str(rec["reference_variant"])
+    return next((v.reference for rec in records.values() for v in rec.variants if v.reference), None)
+
+
+def variant_rows(records: dict[str, StageRecord]) -> list[Row]:
+    """Every variant of every stage record as a ``Row``, with its top-1 drop against the reference."""
+    ref_name = reference_name(records)
+    variants = [v for rec in records.values() for v in rec.variants]
+    ref_top1 = next((_num(v.top1) for v in variants if v.name == ref_name), None)
+    rows = []
+    for v in variants:
+        top1 = _num(v.top1)
+        is_ref = ref_name is not None and v.name == ref_name and (v.stage == "baseline" or v.vs_reference is None)
+        vs = v.vs_reference
+        drop = drop_ci = p_value = significant = None
+        if is_ref:
+            drop, drop_ci = 0.0, (0.0, 0.0)
+        elif vs is not None:
+            drop = 0.0 - float(vs.delta_top1) + 0.0  # + 0.0: no "-0.00"
+            drop_ci = (0.0 - vs.ci_high + 0.0, 0.0 - vs.ci_low + 0.0)
+            p_value, significant = _num(vs.p_value), bool(vs.significant)
+        elif top1 is not None and ref_top1 is not None:
+            drop = ref_top1 - top1
+        rows.append(Row(
+            name=v.name, stage=v.stage, description=v.description, package=v.package, top1=top1,
+            top1_ci=_pair(v.top1_ci), top5=_num(v.top5), drop=drop, drop_ci=drop_ci, p_value=p_value,
+            significant=significant, size_mb=_num(v.size_mb), zip_mb=_num(v.zip_mb), latency_ms=_num(v.latency_ms),
+            latency_p90_ms=_num(v.latency_p90_ms), fps=_num(v.fps), memory_mb=_num(v.peak_memory_mb),
+            energy_mj=_num(v.energy_mj), is_reference=bool(is_ref), provenance=dict(v.provenance), raw=v,
+        ))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportData:
+    """What the report is made of: the model, the budget, the stage records and their variants."""
+
+    model: str
+    model_dir: Path
+    budget: Budget
+    records: dict[str, StageRecord]
+    rows: list[Row]
+    reference: str | None
+    warnings: tuple[str, ...]
+
+    @property
+    def smoke(self) -> bool:
+        return any(r.smoke for r in self.records.values())
+
+    def row(self, name: str, stage: str | None = None) -> Row:
+        for r in self.rows:
+            if r.name == name and (stage is None or r.stage == stage):
+                return r
+        raise KeyError(f"no variant {name!r} in the records; variants are {[r.key for r in self.rows]}")
+
+    def command(self) -> RunCommand:
+        """The ``playbook run`` command that reproduces this report: the stages' own commands merged, the
+        stages that have records, and this report's budgets."""
+        commands = [RunCommand.from_dict(r.run) for r in self.records.values()]
+        merged = commands[0] if commands else RunCommand(model=self.model)
+        for other in commands[1:]:
+            merged = merged.merged(other)
+        budget = {k: v for k, v in self.budget.non_defaults(skip=("objective",)).items()}
+        params = dict(merged.params)
+        if self.budget.objective != Budget().objective:
+            params["objective"] = self.budget.objective
+        done = [s for s in VARIANT_STAGES if s in self.records]
+        stages = "" if set(done) == set(VARIANT_STAGES) else ",".join(
+            [get_stage(s).number for s in done] + [get_stage("report").number])
+        return merged.replace(params=params, budget={**merged.budget, **budget}, stages=stages, force=False,
+                              reports_dir="")
+
+
+def load(model: str, model_dir: Path, budget: Budget, smoke: bool) -> ReportData:
+    """Read every stage record of the model (any subset of stages may be present) and check they belong together.
+
+    Raises ``RecordError`` when there is none, when they were made with another ``smoke`` setting than this
+    report's, or when one was computed from upstream records or packages that have changed since (stale), naming
+    the records and the command that refreshes them.
+    """
+    model_dir = Path(model_dir)
+    records = load_stage_records(model_dir) if model_dir.is_dir() else {}
+    if not records:
+        raise RecordError(
+            f"no stage records in {model_dir} (looked for {[s + '.json' for s in VARIANT_STAGES]}); run the stages "
+            f"first, e.g. `python -m playbook run --model {model}`")
+    mismatched = sorted(s for s, rec in records.items() if rec.smoke != smoke)
+    if mismatched:
+        raise RecordError(f"the {mismatched} record(s) in {model_dir} were made with smoke={not smoke}, this report "
+                          f"runs with smoke={smoke}; pass smoke={not smoke} or re-run those stages")
+    stale = {s: problems for s, rec in records.items() if (problems := stale_inputs(model_dir, rec))}
+    if stale:
+        names = ", ".join(f"{s}.json ({'; '.join(p)})" for s, p in stale.items())
+        numbers = ",".join(get_stage(s).number for s in stale)
+        raise RecordError(f"stale records in {model_dir}: {names} were computed from inputs that have changed since; "
+                          f"refresh them with `python -m playbook run --model {model} --stages {numbers},06`")
+    warnings = []
+    models = {rec.model for rec in records.values()}
+    if models != {model}:
+        warnings.append(f"records name model(s) {sorted(models)}, the report was asked for {model!r}")
+    for rec in records.values():
+        warnings += [w for w in rec.warnings if w not in warnings]
+    rows = variant_rows(records)
+    if not rows:
+        warnings.append("the stage records hold no variants")
+    return ReportData(model, model_dir, budget, records, rows, reference_name(records), tuple(warnings))
+
+
+# --------------------------------------------------------------------------- recommendation
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One budget on one variant: the measured value, the limit, and whether it is met."""
+
+    axis: str
+    value: float | None
+    limit: float
+    ok: bool
+
+    @property
+    def excess(self) -> float:
+        """Relative excess over the limit (0 when met; 1 per missing measurement)."""
+        if self.ok:
+            return 0.0
+        if self.value is None:
+            return 1.0
+        scale = self.limit if self.limit > 0 else (0.1 if self.axis == "top1_drop" else 1.0)
+        return max(self.value - self.limit, 0.0) / scale
+
+    def text(self) -> str:
+        unit = AXIS_UNITS[self.axis]
+        if self.value is None:
+            return f"{AXIS_LABELS[self.axis]} not measured (budget {self.limit:g} {unit})"
+        sign = "≤" if self.ok else ">"
+        return f"{AXIS_LABELS[self.axis]} {self.value:.{AXIS_DIGITS[self.axis]}f} {sign} {self.limit:g} {unit}"
+
+
+AXIS_LABELS = {"top1_drop": "top-1 drop", "size_mb": "size", "latency_ms": "latency"}
+AXIS_UNITS = {"top1_drop": "pp", "size_mb": "MB", "latency_ms": "ms"}
+AXIS_DIGITS = {"top1_drop": 2, "size_mb": 3, "latency_ms": 3}
+_AXIS_VALUE = {"top1_drop": lambda r: r.drop, "size_mb": lambda r: r.size_mb, "latency_ms": lambda r: r.latency_ms}
+
+
+def check_budgets(row: Row, budgets: dict[str, float]) -> list[Check]:
+    """The row against each set budget."""
+    out = []
+    for axis, limit in budgets.items():
+        value = _AXIS_VALUE[axis](row)
+        out.append(Check(axis, value, limit, value is not None and value <= limit + 1e-9))
+    return out
+
+
+def resolve_objective(cfg: Budget) -> tuple[str, str]:
+    """The axis to optimise within the budgets, and why it is that one."""
+    if cfg.objective != "auto":
+        return cfg.objective, f"objective={cfg.objective!r} was asked for"
+    if cfg.max_size_mb <= 0:
+        return "size", ("no size budget is set, so among the variants within budget the smallest package wins "
+                        "(set objective='accuracy' or 'latency' to change that)")
+    if cfg.max_latency_ms <= 0:
+        return "latency", ("a size budget is set but no latency budget, so among the variants within budget the "
+                           "fastest wins")
+    return "accuracy", "size and latency both have budgets, so among the variants within them the most accurate wins"
+
+
+def _inf(x: float | None) -> float:
+    return math.inf if x is None else x
+
+
+def objective_key(objective: str):
+    """Sort key: best first for ``objective`` (ties: higher top-1, then smaller, then faster, then name)."""
+    def key(r: Row) -> tuple:
+        acc = -r.top1 if r.top1 is not None else math.inf
+        if objective == "size":
+            return (_inf(r.size_mb), acc, _inf(r.latency_ms), r.name)
+        if objective == "latency":
+            return (_inf(r.latency_ms), acc, _inf(r.size_mb), r.name)
+        return (acc, _inf(r.size_mb), _inf(r.latency_ms), r.name)
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """The chosen variant (or, when none meets the budget, the closest) and the reasons."""
+
+    objective: str
+    objective_reason: str
+    budgets: dict[str, float]
+    chosen: Row | None
+    closest: Row | None
+    feasible: tuple[Row, ...]
+    checks: dict[str, tuple[Check, ...]]
+    runner_up: Row | None
+    why: str
+    technique: str
+
+    @property
+    def deliverable(self) -> Row | None:
+        """What to ship: the chosen variant, else the closest one (flagged as outside the budget)."""
+        return self.chosen or self.closest
+
+    @property
+    def meets_budget(self) -> bool:
+        return self.chosen is not None
+
+
+def _describe_value(r: Row, objective: str) -> str:
+    if objective == "size":
+        return f"{r.size_mb:.3f} MB" if r.size_mb is not None else "size not measured"
+    if objective == "latency":
+        return f"{r.latency_ms:.3f} ms" if r.latency_ms is not None else "latency not measured"
+    return f"top-1 {r.top1:.2f}%" if r.top1 is not None else "top-1 not measured"
+
+
+def _ratio_text(best: Row, other: Row, objective: str) -> str:
+    if objective == "size" and best.size_mb and other.size_mb:
+        return f"{other.size_mb / best.size_mb:.1f}× larger"
+    if objective == "latency" and best.latency_ms and other.latency_ms:
+        return f"{other.latency_ms / best.latency_ms:.1f}× slower"
+    if objective == "accuracy" and best.top1 is not None and other.top1 is not None:
+        return f"{best.top1 - other.top1:.2f} points less accurate"
+    return ""
+
+
+def _compare_text(rows: Sequence[Row]) -> str:
+    by_acc = sorted(rows, key=objective_key("accuracy"))[0]
+    by_size = sorted(rows, key=objective_key("size"))[0]
+    acc_txt = f"top-1 {by_acc.top1:.2f}%" if by_acc.top1 is not None else "top-1 not measured"
+    size_txt = f"{by_size.size_mb:.3f} MB" if by_size.size_mb is not None else "size not measured"
+    if by_acc.key == by_size.key:
+        return (f"{by_acc.name} ({by_acc.stage}) is both the most accurate ({acc_txt}) and the smallest ({size_txt}), "
+                f"so {by_acc.stage} wins whatever you prioritise.")
+    return (f"when accuracy dominates, prefer {by_acc.stage} ({by_acc.name}, {acc_txt}); when size dominates, "
+            f"prefer {by_size.stage} ({by_size.name}, {size_txt}).")
+
+
+def technique_finding(candidates: Sequence[Row], rows: Sequence[Row]) -> str:
+    """Which compression stage gives the most accurate and which the smallest variant, read from the numbers.
+
+    ``candidates`` are the variants within the budget, ``rows`` every variant; the baseline is the
+    starting point, not a technique, so it is left out of the comparison.
+    """
+    compressed = [r for r in rows if r.stage != "baseline"]
+    stages = sorted({r.stage for r in compressed})
+    if not compressed:
+        return ("Only the baseline has been measured, so there is no technique to compare yet: run the "
+                "quantization and distillation stages to add variants.")
+    if len(stages) == 1:
+        others = [s for s in ("quantization", "distillation", "architecture") if s != stages[0]]
+        return (f"Only the {stages[0]} stage has produced variants so far, so techniques cannot be compared yet: "
+                f"run the {' or '.join(others)} stage too.")
+    within = [r for r in candidates if r.stage != "baseline"]
+    within_stages = sorted({r.stage for r in within})
+    if len(within_stages) > 1:
+        return "Measured on this model, among the compressed variants within your budgets: " + _compare_text(within)
+    prefix = (f"Only {within_stages[0]} variants are within your budgets. " if within_stages
+              else "No compressed variant is within your budgets. ")
+    return prefix + "Across all compressed variants measured on this model: " + _compare_text(compressed)
+
+
+def recommend(data: ReportData) -> Recommendation:
+    """Choose the variant that meets the budgets with the best remaining axis (see the module docstring)."""
+    budgets = data.budget.limits()
+    objective, objective_reason = resolve_objective(data.budget)
+    checks = {r.key: tuple(check_budgets(r, budgets)) for r in data.rows}
+    feasible = [r for r in data.rows if all(c.ok for c in checks[r.key])]
+    ranked = sorted(feasible, key=objective_key(objective))
+    chosen = ranked[0] if ranked else None
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    closest = None
+    if chosen is not None:
+        met = "; ".join(c.text() for c in checks[chosen.key])
+        unset = [AXIS_LABELS[a] for a in ("size_mb", "latency_ms") if a not in budgets]
+        why = (f"{chosen.name} ({chosen.stage}) meets every budget ({met}"
+               + (f"; {' and '.join(unset)} unconstrained" if unset else "") + ") and is the best on the objective, "
+               f"{objective}, of the {len(feasible)} variant(s) that meet them: {_describe_value(chosen, objective)}.")
+        if runner_up is not None:
+            ratio = _ratio_text(chosen, runner_up, objective)
+            why += f" Next best: {runner_up.name} ({runner_up.stage}), {_describe_value(runner_up, objective)}" + (
+                f", {ratio}." if ratio else ".")
+        if chosen.drop_ci is not None and chosen.drop_ci[1] > budgets["top1_drop"] + 1e-9:
+            why += (f" Caution: the 95% interval of its top-1 drop reaches {chosen.drop_ci[1]:.2f} pp, above the "
+                    f"{budgets['top1_drop']:g} pp budget, so the test set cannot rule out a larger loss; measure on "
+                    "more images before relying on it.")
+        technique = technique_finding(feasible, data.rows)
+    else:
+        if data.rows:
+            closest = min(data.rows, key=lambda r: (sum(c.excess for c in checks[r.key]), objective_key(objective)(r)))
+            missed = "; ".join(c.text() for c in checks[closest.key] if not c.ok)
+            why = (f"No variant meets the budgets ({budget_text(budgets)}). The closest is {closest.name} "
+                   f"({closest.stage}), which misses: {missed}. Relax the budget, or run more stages "
+                   f"(quantization for size, distillation for accuracy) to add candidates.")
+        else:
+            why = "No variant was measured, so nothing can be recommended."
+        technique = technique_finding([], data.rows)
+    return Recommendation(objective, objective_reason, budgets, chosen, closest, tuple(feasible), checks, runner_up,
+                          why, technique)
+
+
+def budget_text(budgets: dict[str, float]) -> str:
+    """``top-1 drop ≤ 1 pp, size ≤ 2 MB`` (and "no limit" for unset axes)."""
+    parts = [f"{AXIS_LABELS[a]} ≤ {budgets[a]:g} {AXIS_UNITS[a]}" for a in ("top1_drop", "size_mb", "latency_ms")
+             if a in budgets]
+    parts += [f"{AXIS_LABELS[a]}: no limit" for a in ("size_mb", "latency_ms") if a not in budgets]
+    return ", ".join(parts)
+
+

@@ -1,0 +1,176 @@
+"""Stage 01, the baseline: train (or load), evaluate, export FP32 and FP16, check parity, measure.
+
+``BaselineConfig`` *is* the parameter list of ``notebooks/01_baseline.ipynb``; ``BaselineRun`` holds
+the steps the notebook calls in order; ``run_baseline`` runs them all and writes ``baseline.json``.
+Later stages rebuild what they need from that record (``stages.common.load_baseline``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from playbook.config import check_choice, check_range
+from playbook.coreml import DEPLOYMENT_TARGETS, ExportConfig, ExportResult, ParityResult, check_parity, export_model
+from playbook.data import Dataset, DatasetConfig, load_dataset
+from playbook.measure import reference_from
+from playbook.metrics import ClassificationMetrics
+from playbook.records import StageRecord, VariantRecord, relative
+from playbook.stages.common import SMOKE, MeasuredStageConfig, StageRun
+from playbook.train import ModelConfig, TrainConfig, TrainResult, evaluate, predict_logits, train_or_load
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(MeasuredStageConfig):
+    """The parameters of ``01_baseline`` (see the notebook for each one's meaning)."""
+
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    image_size: int = 0
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.1
+    augment: bool = False
+    seed: int = 0
+    checkpoint: str = ""
+    precision: str = "fp16"
+    deployment_target: str = "iOS17"
+    input_kind: str = "tensor"
+    classifier: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("epochs", self.epochs, 0)
+        check_range("image_size", self.image_size, 0)
+        check_choice("precision", self.precision, ["fp16", "fp32"])
+        check_choice("deployment_target", self.deployment_target, DEPLOYMENT_TARGETS)
+        check_choice("input_kind", self.input_kind, ["tensor", "image"])
+        # Building the sub-configs validates the remaining fields; their names are the ones typed here.
+        self.dataset_config(), self.train_config(), self.export_config()
+
+    def dataset_config(self) -> DatasetConfig:
+        extra = {"limit_train": SMOKE.limit_train, "limit_test": SMOKE.limit_test,
+                 "calib_size": SMOKE.calib_size} if self.smoke else {}
+        return DatasetConfig(name=self.dataset, data_dir=self.data_dir or None, image_size=self.image_size or None,
+                             seed=self.seed, **extra)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(self.model, dict(self.model_options))
+
+    def train_config(self) -> TrainConfig:
+        epochs = SMOKE.epochs(self.epochs) if self.smoke else self.epochs
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, augment=self.augment,
+                           seed=self.seed, threads=self.threads)
+
+    def export_config(self) -> ExportConfig:
+        return ExportConfig(precision=self.precision, minimum_deployment_target=self.deployment_target,
+                            input_kind=self.input_kind, classifier=self.classifier)
+
+
+class BaselineRun(StageRun):
+    """Stage 01's steps, in the notebook's order: data, train, evaluate, export, parity, measure, finish."""
+
+    stage = "baseline"
+
+    def __init__(self, cfg: BaselineConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: BaselineConfig = cfg
+        self.model: nn.Module | None = None
+        self.training: TrainResult | None = None
+        self.pytorch: ClassificationMetrics | None = None
+        self.exports: dict[str, ExportResult] = {}
+        self.parity: dict[str, ParityResult] = {}
+
+    def load_data(self) -> Dataset:
+        """The dataset with the config's fixed split (smoke runs shrink it)."""
+        self.dataset = load_dataset(self.cfg.dataset_config())
+        return self.dataset
+
+    def train(self, progress: bool = True) -> tuple[nn.Module, TrainResult]:
+        """Train, or load from the checkpoint cache / the user's checkpoint."""
+        self.model, self.training = train_or_load(self.cfg.model_config(), self._data(), self.cfg.train_config(),
+                                                  checkpoint=self.cfg.checkpoint or None, progress=progress)
+        return self.model, self.training
+
+    def evaluate(self) -> ClassificationMetrics:
+        """Top-1/top-5, per-class accuracy and the confusion matrix in PyTorch, on the test split."""
+        self.pytorch = evaluate(self._model(), self._data(), self._data().test)
+        return self.pytorch
+
+    def export(self) -> dict[str, ExportResult]:
+        """The FP32 reference and the FP16 deployment package under ``reports/<model>/baseline/``."""
+        base = self.cfg.export_config()
+        self.exports = {
+            precision: export_model(self._model(), self._data(), base.replace(precision=precision), self.out_dir,
+                                    precision, metadata={"playbook.stage": "baseline", "playbook.model": self.cfg.model,
+                                                         "playbook.variant": f"baseline-{precision}"})
+            for precision in ("fp32", "fp16")}
+        return self.exports
+
+    def check_parity(self) -> dict[str, ParityResult]:
+        """PyTorch vs each exported package on the whole test split."""
+        data = self._data()
+        logits = predict_logits(self._model(), data, data.test)
+        self.parity = {p: check_parity(logits, e.path, data, data.test, p, runtime=self.cfg.runtime)
+                       for p, e in self.exports.items()}
+        for precision, result in self.parity.items():
+            if not result.passed:
+                self.add_pitfall(f"{precision.upper()} parity outside tolerance",
+                                 f"max relative error {result.fidelity.max_rel_error:.2e} (tolerance "
+                                 f"{result.tolerance_rel:.0e}), top-1 agreement {result.fidelity.top1_agreement:.2f}%")
+        return self.parity
+
+    def measure_packages(self) -> list[VariantRecord]:
+        """Both packages on the five axes; FP32 is the reference every later variant is compared with."""
+        fp32 = self.measure("baseline-fp32", self.exports["fp32"].path,
+                            "FP32 ML program: the reference for every comparison", precision="fp32",
+                            deployment_target=self.cfg.deployment_target)
+        self.reference = reference_from(fp32.name, self.scores[fp32.name], self._data())
+        self.measure("baseline-fp16", self.exports["fp16"].path, "FP16 ML program: the default Core ML export",
+                     precision="fp16", deployment_target=self.cfg.deployment_target)
+        for precision, export in self.exports.items():
+            dtypes = {o.get("dtype") for o in export.package.inputs + export.package.outputs if "dtype" in o}
+            if "FLOAT16" in dtypes:
+                self.add_pitfall(f"{precision.upper()} package has FP16 I/O",
+                                 "pass dtype=np.float32 on inputs and outputs to keep FP32 I/O")
+        return self.variants
+
+    def details(self) -> dict[str, Any]:
+        assert self.training is not None and self.pytorch is not None
+        return {
+            "dataset": self._data().summary(),
+            "dataset_config": self.cfg.dataset_config().to_dict(),
+            "model_config": self.cfg.model_config().to_dict(),
+            "train_config": self.cfg.train_config().to_dict(),
+            "training": dataclasses.asdict(self.training),
+            "pytorch": self.pytorch.to_dict(),
+            "exports": {p: {**e.to_dict(), "package": {**e.package.to_dict(), "path": relative(e.path, self.model_dir)}}
+                        for p, e in self.exports.items()},
+            "parity": {p: r.to_dict() for p, r in self.parity.items()},
+            "reference_variant": "baseline-fp32",
+            "deploy_precision": self.cfg.precision,
+        }
+
+    def _data(self) -> Dataset:
+        if self.dataset is None:
+            raise RuntimeError("BaselineRun: call load_data() first")
+        return self.dataset
+
+    def _model(self) -> nn.Module:
+        if self.model is None:
+            raise RuntimeError("BaselineRun: call train() first")
+        return self.model
+
+
+def run_baseline(cfg: BaselineConfig, progress: bool = False) -> StageRecord:
+    """The whole stage without the notebook (scripts, tests): the same steps in the same order."""
+    run = BaselineRun(cfg)
+    run.load_data()
+    run.train(progress=progress)
+    run.evaluate()
+    run.export()
+    run.check_parity()
+    run.measure_packages()
+    return run.finish()
