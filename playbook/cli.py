@@ -7,6 +7,8 @@
     playbook batch models.yaml [--jobs 2] [--reports-dir DIR] [--stages 01,06] [--force]
     playbook list-models
     playbook list-params
+    playbook notebooks DIR [--force]
+    playbook --version
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from playbook.command import BUDGET_NAMES, RunCommand, parse_assignments, parse_budget
 from playbook.config import ConfigError
-from playbook.paths import default_reports_root, notebooks_dir
+from playbook.paths import default_reports_root, notebooks_dir, repository_root
 
 if TYPE_CHECKING:
     from playbook.pipeline import RunSpec
@@ -25,9 +27,23 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: like argparse's ``version`` action, but multi-line and computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="playbook", description="Core ML optimization playbook: train, export, "
                                      "compress and report, one notebook per stage.")
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print the playbook's version and the coremltools and torch it uses, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -62,7 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list-models", help="the registered model names")
     lp = sub.add_parser("list-params", help="every notebook parameter, its type, default and meaning")
     lp.add_argument("--notebooks-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    nb = sub.add_parser("notebooks", help="copy the walkthrough notebooks into DIR, to read and run in JupyterLab")
+    nb.add_argument("dir", type=Path, metavar="DIR", help="folder to copy them into (created if missing)")
+    nb.add_argument("--force", action="store_true", help="overwrite notebooks of the same name already in DIR")
     return parser
+
+
+def version_text() -> str:
+    """What ``playbook --version`` prints: the playbook's version and where it runs from, then the versions of
+    coremltools and torch installed beside it (read from package metadata, without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from playbook import __version__
+    from playbook.paths import PACKAGE_DIR
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    root = repository_root()
+    where = f"checkout {root}" if root is not None else f"installed at {PACKAGE_DIR}"
+    return "\n".join([f"playbook {__version__} ({where})", f"coremltools {installed('coremltools')}",
+                      f"torch {installed('torch')}"])
 
 
 def _reports_root(args: argparse.Namespace) -> Path:
@@ -136,12 +175,24 @@ def cmd_list_params(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from playbook.notebooks import copy_notebooks
+
+    copied = copy_notebooks(args.dir, overwrite=args.force)
+    for path in copied:
+        print(path)
+    print(f"{len(copied)} notebooks in {args.dir}; open them with `jupyter lab {args.dir}` (pip install "
+          "'coreml-playbook[lab]' for JupyterLab). Run from there, they write to ./reports of that folder.")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``playbook`` and ``python -m playbook``; returns the exit status."""
+    args = build_parser().parse_args(argv)  # before the heavy imports: --version and -h answer at once
     from playbook.pipeline import RunFailed
 
-    args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "batch": cmd_batch, "list-models": cmd_list_models, "list-params": cmd_list_params}
+    handlers = {"run": cmd_run, "batch": cmd_batch, "list-models": cmd_list_models, "list-params": cmd_list_params,
+                "notebooks": cmd_notebooks}
     try:
         return handlers[args.command](args)
     except (ConfigError, RunFailed) as exc:

@@ -19,11 +19,11 @@ PACKAGES = ("torch", "coremltools", "numpy", "scipy", "scikit-learn", "papermill
 
 
 def playbook_version() -> str:
-    """The installed playbook's version (``pyproject.toml``), or ``0+unknown`` when not installed."""
-    try:
-        return importlib.metadata.version("coreml-playbook")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    """The version of the playbook code that is running (``playbook.__version__``, which the wheel's metadata
+    also takes), installed or not."""
+    from playbook import __version__
+
+    return __version__
 
 
 @contextlib.contextmanager

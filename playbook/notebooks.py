@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from playbook.config import ConfigError
-from playbook.paths import notebooks_dir, repository_root
+from playbook.paths import PACKAGE_DIR, notebooks_dir, repository_root
 from playbook.stages import STAGES, Stage
 
 
@@ -56,6 +59,49 @@ def kernel_environment() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *current])
 
 
+KERNEL_NAME = "python3"
+# what the notebooks need from their kernel: the playbook with its dependencies (torch, coremltools, matplotlib)
+_KERNEL_PROBE = "import playbook.stages.common, playbook.views, coremltools; print(playbook.__file__)"
+
+
+def kernel_problem(name: str = KERNEL_NAME) -> str | None:
+    """Why the Jupyter kernel ``name`` cannot run the playbook's notebooks, or ``None`` when it can.
+
+    papermill starts the kernel spec of that name.  A spec whose interpreter is ``python``/``python3`` (as
+    ipykernel ships it) or lives in this environment (``python -m ipykernel install --sys-prefix``, what the
+    Makefile does), and ipykernel's built-in ``python3`` when no spec exists, all run this interpreter.  A spec
+    pointing at another interpreter (e.g. a user-wide ``~/.local/share/jupyter/kernels/python3``) is started once
+    to check that it imports this same playbook with its dependencies."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    fix = (f"install one for this environment with `{sys.executable} -m ipykernel install --sys-prefix --name {name}`"
+           " (or remove the kernel spec that points elsewhere)")
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        return f"no Jupyter kernel named {name!r} (ipykernel is not importable here?); {fix}"
+    program = spec.argv[0] if spec.argv else ""
+    if program in {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}:
+        return None  # jupyter_client runs sys.executable for these
+    if Path(program).parent.resolve() == Path(sys.executable).parent.resolve():
+        return None
+    env = {**os.environ, **(spec.env or {})}
+    try:
+        probe = subprocess.run([program, "-c", _KERNEL_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the Jupyter kernel {name!r} ({spec.resource_dir}) runs {program}, which could not start ({exc}); {fix}"
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        return (f"the Jupyter kernel {name!r} ({spec.resource_dir}) runs {program}, which cannot import the playbook "
+                f"and its dependencies ({last}); {fix}")
+    printed = probe.stdout.strip().splitlines()
+    imported = Path(printed[-1]).resolve().parent if printed else None
+    if imported != PACKAGE_DIR:
+        return (f"the Jupyter kernel {name!r} ({spec.resource_dir}) runs {program}, which imports another playbook "
+                f"({imported}) than this command ({PACKAGE_DIR}); {fix}")
+    return None
+
+
 def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool = False,
             log_output: bool = False, cwd: Path | str | None = None, stdout_file: Any = None,
             stderr_file: Any = None) -> Path:
@@ -68,13 +114,17 @@ def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool
 
     check_parameters(path, params)
     kernel_environment()
+    if not prepare_only:
+        problem = kernel_problem()
+        if problem:
+            raise ConfigError(problem)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     env_cwd = Path(cwd) if cwd is not None else Path(path).resolve().parent
     os.environ.setdefault("TQDM_MININTERVAL", "5")
     papermill.execute_notebook(str(path), str(output), parameters=params, cwd=str(env_cwd),
                                prepare_only=prepare_only, log_output=log_output, progress_bar=False,
-                               kernel_name="python3", stdout_file=stdout_file, stderr_file=stderr_file)
+                               kernel_name=KERNEL_NAME, stdout_file=stdout_file, stderr_file=stderr_file)
     return output
 
 
@@ -100,3 +150,20 @@ def prepare_smoke_notebooks(out_dir: Path, reports_dir: Path, folder: Path | Non
         params = batch_parameters(notebook_parameters(path), reports_dir, smoke=True)
         out.append(execute(path, Path(out_dir) / path.name, params, prepare_only=True))
     return out
+
+
+def copy_notebooks(target: Path, overwrite: bool = False) -> list[Path]:
+    """Copy the walkthrough notebooks (every ``*.ipynb`` of ``notebooks_dir()``) into ``target`` for a reader.
+
+    Refuses to replace a notebook already in ``target`` unless ``overwrite``: the reader may have edited it."""
+    sources = sorted(notebooks_dir().glob("*.ipynb"))
+    if not sources:
+        raise ConfigError(f"no notebooks to copy in {notebooks_dir()}")
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target} is a file, not a folder: name a folder (it is created if missing)")
+    clashes = [s.name for s in sources if (target / s.name).exists()]
+    if clashes and not overwrite:
+        raise ConfigError(f"{target} already has {clashes}; pass --force to overwrite them or name another folder")
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(s, target / s.name)) for s in sources]

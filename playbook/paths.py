@@ -1,9 +1,11 @@
 """Where things live: the reports folder, the checkpoint cache and the stage notebooks.
 
 Inside a checkout of the repository (the package sits next to ``notebooks/`` and ``pyproject.toml``)
-reports go to ``<repo>/reports`` and checkpoints to ``<repo>/.cache/checkpoints``.  Installed
-elsewhere, reports go to ``./reports`` of the working folder and checkpoints to the platform's
-cache folder.  ``$PLAYBOOK_REPORTS_DIR`` and ``$PLAYBOOK_CACHE_DIR`` override both.
+reports go to ``<repo>/reports``, checkpoints to ``<repo>/.cache/checkpoints`` and the notebooks are read
+from ``<repo>/notebooks``.  Installed (a wheel; see ``setup.py``), reports go to ``./reports`` of the
+working folder, checkpoints to the platform's user cache folder (``platformdirs``: ``~/.cache/coreml-playbook``
+on Linux, ``~/Library/Caches/coreml-playbook`` on macOS) and the notebooks are the copies shipped inside the
+package.  ``$PLAYBOOK_REPORTS_DIR`` and ``$PLAYBOOK_CACHE_DIR`` override both.
 """
 from __future__ import annotations
 
@@ -24,13 +26,21 @@ def repository_root() -> Path | None:
 
 
 def notebooks_dir() -> Path:
-    """The stage notebooks: ``<repo>/notebooks`` in a checkout, the copies shipped in the package otherwise."""
+    """The stage notebooks: ``<repo>/notebooks`` in a checkout, else the copies the wheel ships as package data
+    (``playbook/notebooks/``, found through ``importlib.resources``)."""
     root = repository_root()
     if root is not None:
         return root / "notebooks"
     from importlib.resources import files
 
-    return Path(str(files("playbook") / "notebooks"))
+    shipped = files("playbook").joinpath("notebooks")
+    if not isinstance(shipped, Path) or not shipped.is_dir():
+        from playbook.config import ConfigError
+
+        raise ConfigError(f"this playbook installation ({PACKAGE_DIR}) has no stage notebooks at {shipped}: install "
+                          "it from a wheel or sdist built from the repository (its setup.py ships notebooks/*.ipynb), "
+                          "unzipped")
+    return shipped
 
 
 def default_reports_root() -> Path:
@@ -52,7 +62,7 @@ def default_cache_dir() -> Path:
         return root / ".cache" / "checkpoints"
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("coreml-playbook")) / "checkpoints"
+    return Path(platformdirs.user_cache_dir("coreml-playbook", appauthor=False)) / "checkpoints"
 
 
 def model_slug(model: str) -> str:
