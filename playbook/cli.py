@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--jobs", "-j", type=int, default=2, help="models run at once (default 2)")
     batch.add_argument("--smoke", action="store_true", help="smoke mode for every model")
     common(batch)
+
+    status = sub.add_parser("status", help="each model's last run: ok, failed, interrupted or running; cleans up "
+                                           "after runs that were killed")
+    status.add_argument("--reports-dir", type=Path, default=None, help="folder holding reports/<model>/")
 
     sub.add_parser("list-models", help="the registered model names")
     lp = sub.add_parser("list-params", help="every notebook parameter, its type, default and meaning")
@@ -151,6 +156,32 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from playbook.pipeline import model_status
+    from playbook.report.pages import write_index
+
+    root = _reports_root(args)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) if root.is_dir() else []
+    if not folders:
+        print(f"no model has been run in {root}")
+        return EXIT_OK
+    recovered = False
+    for folder in folders:
+        state = model_status(folder)
+        recovered |= bool(state.get("recovered"))
+        line = f"{folder.name:<24} {state.get('status', '?'):<12} {state.get('finished') or state.get('started') or ''}"
+        if state.get("failed_stage"):
+            line += f"  in {state['failed_stage']}"
+        if state.get("recovered"):
+            line += f"  (cleaned up: {state['recovered']})"
+        elif state.get("error"):
+            line += f"  {state['error'][:120]}"
+        print(line)
+    if recovered:
+        write_index(root)
+    return EXIT_OK
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from playbook import models
 
@@ -191,8 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the heavy imports: --version and -h answer at once
     from playbook.pipeline import RunFailed
 
-    handlers = {"run": cmd_run, "batch": cmd_batch, "list-models": cmd_list_models, "list-params": cmd_list_params,
-                "notebooks": cmd_notebooks}
+    handlers = {"run": cmd_run, "batch": cmd_batch, "status": cmd_status, "list-models": cmd_list_models,
+                "list-params": cmd_list_params, "notebooks": cmd_notebooks}
+    if args.command == "run":  # SIGTERM (kill, a scheduler's timeout) is handled like Ctrl-C: an INTERRUPTED page
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return handlers[args.command](args)
     except (ConfigError, RunFailed) as exc:
@@ -201,6 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("playbook: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a folder that became read-only: one line here, the traceback in run.log
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"playbook: error: {exc.strerror or exc}{where}; free space or choose another folder with "
+              "--reports-dir", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

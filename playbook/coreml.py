@@ -245,11 +245,21 @@ def save_package(mlmodel: Any, target: Path) -> None:
     try:
         tmp_pkg = tmp_dir / target.name
         mlmodel.save(str(tmp_pkg))
+        _share(tmp_pkg)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp_pkg, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _share(folder: Path) -> None:
+    """Give every file and folder of a saved package the permissions the umask allows (coremltools writes
+    ``model.mlmodel`` 0600 through a temp file; the rest of the package is world-readable)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def directory_size(path: Path) -> int:
@@ -286,8 +296,10 @@ def _feature_dict(feature: Any) -> dict[str, Any]:
 
 def package_info(path: Path) -> PackageInfo:
     """Sizes (from the files), op histogram (from the program) and I/O of a saved package."""
+    from playbook.mlprogram import read_spec
+
     path = Path(path)
-    spec = ct.utils.load_spec(str(path))
+    spec = read_spec(path)
     histogram: collections.Counter[str] = collections.Counter()
 
     def walk(block: Any) -> None:

@@ -83,6 +83,26 @@ class DatasetConfig(StrictConfig):
             value = getattr(self, field)
             if value is not None:
                 check_range(field, value, 1)
+        self.check_available()
+
+    def check_available(self) -> None:
+        """Raise ``DatasetError`` (saying what was looked for and how to get it) when the data is not on disk:
+        checked when the config is built, so a missing dataset fails before any work starts."""
+        if self.name == "fashion-mnist" and not self.download:
+            directory = fashion_mnist_dir(self.data_dir)
+            missing = [name for name in FASHION_MNIST_FILES.values() if not (directory / name).is_file()]
+            if missing:
+                raise DatasetError(
+                    f"Fashion-MNIST not found: looked for {missing} in {directory}. Get it with "
+                    "`apt-get install dataset-fashion-mnist` (puts the files in /usr/share/datasets/fashion-mnist), "
+                    "or point data_dir / $PLAYBOOK_FASHION_MNIST_DIR at a folder with the four IDX .gz files, "
+                    "or pass download=True where the internet is reachable.")
+        elif self.name.startswith("imagefolder:"):
+            root = Path(self.name.split(":", 1)[1]).expanduser()
+            if not root.is_dir():
+                raise DatasetError(f"imagefolder {root} does not exist; expected one sub-folder of images per class")
+            if sum(1 for d in root.iterdir() if d.is_dir()) < 2:
+                raise DatasetError(f"imagefolder {root} needs at least two class sub-folders (one per class)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,16 +195,9 @@ def fashion_mnist_dir(data_dir: str | None) -> Path:
 def _load_fashion_mnist(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     directory = fashion_mnist_dir(cfg.data_dir)
     paths = {key: directory / name for key, name in FASHION_MNIST_FILES.items()}
-    missing = [p.name for p in paths.values() if not p.is_file()]
-    if missing:
-        if cfg.download:
-            return _download_fashion_mnist()
-        raise DatasetError(
-            f"Fashion-MNIST not found: looked for {missing} in {directory}. Get it with "
-            "`apt-get install dataset-fashion-mnist` (puts the files in /usr/share/datasets/fashion-mnist), "
-            "or point data_dir / $PLAYBOOK_FASHION_MNIST_DIR at a folder with the four IDX .gz files, "
-            "or pass download=True where the internet is reachable."
-        )
+    if any(not p.is_file() for p in paths.values()):
+        cfg.check_available()  # raises with the full explanation unless download=True
+        return _download_fashion_mnist()
     arrays = {key: read_idx(p) for key, p in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -221,26 +234,31 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
 
 
 def _load_imagefolder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One class per sub-folder of ``root`` (``DatasetConfig.check_available`` has checked there are two or more)."""
     from PIL import Image
 
-    if not root.is_dir():
-        raise DatasetError(f"imagefolder {root} does not exist; expected one sub-folder of images per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if len(class_dirs) < 2:
-        raise DatasetError(f"imagefolder {root} needs at least two class sub-folders, found {len(class_dirs)}")
     files = [(f, idx) for idx, d in enumerate(class_dirs) for f in sorted(d.iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DatasetError(f"imagefolder {root} holds no images ({sorted(IMAGE_SUFFIXES)}) in its class folders")
-    first = Image.open(files[0][0])
+
+    def open_image(path: Path) -> "Image.Image":
+        try:
+            img = Image.open(path)
+            img.load()
+            return img
+        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            size = path.stat().st_size if path.exists() else 0
+            raise DatasetError(f"cannot read image {path} ({size} bytes: {type(exc).__name__}); remove or replace "
+                               "the file") from exc
+
+    first = open_image(files[0][0])
     mode = "L" if first.mode in ("L", "1", "I", "I;16") else "RGB"
     size = first.size
     images, labels = [], []
     for path, label in files:
-        try:
-            img = Image.open(path).convert(mode)
-        except OSError as exc:
-            raise DatasetError(f"cannot read image {path}: {exc}") from exc
+        img = open_image(path).convert(mode)
         if img.size != size:
             img = img.resize(size)
         arr = np.asarray(img, dtype=np.uint8)

@@ -97,6 +97,7 @@ __all__ = [
     "OPS",
     "Node",
     "ProgramExecutionError",
+    "CorruptPackageError",
     "ReferenceProgram",
     "TensorSpec",
     "UnsupportedOpError",
@@ -123,6 +124,28 @@ class UnsupportedOpError(ValueError):
 
 class ProgramExecutionError(RuntimeError):
     """An op failed while the program ran; the message says which op and why."""
+
+
+class CorruptPackageError(ValueError):
+    """A ``.mlpackage`` cannot be read: a missing or truncated file, flipped bits, weights that do not match."""
+
+    def __init__(self, path: str | os.PathLike, what: str, cause: BaseException) -> None:
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        super().__init__(
+            f"{path} is not a readable Core ML package: {what} ({type(cause).__name__}: {detail[:160]}). It may be "
+            "truncated or corrupted (an interrupted copy, save or download): export it again, e.g. re-run the "
+            "stage that made it")
+
+
+def read_spec(path: str | os.PathLike) -> Any:
+    """``coremltools.utils.load_spec`` of a package, with ``CorruptPackageError`` naming the package when it fails
+    (coremltools alone says e.g. "Item does not exist for identifier <uuid>")."""
+    ct = _quiet_coremltools()
+    try:
+        return ct.utils.load_spec(str(path))
+    except Exception as exc:
+        raise CorruptPackageError(path, "its model description (Manifest.json / model.mlmodel) cannot be read",
+                                  exc) from exc
 
 
 # --------------------------------------------------------------------------- static op facts
@@ -1098,20 +1121,25 @@ class ReferenceProgram:
     @classmethod
     def load(cls, package_path: str | os.PathLike, function_name: str | None = None) -> "ReferenceProgram":
         """Load a saved ``.mlpackage`` (ML program).  Raises :class:`UnsupportedOpError` on unknown ops."""
-        ct = _quiet_coremltools()
+        _quiet_coremltools()
         from coremltools.converters.mil.frontend.milproto.load import load as _load_mil
 
         path = Path(package_path)
         if not path.exists():
             raise FileNotFoundError(f"no Core ML package at {path}")
-        spec = ct.utils.load_spec(str(path))
+        spec = read_spec(path)
         if spec.WhichOneof("Type") != "mlProgram":
             raise ValueError(f"{path} is a {spec.WhichOneof('Type')!r} model; the reference executor "
                              "runs ML programs only (convert with convert_to='mlprogram')")
         weights = path / "Data" / "com.apple.CoreML" / "weights"
-        program = _load_mil(spec, specification_version=spec.specificationVersion,
-                            file_weights_dir=str(weights))
-        return cls(program, spec, function_name, source=str(path))
+        try:
+            program = _load_mil(spec, specification_version=spec.specificationVersion,
+                                file_weights_dir=str(weights))
+            return cls(program, spec, function_name, source=str(path))
+        except (UnsupportedOpError, CorruptPackageError):
+            raise
+        except Exception as exc:  # truncated weight.bin, flipped bits: numpy/protobuf errors that name nothing
+            raise CorruptPackageError(path, "its program or weights cannot be decoded", exc) from exc
 
     @classmethod
     def from_model(cls, model: Any, function_name: str | None = None) -> "ReferenceProgram":

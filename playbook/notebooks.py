@@ -6,6 +6,7 @@ unknown names again when they build their config from ``globals()``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from playbook.config import ConfigError
 from playbook.paths import PACKAGE_DIR, notebooks_dir, repository_root
@@ -102,13 +103,42 @@ def kernel_problem(name: str = KERNEL_NAME) -> str | None:
     return None
 
 
+def _kernel_manager_class() -> type:
+    """jupyter_client's kernel manager on the IPC transport (Unix sockets): local kernels need no TCP ports, and
+    the kernel does not print its warning about unencrypted TCP into every run."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc" if os.name == "posix" else "tcp"
+
+    return LocalKernelManager
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool = False,
             log_output: bool = False, cwd: Path | str | None = None, stdout_file: Any = None,
-            stderr_file: Any = None) -> Path:
+            stderr_file: Any = None, quiet: bool = False) -> Path:
     """Run (or, with ``prepare_only``, just parameterise) a notebook with papermill after checking its parameters.
 
     ``cwd`` is the kernel's working folder (default: the notebook's folder); ``stdout_file`` and
-    ``stderr_file`` (open text files) receive what the cells print, as they print it.
+    ``stderr_file`` (open text files) receive what the cells print, as they print it.  ``quiet`` (unattended
+    runs) turns progress bars off in the kernel: coremltools' and training bars would fill the executed notebook.
     """
     import papermill
 
@@ -121,10 +151,14 @@ def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     env_cwd = Path(cwd) if cwd is not None else Path(path).resolve().parent
-    os.environ.setdefault("TQDM_MININTERVAL", "5")
-    papermill.execute_notebook(str(path), str(output), parameters=params, cwd=str(env_cwd),
-                               prepare_only=prepare_only, log_output=log_output, progress_bar=False,
-                               kernel_name=KERNEL_NAME, stdout_file=stdout_file, stderr_file=stderr_file)
+    env = {"TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
+    if quiet:
+        env["TQDM_DISABLE"] = "1"
+    with _environment(**env):
+        papermill.execute_notebook(str(path), str(output), parameters=params, cwd=str(env_cwd),
+                                   prepare_only=prepare_only, log_output=log_output, progress_bar=False,
+                                   kernel_name=KERNEL_NAME, stdout_file=stdout_file, stderr_file=stderr_file,
+                                   kernel_manager_class=_kernel_manager_class())
     return output
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import sys
 import threading
 import time
@@ -33,7 +34,8 @@ from playbook.config import ConfigError
 from playbook.env import playbook_version
 from playbook.notebooks import batch_parameters, execute, notebook_parameters, notebook_source_hash, stage_notebooks
 from playbook.paths import model_slug, notebooks_dir
-from playbook.records import (StageRecord, missing_outputs, read_json, record_path, sha256_path, write_json)
+from playbook.records import (StageRecord, missing_outputs, read_json, record_path, sha256_path, stale_inputs,
+                              write_json)
 from playbook.report import pages
 from playbook.stages import STAGES, Stage, get_stage, upstream_of
 
@@ -156,6 +158,7 @@ def plan(spec: RunSpec) -> list[Step]:
 
     cmd = spec.command
     check_model_name(cmd.model)
+    check_reports_folder(Path(spec.reports_root))
     declared = declared_parameters(spec)
     check_parameter_names(cmd, declared)
     core: dict[str, Any] = {"model": cmd.model, "smoke": bool(cmd.smoke)}
@@ -170,7 +173,56 @@ def plan(spec: RunSpec) -> list[Step]:
             _check_type(path.name, k, v, str(names[k].get("inferred_type_name", "")))
         _validate_values(stage, path, params, names)
         steps.append(Step(stage, path, params))
+    check_upstream(spec.model_dir, steps)
     return steps
+
+
+def check_reports_folder(root: Path) -> None:
+    """Raise ``ConfigError`` unless ``root`` is (or can be made) a writable folder: checked before anything runs."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"reports folder {root}: {probe} is a file, not a folder; choose another with --reports-dir")
+    try:  # os.access says yes to root even on an immutable or read-only-mounted folder: try it
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"reports folder {root} is not writable ({probe}: {exc.strerror}); choose another with "
+                          "--reports-dir") from None
+
+
+def check_upstream(model_dir: Path, steps: list[Step]) -> None:
+    """Raise ``ConfigError`` before anything runs when a selected stage needs a record this run will not make and
+    that does not exist (02 without 01), or when the report would read records computed from inputs that have
+    changed since (a stage interrupted after its upstream re-ran): naming them and the command that refreshes them.
+    """
+    selected = {s.stage.name for s in steps}
+    needs_baseline = [s.stage.stem for s in steps if s.stage.name not in ("baseline", "report")]
+    if needs_baseline and "baseline" not in selected and not record_path(model_dir, "baseline").exists():
+        raise ConfigError(f"{', '.join(needs_baseline)} read(s) the baseline's record, and {model_dir / 'baseline.json'} "
+                          "does not exist: add 01 to --stages (or run without --stages)")
+    if "report" not in selected:
+        return
+    stale = {}
+    for stage in STAGES:
+        path = record_path(model_dir, stage.name) if stage.measures_variants else None
+        if path is None or stage.name in selected or not path.exists():
+            continue
+        try:
+            record = StageRecord.from_dict(read_json(path))
+        except ValueError as exc:
+            stale[stage] = [f"unreadable: {exc}"]
+            continue
+        problems = stale_inputs(model_dir, record)  # records whose upstream re-runs now are moved aside after it
+        if problems:
+            stale[stage] = problems
+    if stale:
+        names = "; ".join(f"{s.record} ({', '.join(p)})" for s, p in stale.items())
+        numbers = sorted({s.number for s in stale} | {get_stage(n).number for n in selected})
+        raise ConfigError(f"stale records in {model_dir}: {names}; the report would mix runs. Refresh them with "
+                          f"`python -m playbook run --model {steps[0].params.get('model', '')} --stages "
+                          f"{','.join(numbers)}` (or run every stage)")
 
 
 # --------------------------------------------------------------------------- stamps
@@ -336,6 +388,41 @@ def _move_stale_downstream(model_dir: Path, stage: Stage, selected: set[str], sa
         say(f"{later.record} was made from the previous {stage.name} results and is not re-run here: moved to .stale/")
 
 
+def recover_interrupted(model_dir: Path) -> str | None:
+    """After a run was killed without a chance to clean up (kill -9, out of memory, power loss), its ``run.json``
+    still says "running" although nobody holds the model's lock.  Call with the lock held: marks the run
+    interrupted, puts an INTERRUPTED page in place of ``report.html`` (the records may have changed under the old
+    report) and removes its temporary folder.  Returns what was found, or ``None`` when there was nothing to do."""
+    try:
+        status = read_json(Path(model_dir) / pages.RUN_STATUS)
+    except (OSError, ValueError):
+        return None
+    if status.get("status") != "running":
+        return None
+    shutil.rmtree(Path(model_dir) / ".run-tmp", ignore_errors=True)
+    done = [s["stage"] for s in status.get("stages", [])]
+    error = (f"the run started {status.get('started', '?')} (pid {status.get('pid', '?')}) was killed before it "
+             "finished (no clean shutdown: kill -9, out of memory or power loss)")
+    record_failure(Path(model_dir), str(status.get("model", Path(model_dir).name)), error,
+                   str(status.get("command", "")), completed=done, interrupted=True, status=status,
+                   log_tail_text=log_tail(Path(model_dir) / "run.log"))
+    return error
+
+
+def model_status(model_dir: Path, recover: bool = True) -> dict[str, Any]:
+    """The state of one model's folder: its ``run.json`` (``running`` only while a live run holds the lock);
+    a stale "running" left by a killed run is recovered on the way (``recover_interrupted``)."""
+    try:
+        with model_lock(Path(model_dir)):
+            recovered = recover_interrupted(Path(model_dir)) if recover else None
+            status = read_json(Path(model_dir) / pages.RUN_STATUS) if (Path(model_dir) / pages.RUN_STATUS).exists() \
+                else {"status": "never run"}
+            return {**status, "recovered": recovered}
+    except RunFailed:
+        status = read_json(Path(model_dir) / pages.RUN_STATUS) if (Path(model_dir) / pages.RUN_STATUS).exists() else {}
+        return {**status, "status": "running"}
+
+
 def _describe_error(exc: BaseException) -> str:
     if hasattr(exc, "ename") and hasattr(exc, "evalue"):
         return f"{exc.ename}: {_ANSI.sub('', str(exc.evalue))}"
@@ -360,6 +447,7 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
     heartbeat = float(os.environ.get("PLAYBOOK_HEARTBEAT_S", "30"))
     log_path = model_dir / "run.log"
     with model_lock(model_dir):
+        recovered = recover_interrupted(model_dir)
         tmp = model_dir / ".run-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -367,6 +455,8 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
         log = open(log_path, "a", buffering=1, errors="replace")
         log_start = log.tell()  # the failure page shows this run's log only
         log.write(f"===== {_now()} {command}\n")
+        if recovered:
+            log.write(f"--- previous run: {recovered}; marked interrupted\n")
 
         def emit(msg: str) -> None:
             line = f"{prefix} {msg}"
@@ -377,6 +467,8 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
                                   "started_epoch": time.time(), "pid": os.getpid(), "command": command, "stages": []}
         write_json(model_dir / pages.RUN_STATUS, status)
         emit(f"reports in {model_dir}; stages {', '.join(s.stage.stem for s in steps)}")
+        if recovered:
+            emit(f"note: {recovered}; it was marked interrupted")
         selected = {s.stage.name for s in steps}
         ran: list[str] = []
         skipped: list[str] = []
@@ -400,7 +492,7 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
                     sink = _Tee(log, sys.stdout) if spec.verbose else log
                     with _Heartbeat(emit, stage.stem, heartbeat):
                         execute(step.notebook, executed, step.params, cwd=Path.cwd(), stdout_file=sink,
-                                stderr_file=sink)
+                                stderr_file=sink, quiet=True)
                 finally:
                     if executed.exists():
                         os.replace(executed, model_dir / "notebooks" / step.notebook.name)

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt or does not fit the model."""
 
 
+class TrainingError(RuntimeError):
+    """Training diverged (NaN/inf loss) or collapsed to chance; nothing was cached."""
+
+
+RECOMMENDED_MIN_STEPS = 2000  # below this many optimiser steps a model still rising on validation gets a warning
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(StrictConfig):
     """Which architecture to build.  ``knobs`` are its width/depth options, e.g. ``{"width": 32}``."""
@@ -48,6 +55,10 @@ class TrainConfig(StrictConfig):
 
     Attributes:
         epochs: passes over the training split (0 = use the model as built, e.g. pretrained).
+        min_steps: at least this many optimiser steps: on a small dataset ``epochs`` is raised to reach it, so
+            the training budget scales with the data (0 = exactly ``epochs``).
+        patience: stop early when validation top-1 has not improved for this many epochs after the warm-up
+            (the best epoch's weights are kept); 0 = never stop early.
         steps: a fixed number of optimiser steps instead of ``epochs`` (fine-tunes); 0 = use ``epochs``.
         batch_size: images per step.
         lr: peak learning rate (SGD with momentum 0.9).
@@ -64,6 +75,8 @@ class TrainConfig(StrictConfig):
     """
 
     epochs: int = 6
+    min_steps: int = 0
+    patience: int = 0
     steps: int = 0
     batch_size: int = 128
     lr: float = 0.1
@@ -80,9 +93,14 @@ class TrainConfig(StrictConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("epochs", self.epochs, 0)
+        check_range("min_steps", self.min_steps, 0)
+        check_range("patience", self.patience, 0)
         check_range("steps", self.steps, 0)
         check_range("batch_size", self.batch_size, 1)
         check_range("lr", self.lr, 0.0)
+        if self.lr == 0:
+            raise ConfigError("lr=0 would leave the weights where they started; use a positive learning rate "
+                              "(the default is 0.1 for training from scratch)")
         check_choice("schedule", self.schedule, ["onecycle", "cosine"])
         check_range("weight_decay", self.weight_decay, 0.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
@@ -92,7 +110,12 @@ class TrainConfig(StrictConfig):
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What training produced (or what the cache held)."""
+    """What training produced (or what the cache held), why it stopped, and what a reader should be warned of.
+
+    ``stop_reason``: ``budget`` (every planned step ran), ``early_stop`` (validation stopped improving; the best
+    epoch's weights kept), ``cache`` (loaded from the checkpoint cache: see the history) or ``checkpoint``
+    (the user's own weights, not trained here).
+    """
 
     checkpoint: str
     from_cache: bool
@@ -100,6 +123,9 @@ class TrainResult:
     device: str
     parameters: int
     history: tuple[dict[str, float], ...]
+    steps: int = 0
+    stop_reason: str = "budget"
+    warnings: tuple[str, ...] = ()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -144,25 +170,46 @@ def build_model(model_cfg: ModelConfig, dataset: Dataset) -> nn.Module:
                         image_size=dataset.image_size, **model_cfg.knobs)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:
-    """Load weights into ``model`` with ``weights_only=True``; returns the stored metadata."""
+def _state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
+    """What does not fit between a state dict and a model: missing and unexpected keys, shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {list(getattr(state[k], 'shape', []))} vs model {list(own[k].shape)}"
+              for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, items in (("shape mismatches", shapes), ("missing from the checkpoint", missing),
+                         ("not in the model", unexpected)):
+        if items:
+            parts.append(f"{len(items)} {label} (e.g. {'; '.join(items[:3])})")
+    return ", ".join(parts) or "the state dict does not load"
+
+
+def load_checkpoint(model: nn.Module, path: Path, user_file: bool = False) -> dict[str, Any]:
+    """Load weights into ``model`` with ``weights_only=True``; returns the stored metadata.
+
+    ``user_file``: the path is the user's own checkpoint (not the cache), so the advice is to fix the file or
+    the model, never to delete it.
+    """
     path = Path(path)
+    fix = ("pass a state dict saved with torch.save(model.state_dict(), path) for this architecture"
+           if user_file else "delete it to retrain")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a weights-only torch file ({type(exc).__name__}: {exc}); "
-            "delete it to retrain, or pass a valid state dict"
-        ) from exc
+            f"checkpoint {path} is corrupt or not a weights-only torch file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from exc
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds {type(payload).__name__}, not a state dict")
+        raise CheckpointError(f"checkpoint {path} holds {type(payload).__name__}, not a state dict; {fix}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"checkpoint {path} does not fit the model {type(model).__name__}: "
+                              f"{_state_dict_mismatch(model, state)}; {fix}") from exc
     meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
     return json.loads(meta) if isinstance(meta, str) else dict(meta)
 
@@ -196,11 +243,23 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What one ``fit`` did: per-epoch history, optimiser steps taken, and the losses of every step."""
+    """What one ``fit`` did: per-epoch history, optimiser steps taken, every step's loss, and why it stopped."""
 
     history: list[dict[str, float]]
     steps: int
     losses: tuple[float, ...]
+    stop_reason: str = "budget"
+    planned_steps: int = 0
+
+
+def planned_steps(cfg: TrainConfig, n_train: int) -> int:
+    """Optimiser steps ``fit`` plans for ``n_train`` images: ``steps``, else ``epochs`` raised to ``min_steps``."""
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    if cfg.steps:
+        return cfg.steps
+    if cfg.epochs == 0:
+        return 0
+    return max(cfg.epochs * steps_per_epoch, cfg.min_steps)
 
 
 def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = True, loss_fn: LossFn | None = None,
@@ -211,6 +270,9 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
     cached teacher logits by the images' ``index`` in the training split.  ``on_step()`` runs after
     every optimiser step (coremltools' compressors advance their schedules there).  Only parameters
     with ``requires_grad`` are optimised.  torch's thread count is restored afterwards.
+
+    Raises ``TrainingError`` as soon as the loss is NaN or infinite (the model is then left as it was at that
+    step; callers cache nothing).
     """
     device = pick_device(cfg.device)
     with torch_threads(cfg.threads):
@@ -220,8 +282,9 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
         y_train = torch.from_numpy(dataset.train.labels)
         model.to(device)
         steps_per_epoch = max(1, math.ceil(len(y_train) / cfg.batch_size))
-        total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+        total_steps = planned_steps(cfg, len(y_train))
         epochs = math.ceil(total_steps / steps_per_epoch)
+        warmup_steps = int(0.25 * total_steps) if cfg.schedule == "onecycle" else 0
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         if cfg.schedule == "onecycle":
@@ -233,13 +296,15 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
         flip = dataset.name != "digits"
         history: list[dict[str, float]] = []
         losses: list[float] = []
-        step = 0
+        step, stop_reason = 0, "budget"
+        best_top1, best_state, since_best = -math.inf, None, 0
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(y_train), generator=generator)
             total, count = 0.0, 0
             in_epoch = min(steps_per_epoch, total_steps - step)
-            bar = tqdm(range(in_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            bar = tqdm(range(in_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
             for i in bar:
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 xb = x_train[idx]
@@ -248,13 +313,19 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                 xb, yb = xb.to(device), y_train[idx].to(device)
                 logits = model(xb)
                 loss = loss_fn(logits, yb, idx.to(device)) if loss_fn else ce(logits, yb)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    model.to("cpu").eval()
+                    raise TrainingError(
+                        f"training diverged: the loss became {value} at step {step + 1} (epoch {epoch + 1}); "
+                        f"lr={cfg.lr:g} is too high for this model and data, try lr={cfg.lr / 10:g}. Nothing was "
+                        "cached")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 if on_step is not None:
                     on_step()
-                value = float(loss.detach())
                 losses.append(value)
                 total += value * len(idx)
                 count += len(idx)
@@ -264,11 +335,41 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
             val_top1 = (evaluate(model, dataset, dataset.val).top1 if cfg.validate and len(dataset.val)
                         else float("nan"))
             model.train()
-            history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_top1": val_top1})
+            history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_top1": val_top1,
+                            "lr": float(opt.param_groups[0]["lr"])})
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}, val top-1 {val_top1:.2f}%")
+            if cfg.patience and math.isfinite(val_top1):
+                if val_top1 > best_top1:
+                    best_top1, since_best = val_top1, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+                if step >= warmup_steps and since_best >= cfg.patience and step < total_steps:
+                    stop_reason = "early_stop"
+                    break
+        if stop_reason == "early_stop" and best_state is not None:
+            model.load_state_dict(best_state)
         model.to("cpu").eval()
-    return FitResult(history, step, tuple(losses))
+    return FitResult(history, step, tuple(losses), stop_reason, total_steps)
+
+
+def training_warnings(history: Sequence[dict[str, float]], steps: int, num_classes: int) -> list[str]:
+    """What a reader must know about a training run: validation top-1 at or near chance, or still rising when a
+    short run (fewer than ``RECOMMENDED_MIN_STEPS`` steps) stopped."""
+    out = []
+    vals = [h["val_top1"] for h in history if math.isfinite(h.get("val_top1", math.nan))]
+    if not vals:
+        return out
+    chance = 100.0 / max(num_classes, 1)
+    if vals[-1] < 1.5 * chance:
+        out.append(f"the model is at or near chance: validation top-1 {vals[-1]:.1f}% with {num_classes} classes "
+                   f"(chance {chance:.1f}%); every figure below describes a model that has not learned the task")
+    if len(vals) >= 2 and steps < RECOMMENDED_MIN_STEPS and vals[-1] >= max(vals) and vals[-1] - vals[-2] > 0.5:
+        out.append(f"training stopped after {steps} optimiser steps while validation top-1 was still rising "
+                   f"({vals[-2]:.1f}% -> {vals[-1]:.1f}% in the last epoch): the model is likely undertrained; train "
+                   f"longer (at least {RECOMMENDED_MIN_STEPS} steps, e.g. raise epochs or min_steps)")
+    return out
 
 
 @torch.inference_mode()
@@ -290,30 +391,40 @@ def evaluate(model: nn.Module, dataset: Dataset, split: Split) -> Classification
 
 def train_or_load(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConfig,
                   cache_dir: Path | None = None, checkpoint: str | None = None,
-                  progress: bool = True) -> tuple[nn.Module, TrainResult]:
+                  progress: bool = True, chance_is_error: bool = True) -> tuple[nn.Module, TrainResult]:
     """The trained model for these configs: a user checkpoint, the cache, or a fresh training run.
 
-    A user ``checkpoint`` path wins; else the cache under ``cache_dir`` (see ``cache_key``);
-    else the model is trained with ``fit`` and cached.  A corrupt file raises ``CheckpointError``.
+    A user ``checkpoint`` path wins; else the cache under ``cache_dir`` (see ``cache_key``); else the model is
+    trained with ``fit`` and cached.  A fresh run that diverges, or (with ``chance_is_error``) ends at or near
+    chance on validation, raises ``TrainingError`` and caches nothing.  A corrupt file raises ``CheckpointError``.
     """
     model = build_model(model_cfg, dataset)
     n_params = count_parameters(model)
     if checkpoint:
         start = time.perf_counter()
-        load_checkpoint(model, Path(checkpoint))
-        return model.eval(), TrainResult(str(checkpoint), True, time.perf_counter() - start, "cpu", n_params, ())
+        load_checkpoint(model, Path(checkpoint), user_file=True)
+        return model.eval(), TrainResult(str(checkpoint), True, time.perf_counter() - start, "cpu", n_params, (),
+                                         stop_reason="checkpoint")
     key = cache_key(model_cfg, dataset, train_cfg, architecture_signature(model))
     path = (cache_dir or default_cache_dir()) / f"{key}.pt"
     if path.exists():
-        start = time.perf_counter()
         meta = load_checkpoint(model, path)
         history = tuple(meta.get("history", ()))
+        steps = int(meta.get("steps", 0))
         return model.eval(), TrainResult(str(path), True, float(meta.get("seconds", 0.0)), meta.get("device", "?"),
-                                         n_params, history)
+                                         n_params, history, steps, str(meta.get("stop_reason", "cache")),
+                                         tuple(training_warnings(history, steps, dataset.num_classes)))
     start = time.perf_counter()
-    history = fit(model, dataset, train_cfg, progress=progress).history
+    result = fit(model, dataset, train_cfg, progress=progress)
     seconds = time.perf_counter() - start
+    warnings = training_warnings(result.history, result.steps, dataset.num_classes)
+    if chance_is_error and result.steps and any("near chance" in w for w in warnings):
+        raise TrainingError(
+            f"training collapsed: {warnings[0]}. Nothing was cached. Check the learning rate (lr={train_cfg.lr:g}), "
+            "the labels of the data, or train longer")
     device = str(pick_device(train_cfg.device))
-    save_checkpoint(model, path, {"history": history, "seconds": seconds, "device": device,
+    save_checkpoint(model, path, {"history": result.history, "seconds": seconds, "device": device,
+                                  "steps": result.steps, "stop_reason": result.stop_reason,
                                   "model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
-    return model.eval(), TrainResult(str(path), False, seconds, device, n_params, tuple(history))
+    return model.eval(), TrainResult(str(path), False, seconds, device, n_params, tuple(result.history), result.steps,
+                                     result.stop_reason, tuple(warnings))

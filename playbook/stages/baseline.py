@@ -7,11 +7,12 @@ Later stages rebuild what they need from that record (``stages.common.load_basel
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from playbook.config import check_choice, check_range
+from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import DEPLOYMENT_TARGETS, ExportConfig, ExportResult, ParityResult, check_parity, export_model
 from playbook.data import Dataset, DatasetConfig, load_dataset
 from playbook.measure import reference_from
@@ -30,6 +31,8 @@ class BaselineConfig(MeasuredStageConfig):
     data_dir: str = ""
     image_size: int = 0
     epochs: int = 6
+    min_steps: int = 2000
+    patience: int = 3
     batch_size: int = 128
     lr: float = 0.1
     augment: bool = False
@@ -47,6 +50,9 @@ class BaselineConfig(MeasuredStageConfig):
         check_choice("precision", self.precision, ["fp16", "fp32"])
         check_choice("deployment_target", self.deployment_target, DEPLOYMENT_TARGETS)
         check_choice("input_kind", self.input_kind, ["tensor", "image"])
+        if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            raise ConfigError(f"checkpoint={self.checkpoint!r} is not a file; give the path of a state dict saved with "
+                              "torch.save(model.state_dict(), path), or leave it empty to train")
         # Building the sub-configs validates the remaining fields; their names are the ones typed here.
         self.dataset_config(), self.train_config(), self.export_config()
 
@@ -60,9 +66,12 @@ class BaselineConfig(MeasuredStageConfig):
         return ModelConfig(self.model, dict(self.model_options))
 
     def train_config(self) -> TrainConfig:
-        epochs = SMOKE.epochs(self.epochs) if self.smoke else self.epochs
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, augment=self.augment,
-                           seed=self.seed, threads=self.threads)
+        if self.smoke:  # the smoke policy shrinks the budget: one epoch, no step floor
+            return TrainConfig(epochs=SMOKE.epochs(self.epochs), batch_size=self.batch_size, lr=self.lr,
+                               augment=self.augment, seed=self.seed, threads=self.threads)
+        return TrainConfig(epochs=self.epochs, min_steps=self.min_steps, patience=self.patience,
+                           batch_size=self.batch_size, lr=self.lr, augment=self.augment, seed=self.seed,
+                           threads=self.threads)
 
     def export_config(self) -> ExportConfig:
         return ExportConfig(precision=self.precision, minimum_deployment_target=self.deployment_target,
@@ -89,14 +98,25 @@ class BaselineRun(StageRun):
         return self.dataset
 
     def train(self, progress: bool = True) -> tuple[nn.Module, TrainResult]:
-        """Train, or load from the checkpoint cache / the user's checkpoint."""
+        """Train, or load from the checkpoint cache / the user's checkpoint.
+
+        A run whose loss diverges, or (outside smoke runs) that ends at chance, stops here with ``TrainingError``
+        and caches nothing; warnings (near chance, still improving) go into the record for every later stage."""
         self.model, self.training = train_or_load(self.cfg.model_config(), self._data(), self.cfg.train_config(),
-                                                  checkpoint=self.cfg.checkpoint or None, progress=progress)
+                                                  checkpoint=self.cfg.checkpoint or None, progress=progress,
+                                                  chance_is_error=not self.cfg.smoke)
+        self.warnings += [w for w in self.training.warnings if w not in self.warnings]
         return self.model, self.training
 
     def evaluate(self) -> ClassificationMetrics:
         """Top-1/top-5, per-class accuracy and the confusion matrix in PyTorch, on the test split."""
-        self.pytorch = evaluate(self._model(), self._data(), self._data().test)
+        data = self._data()
+        self.pytorch = evaluate(self._model(), data, data.test)
+        chance = 100.0 / data.num_classes
+        if self.pytorch.top1 < 1.5 * chance and not any("near chance" in w for w in self.warnings):
+            self.warnings.append(f"the model is at or near chance: test top-1 {self.pytorch.top1:.1f}% with "
+                                 f"{data.num_classes} classes (chance {chance:.1f}%); every figure below describes a "
+                                 "model that has not learned the task")
         return self.pytorch
 
     def export(self) -> dict[str, ExportResult]:
