@@ -223,10 +223,15 @@ def model_sha256(model: nn.Module) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # e.g. a qscheme
+            digest.update(f"{name}|{value!r}|".encode())
+            continue
+        if value.is_quantized:
+            value = value.int_repr()
+        t = value.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        digest.update(t.float().numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
     return digest.hexdigest()
 
 

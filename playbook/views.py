@@ -241,7 +241,7 @@ def _plain_log_ticks(axis: Any) -> None:
 def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb", reference_top1: float | None = None,
                    max_top1_drop: float | None = None, highlight: str | None = None, budget_x: float | None = None,
                    colour_by: str = "stage", zoom: float | None = None, label: str = "front",
-                   lang: str = "en") -> list[str]:
+                   lang: str = "en", highlight_label: str | None = None) -> list[str]:
     """Top-1 (with its 95% interval) against ``x`` on ``ax``, the Pareto front as a step line.
 
     ``reference_top1`` and ``max_top1_drop`` draw the accuracy budget; ``budget_x`` a limit on ``x``;
@@ -295,7 +295,7 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
     if chosen is not None:
         y = chosen.top1 if floor is None else max(chosen.top1, floor)
         ax.scatter([value(chosen)], [y], s=260, facecolors="none", edgecolors="black", linewidths=1.8,
-                   label=text["recommended"], zorder=5)
+                   label=_mpl_text(highlight_label or text["recommended"]), zorder=5)
     xs = [value(v) for v in plotted]
     log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 8
     if log_x:
@@ -344,7 +344,7 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
 
 def accuracy_alt(variants: Sequence[VariantRecord], x: str, reference_top1: float | None = None,
                  highlight: str | None = None, zoom: float | None = None, outliers: Sequence[str] = (),
-                 lang: str = "en") -> str:
+                 lang: str = "en", highlight_label: str | None = None) -> str:
     """A text description of ``accuracy_chart``'s content (the ``alt`` of its image): range, front, outliers."""
     text = _chart_text(lang)
     plotted = [v for v in variants if (getattr(v, x, None) if hasattr(v, x) else v.get(x)) is not None
@@ -367,7 +367,7 @@ def accuracy_alt(variants: Sequence[VariantRecord], x: str, reference_top1: floa
         if outliers:
             out += f"軸より下（下端に表示）：{'、'.join(outliers)}。"
         if highlight:
-            out += f"推奨：{highlight}。"
+            out += f"{highlight_label or '推奨'}（丸印）：{highlight}。"
         return out
     out = (f"Scatter of test top-1 (%) against {axis} for {len(plotted)} variants; top-1 ranges from {min(tops):.1f} "
            f"to {max(tops):.1f}%. Pareto front: {'; '.join(fmt(v) for v in front)}.")
@@ -376,7 +376,7 @@ def accuracy_alt(variants: Sequence[VariantRecord], x: str, reference_top1: floa
     if outliers:
         out += f" Below the axis (drawn on the bottom edge): {', '.join(outliers)}."
     if highlight:
-        out += f" Recommended: {highlight}."
+        out += f" Ringed, {highlight_label or 'recommended'}: {highlight}."
     return out
 
 
@@ -396,7 +396,7 @@ def accuracy_figure(variants: Sequence[VariantRecord], xs: Sequence[str] = ("siz
             what = text.get(x, AXIS_LABELS.get(x, x)).split(" (")[0].split("（")[0]
             ax.set_title(text["title"].format(what=what), fontsize=11, pad=16)
             alts.append(accuracy_alt(variants, x, kwargs.get("reference_top1"), kwargs.get("highlight"), zoom,
-                                     outliers, lang))
+                                     outliers, lang, kwargs.get("highlight_label")))
         if title:
             fig.suptitle(_mpl_text(title), fontsize=10)
         fig.tight_layout()

@@ -102,7 +102,7 @@ def write_records(root: Path, package: Path, model="resnet", stages=("baseline",
                                                         "mean": [0.3], "std": [0.37], "train": 1000, "test": 400,
                                                         "calib": 64},
             pytorch={"top1": 90.0, "n": 400, "per_class": {**{str(i): 92.0 for i in range(9)}, "9": 71.5}},
-            training={"parameters": 1234, "history": [{"epoch": 1, "loss": 1.0, "val_top1": 85.0},
+            training={"parameters": 1234, "history": [{"epoch": 1, "loss": 1.0, "val_top1": 89.7},
                                                       {"epoch": 2, "loss": 0.5, "val_top1": 89.8}]},
             train_config={"lr": 0.1, "batch_size": 128}))
     if "quantization" in stages:
@@ -239,8 +239,8 @@ def test_pareto_front_and_the_zoomed_labelled_chart(tmp_path, tiny_package):
     assert ax.get_ylim()[0] == pytest.approx(88.0)  # zoomed to the candidates
     labels = [t.get_text() for t in ax.texts]
     assert "int4-palettized (87.0%)" in labels  # the outlier sits on the bottom edge, labelled with its top-1
-    assert "Below the axis (drawn on the bottom edge): int4-palettized" in chart.alt and "Recommended: int8-linear" \
-        in chart.alt and "No description" not in chart.alt
+    assert "Below the axis (drawn on the bottom edge): int4-palettized" in chart.alt and \
+        "Ringed, recommended: int8-linear" in chart.alt and "No description" not in chart.alt
     chart.figure.canvas.draw()  # labels do not overlap each other (adjustText)
     boxes = [t.get_window_extent() for t in ax.texts if t.get_text() in {v.name for v in variants} | {
         "int4-palettized (87.0%)"}]
@@ -325,7 +325,7 @@ def test_the_page_has_every_section_and_a_working_table_of_contents(tmp_path, ti
         assert "jp-" not in page and "jupyter" not in page.lower()  # the report's own CSS only
         assert "@media print" in page and "@media (max-width: 720px)" in page
     en = _page(tmp_path)
-    assert "Recommended: int8-linear" in en and "4.0× smaller than the FP32 reference" in en
+    assert 'pb-ship">Recommended: int8-linear' in en and "4.0× smaller than the FP32 reference" in en
     assert "accuracy change within noise" in en and "Client" in en and "digits: 10 classes" in en
     assert "71.5%" in en and "Glossary" in en and "McNemar" in en
     ja = _page(tmp_path, "ja")
@@ -362,6 +362,7 @@ def test_a_warning_in_the_records_leads_the_report_and_tempers_the_recommendatio
     assert page.index(warning) < page.index('id="summary"')  # before the recommendation
     assert "recommendation is provisional" in page and "Provisional choice: int8-linear" in page
     assert "pb-headline pb-ship" not in page and "pb-headline pb-provisional" in page
+    assert "Recommended: int8-linear" not in page and "Ringed, provisional choice: int8-linear" in page
     ja = _page(tmp_path, "ja")
     assert ja.index(warning) < ja.index('id="summary"') and "暫定の候補：int8-linear" in ja
 
@@ -374,6 +375,18 @@ def test_a_model_near_chance_is_flagged_even_without_a_recorded_warning(tmp_path
     (model_dir / "baseline.json").write_text(json.dumps(record))
     page = _page(tmp_path)
     assert "near chance (10.0% for 10 classes)" in page and "Provisional choice" in page
+
+
+def test_a_baseline_still_improving_is_flagged_unless_the_schedule_explains_it(tmp_path, tiny_package):
+    model_dir = write_records(tmp_path, tiny_package, stages=("baseline",))
+    record = json.loads((model_dir / "baseline.json").read_text())
+    record["training"]["history"] = [{"epoch": 1, "loss": 1.0, "val_top1": 40.0},
+                                     {"epoch": 2, "loss": 0.9, "val_top1": 44.0}]
+    (model_dir / "baseline.json").write_text(json.dumps(record))
+    assert "still rising when training stopped (40.0% → 44.0%" in _page(tmp_path)
+    record["train_config"]["schedule"] = "onecycle"  # the last epoch's jump is the annealing: the stage decides
+    (model_dir / "baseline.json").write_text(json.dumps(record))
+    assert "still rising" not in _page(tmp_path)
 
 
 def test_a_smoke_report_says_so_in_its_header(tmp_path, tiny_package):

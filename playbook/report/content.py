@@ -182,7 +182,10 @@ def own_warnings(data: ReportData, loc: Locale) -> list[str]:
         if ref.top1 < 1.5 * chance + 5.0:
             out.append(loc.t("alert.chance", top1=loc.pct(ref.top1, 1), chance=loc.pct(chance, 1), classes=classes))
     history = ((base.get("training") or {}).get("history") or []) if base else []
-    if len(history) >= 2:
+    schedule = ((base.get("train_config") or {}).get("schedule") if base else None) or ""
+    # A one-cycle schedule anneals the learning rate at the end, so a last-epoch jump is expected there: that case
+    # is left to the warnings the baseline stage itself records.
+    if len(history) >= 2 and schedule != "onecycle":
         before, after = history[-2].get("val_top1"), history[-1].get("val_top1")
         if before is not None and after is not None and after - before > 0.5 and \
                 after >= max(h.get("val_top1", 0) for h in history):
@@ -396,10 +399,12 @@ def _chart_images(data: ReportData, rec: Recommendation, loc: Locale) -> list[di
         pool = list(rec.feasible) or list(data.rows)
         lows = [r.top1_ci[0] if r.top1_ci else r.top1 for r in pool if r.top1 is not None]
         zoom = max(budget * 1.5, ref_top1 - min(lows + [ref_top1 - budget])) + 0.5
+    ringed = loc.t("tag.closest") if rec.chosen is None else (
+        loc.t("chart.provisional") if provisional(data, loc) else loc.t("tag.recommended"))
     charts = []
     for x in ("size_mb", "latency_ms"):
         chart = views.accuracy_figure(variants, (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
-                                      max_top1_drop=budget, highlight=highlight,
+                                      max_top1_drop=budget, highlight=highlight, highlight_label=ringed,
                                       budget_x=rec.budgets.get(x) if x == "size_mb" else None, width=5.8, height=4.9)
         caption = loc.t("chart.size.caption") if x == "size_mb" else loc.t(
             "chart.latency.caption", where=_where(rec.deliverable, loc) if rec.deliverable else loc.t("not_measured"))

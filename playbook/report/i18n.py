@@ -329,6 +329,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "tag.reference": {"en": "reference", "ja": "基準"},
     "tag.recommended": {"en": "recommended", "ja": "推奨"},
     "tag.closest": {"en": "closest", "ja": "最も近い"},
+    "chart.provisional": {"en": "provisional choice", "ja": "暫定の候補"},
     "yes": {"en": "yes", "ja": "満たす"},
     "no": {"en": "no", "ja": "満たさない"},
     "not_measured": {"en": "not measured", "ja": "未測定"},
@@ -414,10 +415,14 @@ MESSAGES: dict[str, dict[str, str]] = {
                                "ポイントに達しています。"},
     "next.stage": {"en": "Run stage {number} ({title}) to add candidates: {why}",
                    "ja": "ステージ {number}（{title}）を実行して候補を増やしてください：{why}"},
-    "why.distillation": {"en": "a distilled student can recover accuracy that compression loses [8].",
-                         "ja": "蒸留した生徒モデルは、圧縮で失った精度を取り戻せる場合があります [8]。"},
-    "why.architecture": {"en": "a smaller architecture can beat compression of a large one for the same size.",
-                         "ja": "同じサイズなら、大きなモデルを圧縮するより小さなアーキテクチャの方が良い場合があります。"},
+    "why.distillation": {"en": "a small student trained to match this model's outputs can be more accurate than the "
+                               "same student trained alone [8].",
+                         "ja": "このモデルの出力に合わせて学習させた小さな生徒モデルは、単独で学習させた同じモデルより"
+                               "精度が高くなりうるためです [8]。"},
+    "why.architecture": {"en": "another architecture may trade size for accuracy better than compressing this one; "
+                               "the stage measures it.",
+                         "ja": "このモデルを圧縮するより、別のアーキテクチャの方がサイズと精度の釣り合いが良い可能性があり、"
+                               "このステージで測定できます。"},
     "why.benchmark": {"en": "only a device gives latencies that can rank the variants.",
                       "ja": "バリアントの速さの順位は実機の測定でしかわかりません。"},
     "why.quantization": {"en": "quantization, palettization and pruning make the package smaller [3][4][5].",
@@ -437,12 +442,12 @@ MESSAGES: dict[str, dict[str, str]] = {
 
     # ---- risks
     "risk.runtime": {"en": "Accuracy, latency and memory were measured through the playbook's reference executor on "
-                           "Linux, not Apple's Core ML runtime. Its accuracy matches the compressed program; on a device "
-                           "FP16 arithmetic can move individual predictions slightly, and its latency and memory say "
-                           "nothing about a device [1].",
+                           "Linux, not Apple's Core ML runtime [1]. Its top-1 is that of the saved program as this "
+                           "executor runs it: confirm it on the device with a few hundred labelled images. Its latency "
+                           "and memory say nothing about a device.",
                      "ja": "精度・レイテンシ・メモリは、Apple の Core ML ランタイムではなく Linux 上のプレイブックの"
-                           "リファレンス実行系で測定しました。精度は圧縮後のプログラムと一致しますが、実機では FP16 演算により"
-                           "個々の予測がわずかに変わることがあります。レイテンシとメモリは実機の値を表しません [1]。"},
+                           "リファレンス実行系で測定しました [1]。top-1 は保存したプログラムをこの実行系で動かした値なので、"
+                           "正解付きの画像数百枚で実機でも確認してください。レイテンシとメモリは実機の値を表しません。"},
     "risk.coreml": {"en": "Figures measured with Core ML on {device}; other devices and OS versions can differ.",
                     "ja": "数値は {device} 上の Core ML で測定したものです。他のデバイスや OS バージョンでは異なる場合があります。"},
     "risk.test_size": {"en": "Accuracy rests on {n} test images: the 95% interval of the recommended variant's top-1 is "
@@ -522,10 +527,10 @@ MESSAGES: dict[str, dict[str, str]] = {
               "ja": "QAT|量子化を考慮した学習。量子化を模擬しながら再学習し、モデルを量子化に適応させる [9]。"},
     "g.distill": {"en": "Distillation|Training a small student to match a large teacher's outputs [8].",
                   "ja": "蒸留|小さな生徒モデルを大きな教師モデルの出力に合わせて学習させる手法 [8]。"},
-    "g.ane": {"en": "Neural Engine|The machine-learning accelerator of Apple's chips; Core ML decides which layers run "
-                    "on it, the GPU or the CPU.",
-              "ja": "Neural Engine|Apple のチップに搭載された機械学習用アクセラレータ。どの層を Neural Engine・GPU・CPU の"
-                    "どれで実行するかは Core ML が決める。"},
+    "g.ane": {"en": "Neural Engine|The machine-learning accelerator of Apple's chips; Core ML decides which operations "
+                    "run on it, the GPU or the CPU, and Xcode's performance report shows where each one ran [2].",
+              "ja": "Neural Engine|Apple のチップに搭載された機械学習用アクセラレータ。どの演算を Neural Engine・GPU・CPU の"
+                    "どれで実行するかは Core ML が決め、Xcode のパフォーマンスレポートで各演算の実行先を確認できる [2]。"},
     "g.ref": {"en": "Reference executor|The playbook's Linux implementation of Core ML programs (PyTorch ops, float32), "
                     "used where Apple's runtime is unavailable; a correctness tool, not a speed gauge [1].",
               "ja": "リファレンス実行系|Apple のランタイムがない Linux で Core ML プログラムを実行するためのプレイブック独自の"
