@@ -12,6 +12,7 @@ import contextlib
 import html
 import io
 import math
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -183,6 +184,7 @@ CHART_TEXT = {
            "macs": "multiply-accumulates per image", "log": " (log scale)", "top1": "test top-1 (%), 95% interval",
            "front": "Pareto front", "budget_acc": "accuracy budget: reference − {drop} pt", "budget": "budget",
            "recommended": "recommended", "below": "▼ below the axis, top-1 in brackets",
+           "below_list": "▼ below the axis: {names}",
            "missing": "not plotted (not measured): {names}", "empty": "no variant has both measurements",
            "title": "accuracy vs {what}", "zoomed": "zoomed to {zoom} points below the reference",
            "stage": {"baseline": "baseline", "quantization": "quantization", "distillation": "distillation",
@@ -191,11 +193,13 @@ CHART_TEXT = {
            "macs": "1 画像あたりの積和演算数", "log": "（対数軸）", "top1": "テスト top-1（%）、95% 信頼区間",
            "front": "パレートフロント", "budget_acc": "精度の許容範囲：基準 − {drop} pt", "budget": "上限",
            "recommended": "推奨", "below": "▼ は軸より下（括弧内が top-1）",
+           "below_list": "▼ 軸より下：{names}",
            "missing": "未測定のため描画なし：{names}", "empty": "両方の値をもつバリアントがありません",
            "title": "精度と{what}", "zoomed": "基準から {zoom} ポイント下までを拡大",
            "stage": {"baseline": "ベースライン", "quantization": "量子化・圧縮", "distillation": "蒸留",
                      "architecture": "アーキテクチャ変更", "benchmark": "ベンチマーク"}},
 }
+MAX_EDGE_LABELS = 3  # more variants than this below the zoomed axis are named in the chart's note instead
 STAGE_MARKERS = {"baseline": "s", "quantization": "o", "distillation": "^", "architecture": "D", "benchmark": "P"}
 
 
@@ -225,7 +229,7 @@ def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]],
         return
     targets = list(avoid) or [(x, y) for x, y, _ in points]
     adjust_text(texts, x=[p[0] for p in targets], y=[p[1] for p in targets], ax=ax, expand=(1.3, 1.8),
-                force_text=(0.4, 0.6), force_static=(0.3, 0.5), ensure_inside_axes=True, time_lim=3.0,
+                force_text=(0.6, 0.9), force_static=(0.3, 0.5), ensure_inside_axes=True, time_lim=1.5,
                 arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6})
 
 
@@ -310,14 +314,15 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
         {highlight}
     shown = [(value(v), v.top1 if floor is None or v.top1 >= floor else floor,
               v.name if floor is None or v.top1 >= floor else f"{v.name} ({v.top1:.1f}%)")
-             for v in plotted if label == "all" or v.name in named or v in outliers]
+             for v in plotted if (label == "all" or v.name in named or v in outliers)
+             and not (v in outliers and len(outliers) > MAX_EDGE_LABELS)]
     avoid = []  # the points and their interval bars: labels keep clear of both
     for v in plotted:
         y = v.top1 if floor is None else max(v.top1, floor)
         avoid.append((value(v), y))
         if v.top1_ci and v.top1 >= (floor if floor is not None else -math.inf):
             low = max(v.top1_ci[0], floor) if floor is not None else v.top1_ci[0]
-            avoid += [(value(v), low + (v.top1_ci[1] - low) * k / 12) for k in range(13)]
+            avoid += [(value(v), low + (v.top1_ci[1] - low) * k / 8) for k in range(9)]
     _place_labels(ax, shown, avoid)
     ax.set_xlabel(text.get(x, AXIS_LABELS.get(x, x)) + (text["log"] if log_x else ""), fontsize=10)
     ax.set_ylabel(text["top1"], fontsize=10)
@@ -326,13 +331,13 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
     notes = []
     if floor is not None and reference_top1 is not None:
         notes.append(text["zoomed"].format(zoom=f"{zoom:.1f}"))
-    if outliers:
+    if outliers and len(outliers) <= MAX_EDGE_LABELS:
         notes.append(text["below"])
+    elif outliers:  # too many to label on one edge: named in the note instead
+        notes.append(text["below_list"].format(names=", ".join(f"{v.name} ({v.top1:.1f}%)" for v in outliers)))
     if missing:
         notes.append(text["missing"].format(names=", ".join(v.name for v in missing)))
-    if notes:
-        ax.text(0.0, 1.01, _mpl_text("; ".join(notes)), transform=ax.transAxes, fontsize=8, va="bottom",
-                color="0.3", wrap=True)
+    ax.chart_note = "; ".join(notes)  # shown under the title by accuracy_figure, wrapped to the figure's width
     if not plotted:
         ax.text(0.5, 0.5, text["empty"], transform=ax.transAxes, ha="center")
     handles, labels = ax.get_legend_handles_labels()
@@ -394,7 +399,10 @@ def accuracy_figure(variants: Sequence[VariantRecord], xs: Sequence[str] = ("siz
         for ax, x, zoom in zip(axes, xs, zooms or [None] * len(xs)):
             outliers = accuracy_chart(ax, variants, x, zoom=zoom, lang=lang, **kwargs)
             what = text.get(x, AXIS_LABELS.get(x, x)).split(" (")[0].split("（")[0]
-            ax.set_title(text["title"].format(what=what), fontsize=11, pad=16)
+            note = getattr(ax, "chart_note", "")
+            chars = int(fig.get_figwidth() / len(xs) * (15 if lang == "en" else 12))
+            ax.set_title(text["title"].format(what=what) + ("\n" + _mpl_text(textwrap.fill(note, chars)) if note
+                                                            else ""), fontsize=9.5)
             alts.append(accuracy_alt(variants, x, kwargs.get("reference_top1"), kwargs.get("highlight"), zoom,
                                      outliers, lang, kwargs.get("highlight_label")))
         if title:

@@ -403,15 +403,36 @@ def _chart_images(data: ReportData, rec: Recommendation, loc: Locale) -> list[di
         loc.t("chart.provisional") if provisional(data, loc) else loc.t("tag.recommended"))
     charts = []
     for x in ("size_mb", "latency_ms"):
-        chart = views.accuracy_figure(variants, (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
-                                      max_top1_drop=budget, highlight=highlight, highlight_label=ringed,
-                                      budget_x=rec.budgets.get(x) if x == "size_mb" else None, width=5.8, height=4.9)
+        images = {}
+        for layout, (width, height) in CHART_LAYOUTS.items():  # a wide one, and a tall one for phones
+            chart = views.accuracy_figure(variants, (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
+                                          max_top1_drop=budget, highlight=highlight, highlight_label=ringed,
+                                          budget_x=rec.budgets.get(x) if x == "size_mb" else None, width=width,
+                                          height=height)
+            images[layout] = (_png_data_uri(compact_png(chart.png(dpi=96))), chart.alt)
+            chart.figure.clear()
         caption = loc.t("chart.size.caption") if x == "size_mb" else loc.t(
             "chart.latency.caption", where=_where(rec.deliverable, loc) if rec.deliverable else loc.t("not_measured"))
-        charts.append({"id": f"chart-{x}", "src": _png_data_uri(chart.png(dpi=96)), "alt": chart.alt,
-                       "caption": caption})
-        chart.figure.clear()
+        charts.append({"id": f"chart-{x}", "src": images["wide"][0], "phone_src": images["phone"][0],
+                       "alt": images["wide"][1], "caption": caption})
     return charts
+
+
+# Chart sizes in inches at 96 dpi: side by side on a wide screen; on a phone (<= 720 px) a taller chart drawn for
+# ~390 px, so its text is as large on the phone as on the desktop.
+CHART_LAYOUTS = {"wide": (5.8, 4.9), "phone": (4.0, 5.4)}
+
+
+def compact_png(png: bytes, colours: int = 96) -> bytes:
+    """A chart PNG as an optimised palette PNG (charts use a few flat colours: about half the bytes)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def provenance_text(row: Row, axis: str, loc: Locale) -> str:

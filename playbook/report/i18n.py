@@ -206,7 +206,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "sum.is_reference": {"en": "it is the FP32 reference itself ({size})", "ja": "FP32 基準そのもの（{size}）"},
     "sum.noise": {"en": "accuracy change within noise ({delta} pp, 95% interval {ci}, McNemar {p})",
                   "ja": "精度の変化は誤差の範囲内（{delta} ポイント、95% 信頼区間 {ci}、McNemar 検定 {p}）"},
-    "sum.loss": {"en": "a real accuracy loss of {abs} pp (95% interval {ci}, McNemar {p})",
+    "sum.loss": {"en": "a measurable accuracy loss of {abs} pp (95% interval {ci}, McNemar {p})",
                  "ja": "精度は有意に {abs} ポイント低下（95% 信頼区間 {ci}、McNemar 検定 {p}）"},
     "sum.gain": {"en": "a measurable accuracy gain of {abs} pp (95% interval {ci}, McNemar {p})",
                  "ja": "精度は有意に {abs} ポイント向上（95% 信頼区間 {ci}、McNemar 検定 {p}）"},
@@ -298,12 +298,14 @@ MESSAGES: dict[str, dict[str, str]] = {
     # ---- charts
     "chart.size.caption": {
         "en": "Each point is a variant with its 95% interval of test top-1. The axis is zoomed to the candidates; "
-              "variants far below are drawn as triangles on the bottom edge, with their top-1 in the label. The "
+              "variants far below are drawn as triangles on the bottom edge, with their top-1 in their label (or, "
+              "when there are many, in the note under the title). The "
               "dashed grey step is the Pareto front, the dotted red line your accuracy budget, the ring the "
               "recommendation. Overlapping intervals do not mean two variants are equally accurate: their paired "
               "change and McNemar's test in the table below answer that [6].",
         "ja": "各点はバリアントで、縦棒はテスト top-1 の 95% 信頼区間です。縦軸は候補の範囲に拡大しており、大きく下回る"
-              "バリアントは下端に三角で示し、ラベルに top-1 を記しています。灰色の破線の階段はパレートフロント、赤い点線は"
+              "バリアントは下端に三角で示し、top-1 をラベル（多い場合はタイトル下の注記）に記しています。灰色の破線の階段は"
+              "パレートフロント、赤い点線は"
               "精度の許容範囲、丸印は推奨です。区間が重なっていても精度が同じとは限りません。2 つのバリアントの差は、"
               "下の表の対応のある差の信頼区間と McNemar 検定で判断してください [6]。"},
     "chart.latency.caption": {
