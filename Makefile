@@ -1,12 +1,13 @@
 # Two entry points (see README): `make report` and `make test`.
 # Both create the virtual environment, install the pinned requirements and, where the
-# machine has apt and we are root, Debian's dataset-fashion-mnist package.
+# machine has apt and we are root, Debian's dataset-fashion-mnist package, and Chromium with a Japanese font
+# for the report's browser test and screenshots (best effort: without them that test is skipped with the reason).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= resnet
 ARGS ?=
 
-.PHONY: report test setup data clean
+.PHONY: report test setup data browser clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed data browser
 
 data:
 	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null 2>&1 \
@@ -23,6 +24,13 @@ data:
 	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
 	  || echo "warning: could not install dataset-fashion-mnist; digits-only runs still work"; fi
+
+browser:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/opentype/ipaexfont-gothic ]; } \
+	   && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium fonts-ipaexfont-gothic >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium fonts-ipaexfont-gothic >/dev/null)) \
+	  || echo "warning: could not install chromium and fonts-ipaexfont-gothic; the report's browser test will skip"; fi
 
 report: setup
 	$(PY) -m playbook run --model $(MODEL) $(ARGS)

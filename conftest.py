@@ -16,6 +16,7 @@ SMOKE_REPORTS = ROOT / "build" / "smoke-reports"
 
 
 def pytest_configure(config):  # noqa: D103 - pytest hook
+    config.addinivalue_line("markers", "after_notebooks: runs after the smoke notebooks (uses the reports they write)")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     if getattr(config.option, "nbval_lax", False) is False or os.environ.get("PLAYBOOK_SKIP_NOTEBOOKS"):
@@ -34,3 +35,9 @@ def pytest_configure(config):  # noqa: D103 - pytest hook
         resolved = {Path(a).resolve() for a in config.args}
         if SMOKE_NOTEBOOKS.resolve() not in resolved:
             config.args.append(str(SMOKE_NOTEBOOKS))
+
+
+def pytest_collection_modifyitems(session, config, items):  # noqa: D103 - pytest hook
+    # Tests that read the smoke notebooks' reports (the report in a browser) run after the notebooks.
+    late = [item for item in items if item.get_closest_marker("after_notebooks")]
+    items[:] = [item for item in items if item not in late] + late

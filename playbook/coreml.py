@@ -47,6 +47,11 @@ PROBS_NAME = "classProbs"
 DEPLOYMENT_TARGETS = ["iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15"]
 COMPUTE_UNITS = ["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 RUNTIMES = ["auto", "coreml", "reference"]
+# ML program specification version -> the oldest iOS that loads it (what Xcode shows as the deployment target).
+TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
+# Metadata keys every package the playbook saves carries (read back by tests and shown in the report).
+VARIANT_METADATA = ("playbook.stage", "playbook.variant", "playbook.recipe", "playbook.precision",
+                    "playbook.deployment_target", "playbook.source_model_sha256")
 # Parity tolerances on logits, relative to the largest reference logit, per program precision.
 PARITY_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2}
 MIN_TOP1_AGREEMENT = 99.9
@@ -206,9 +211,34 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
             errors.append(f"{frontend}: {type(exc).__name__}: {exc}")
     else:
         raise ExportError(f"ct.convert failed for {stem!r} with both frontends; " + " | ".join(errors))
-    describe_model(mlmodel, dataset, cfg, {"playbook.frontend": frontend, **(metadata or {})})
+    describe_model(mlmodel, dataset, cfg, {"playbook.frontend": frontend, "playbook.variant": stem,
+                                            "playbook.source_model_sha256": model_sha256(model), **(metadata or {})})
     save_package(mlmodel, target)
     return ExportResult(package_info(target), cfg, time.perf_counter() - start)
+
+
+def model_sha256(model: nn.Module) -> str:
+    """SHA-256 of a PyTorch model's state dict (every tensor's name, dtype, shape and bytes, in order): the
+    identity of the trained weights a package was converted from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # e.g. a qscheme
+            digest.update(f"{name}|{value!r}|".encode())
+            continue
+        if value.is_quantized:
+            value = value.int_repr()
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.float().numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_metadata(package: Path) -> dict[str, str]:
+    """The user metadata stored in a saved package's spec (``playbook.*`` and coremltools' own keys)."""
+    spec = ct.utils.load_spec(str(package))
+    return dict(spec.description.metadata.userDefined)
 
 
 def describe_model(mlmodel: Any, dataset: Dataset, cfg: ExportConfig, metadata: dict[str, str]) -> None:
@@ -233,12 +263,42 @@ def describe_model(mlmodel: Any, dataset: Dataset, cfg: ExportConfig, metadata: 
     else:
         mlmodel.output_description[LOGITS_NAME] = f"Logits for classes {list(dataset.class_names)}"
     meta = {"playbook.classes": json.dumps(list(dataset.class_names)), "playbook.dataset": dataset.name,
-            "playbook.precision": cfg.precision, **metadata}
+            "playbook.precision": cfg.precision, "playbook.deployment_target": cfg.minimum_deployment_target,
+            "playbook.recipe": "none (uncompressed export)", **metadata}
     mlmodel.user_defined_metadata.update({k: str(v) for k, v in meta.items()})
+    set_variant_metadata(mlmodel, {}, describe=not cfg.description)
 
 
-def save_package(mlmodel: Any, target: Path) -> None:
-    """Save ``mlmodel`` to ``target`` atomically (temp folder beside it, then rename)."""
+def set_variant_metadata(mlmodel: Any, metadata: dict[str, Any], describe: bool = True) -> None:
+    """Update a model's ``playbook.*`` metadata before it is saved: ``metadata`` overrides (a ``None`` value removes
+    the key), ``playbook.deployment_target`` follows the program's specification version, and the short
+    description names the variant, so Xcode shows what the package really is (not its parent's facts)."""
+    user = mlmodel.user_defined_metadata
+    for key, value in metadata.items():
+        if value is None:
+            if key in user:
+                del user[key]
+        else:
+            user[key] = str(value)
+    spec_version = int(mlmodel.get_spec().specificationVersion)
+    target = TARGET_BY_SPEC.get(spec_version)
+    if target and not str(user.get("playbook.deployment_target", "")).startswith("macOS"):
+        user["playbook.deployment_target"] = target
+    parts = [user.get("playbook.variant"), user.get("playbook.weights") or None,
+             f"{str(user.get('playbook.precision', '')).upper()} compute" if user.get("playbook.precision") else None,
+             f"{user.get('playbook.deployment_target')}+" if user.get("playbook.deployment_target") else None]
+    dataset = user.get("playbook.dataset")
+    described = ", ".join(p for p in parts if p)
+    if described and describe:
+        mlmodel.short_description = (f"{dataset} classifier: " if dataset else "") + described + \
+            " (Core ML optimization playbook)"
+
+
+def save_package(mlmodel: Any, target: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Save ``mlmodel`` to ``target`` atomically (temp folder beside it, then rename), after ``metadata`` (see
+    ``set_variant_metadata``) is written into it."""
+    if metadata is not None:
+        set_variant_metadata(mlmodel, metadata)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))

@@ -437,8 +437,6 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
     Safe against interruption: executed notebooks and the HTML are made in ``reports/<model>/.run-tmp/`` and moved
     into place; the previous ``report.html`` stays until the new one is complete (or a failure page replaces it).
     """
-    from playbook.report.render import export_html
-
     steps = plan(spec) if steps is None else steps
     model_dir = spec.model_dir
     prefix = f"[{spec.model}]"
@@ -499,16 +497,14 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
                 missing = [p.name for p in stage_outputs(model_dir, stage) if p.suffix == ".json" and not p.exists()]
                 if missing:
                     raise RunFailed(f"{stage.stem} finished but did not write {missing}")
-                if stage.name == "report":
-                    html_tmp = export_html(model_dir / "notebooks" / step.notebook.name, tmp / pages.REPORT_HTML,
-                                           title=f"Core ML report: {spec.model}")
-                    os.replace(html_tmp, model_dir / pages.REPORT_HTML)
+                # the report stage renders report.html and report.ja.html from the records itself (ReportRun.finish)
                 seconds = time.monotonic() - t0
                 write_stamp(model_dir, step, fingerprint, seconds)
                 if stage.measures_variants:
                     _move_stale_downstream(model_dir, stage, selected, emit)
                     if "report" not in selected:  # the report no longer describes the records
                         (model_dir / pages.REPORT_HTML).unlink(missing_ok=True)
+                        (model_dir / pages.REPORT_HTML_JA).unlink(missing_ok=True)
                         (model_dir / pages.REPORT_RECORD).unlink(missing_ok=True)
                         stamp_path(model_dir, "report").unlink(missing_ok=True)
                 ran.append(stage.stem)

@@ -1,4 +1,5 @@
-"""Stage 06: recommendation from the records, Pareto front, escaping, Swift from a real package, offline HTML."""
+"""Stage 06: recommendation from the records, the bilingual report rendered by its template, escaping, Swift from a
+real package, offline HTML, package metadata shown as Xcode shows it, the index and failure pages."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from playbook.metrics import PairedComparison, pareto_front
 from playbook.notebooks import execute
 from playbook.paths import notebooks_dir
 from playbook.records import RecordError, StageRecord, VariantRecord, write_json, write_stage_record
-from playbook.report import pages, render
-from playbook.report.recommend import Budget, load, recommend
+from playbook.report import content, pages, render
+from playbook.report.i18n import MESSAGES, Locale, placeholders
+from playbook.report.recommend import Budget, load, objective_key, recommend
 from playbook.report.swift import swift_snippet
 from playbook.stages.report import ReportConfig, ReportRun
 
@@ -39,10 +41,14 @@ def tiny_package(tmp_path_factory):
     return path
 
 
-def _provenance(energy_measured=False):
+DEVICE = {"runtime": "coreml", "compute_units": "ALL", "device": "iPhone 15 Pro, iOS 18.1", "measured": True}
+
+
+def _provenance(energy_measured=False, latency_runtime="reference"):
     where = {"runtime": "reference", "compute_units": None, "device": "Linux x86_64 CPU, torch 2.13.0+cpu",
              "note": "playbook reference executor", "measured": True}
-    return {"accuracy": dict(where), "latency": {**where, "what": "batch-1 predict, 1 torch thread(s)"},
+    latency = dict(DEVICE) if latency_runtime == "coreml" else {**where, "what": "batch-1 predict, 1 torch thread(s)"}
+    return {"accuracy": dict(where), "latency": latency,
             "size": {"measured": True, "what": "bytes of the .mlpackage files; DEFLATE zip for download size"},
             "memory": {"measured": True, "what": "rise of peak RSS", "runtime": "reference"},
             "energy": {"measured": energy_measured, "what": "not measured: no readable energy counter (RAPL)"},
@@ -53,7 +59,8 @@ IO = {"inputs": [{"name": "image", "type": "multiArrayType", "shape": [1, 1, 8, 
       "outputs": [{"name": "logits", "type": "multiArrayType", "shape": [1, 10], "dtype": "FLOAT32"}]}
 
 
-def _variant(stage, name, top1, size, latency, package, drop=None, description="", energy=None):
+def _variant(stage, name, top1, size, latency, package, drop=None, description="", energy=None,
+             latency_runtime="reference"):
     vs = None
     if drop is not None:
         vs = PairedComparison(delta_top1=-drop, ci_low=-drop - 0.4, ci_high=-drop + 0.4, p_value=0.2,
@@ -62,46 +69,69 @@ def _variant(stage, name, top1, size, latency, package, drop=None, description="
                          size_bytes=int(size * 1e6), zip_bytes=int(size * 0.9e6), top1=top1, top5=99.0,
                          top1_ci=(top1 - 1.5, top1 + 1.5), n_test=400, latency_ms=latency,
                          latency_p90_ms=latency * 1.2, fps=1000 / latency, peak_memory_mb=3.0, energy_mj=energy,
-                         provenance=_provenance(energy is not None), io=IO,
+                         provenance=_provenance(energy is not None, latency_runtime), io=IO,
                          reference="baseline-fp32" if drop is not None else None, vs_reference=vs)
 
 
-def _record(model, stage, variants, pitfalls=(), run=None, **details):
-    return StageRecord(stage=stage, model=model, config={"smoke": False, "dataset": "digits"},
+def _record(model, stage, variants, pitfalls=(), run=None, warnings=(), smoke=False, **details):
+    return StageRecord(stage=stage, model=model, config={"smoke": smoke, "dataset": "digits"}, warnings=list(warnings),
                        environment={"os": "Linux 6", "cpu": "AMD EPYC", "python": "3.11",
                                     "versions": {"torch": "2.13.0", "coremltools": "9.0"}},
                        run=(run or RunCommand(model=model)).to_dict(), reproduce="", variants=list(variants),
                        pitfalls=list(pitfalls), details=details)
 
 
-def write_records(root: Path, package: Path, model="resnet", stages=("baseline", "quantization", "distillation")):
-    """Three stage records with numbers chosen so that budgets pick different techniques."""
+def write_records(root: Path, package: Path, model="resnet", stages=("baseline", "quantization", "distillation"),
+                  latency_runtime="reference", warnings=(), smoke=False):
+    """Three stage records with numbers chosen so that budgets pick different techniques.  ``latency_runtime``:
+    where every latency was measured (``reference``: the executor on Linux; ``coreml``: a device)."""
     model_dir = root / model
+
+    def var(*args, **kwargs):  # every variant of this call gets the same latency provenance
+        return _variant(*args, latency_runtime=latency_runtime, **kwargs)
+
     if "baseline" in stages:
         write_stage_record(model_dir, _record(
             model, "baseline",
-            [_variant("baseline", "baseline-fp32", 90.0, 1.00, 2.0, package, description="FP32 reference"),
-             _variant("baseline", "baseline-fp16", 90.0, 0.50, 1.8, package, drop=0.0)],
+            [var("baseline", "baseline-fp32", 90.0, 1.00, 2.0, package, description="FP32 reference"),
+             var("baseline", "baseline-fp16", 90.0, 0.50, 1.8, package, drop=0.0)],
             pitfalls=[{"title": "FP16 package has FP16 I/O", "detail": "pass dtype=np.float32"}],
-            run=RunCommand(model=model, dataset="digits", params={"epochs": 3}, stages="01"),
+            run=RunCommand(model=model, dataset="digits", params={"epochs": 3}, stages="01", smoke=smoke),
+            warnings=warnings, smoke=smoke,
             reference_variant="baseline-fp32", dataset={"name": "digits", "classes": [str(i) for i in range(10)],
-                                                        "mean": [0.3], "std": [0.37]}))
+                                                        "mean": [0.3], "std": [0.37], "train": 1000, "test": 400,
+                                                        "calib": 64},
+            pytorch={"top1": 90.0, "n": 400, "per_class": {**{str(i): 92.0 for i in range(9)}, "9": 71.5}},
+            training={"parameters": 1234, "history": [{"epoch": 1, "loss": 1.0, "val_top1": 89.7},
+                                                      {"epoch": 2, "loss": 0.5, "val_top1": 89.8}]},
+            train_config={"lr": 0.1, "batch_size": 128}))
     if "quantization" in stages:
         write_stage_record(model_dir, _record(
             model, "quantization",
-            [_variant("quantization", "int8-linear", 89.6, 0.25, 1.7, package, drop=0.4),
-             _variant("quantization", "int4-palettized", 87.0, 0.13, 1.9, package, drop=3.0, description=EVIL)],
-            pitfalls=[{"title": f"Calibration {EVIL}", "detail": "int4 lost 3 points"}],
-            run=RunCommand(model=model, params={"calibration": "random"}, stages="02")))
+            [var("quantization", "int8-linear", 89.6, 0.25, 1.7, package, drop=0.4),
+             var("quantization", "int4-palettized", 87.0, 0.13, 1.9, package, drop=3.0, description=EVIL)],
+            pitfalls=[{"title": f"Calibration {EVIL}", "detail": "int4 lost 3 points"},
+                      {"title": "int4-palettized: some weights were skipped",
+                       "detail": "['const_2_to_fp16 [24, 1, 3, 3]'] stayed float"}],
+            warnings=warnings, smoke=smoke,
+            sensitivity={"layers": [{"name": "const_2_to_fp16", "module": "stem.0", "label": "stem.0"}]},
+            run=RunCommand(model=model, params={"calibration": "random"}, stages="02", smoke=smoke)))
     if "distillation" in stages:
         write_stage_record(model_dir, _record(
-            model, "distillation", [_variant("distillation", "student-w8", 89.9, 0.30, 0.9, package, drop=0.1,
-                                             energy=0.12)]))
+            model, "distillation", [var("distillation", "student-w8", 89.9, 0.30, 0.9, package, drop=0.1,
+                                             energy=0.12)], warnings=warnings, smoke=smoke))
     return model_dir
 
 
 def _data(root, smoke=False, **budget):
     return load("resnet", root / "resnet", Budget(**budget), smoke)
+
+
+
+
+def _page(root, lang="en", **budget):
+    data = _data(root, **budget)
+    return render.render_report(data, recommend(data), lang)
 
 
 # --------------------------------------------------------------------------- recommendation
@@ -121,33 +151,71 @@ def test_default_budget_recommends_the_smallest_variant_within_one_point(tmp_pat
     assert "when size dominates, prefer quantization" in rec.technique
 
 
-def test_size_and_latency_budgets_make_accuracy_the_objective(tmp_path, tiny_package):
-    write_records(tmp_path, tiny_package)
+def test_device_latency_makes_size_and_latency_budgets_pick_by_accuracy(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package, latency_runtime="coreml")
     rec = recommend(_data(tmp_path, max_size_mb=0.35, max_latency_ms=1.0))
     assert rec.objective == "accuracy"
     assert rec.chosen.name == "student-w8" and rec.chosen.stage == "distillation"
     assert "Only distillation variants" in rec.technique
-
-
-def test_latency_objective_and_explicit_objective(tmp_path, tiny_package):
-    write_records(tmp_path, tiny_package)
     assert recommend(_data(tmp_path, max_size_mb=0.6)).chosen.name == "student-w8"  # fastest under 0.6 MB
     rec = recommend(_data(tmp_path, objective="accuracy"))
     assert rec.chosen.name in ("baseline-fp32", "baseline-fp16")  # 90.0, the reference accuracy
 
 
+def test_reference_executor_latency_never_picks_meets_a_budget_or_breaks_a_tie(tmp_path, tiny_package):
+    """Issue 17 item 1: the executor's timings are its own cost on this CPU, not an order of the variants."""
+    write_records(tmp_path, tiny_package)  # every latency from the reference executor
+    rec = recommend(_data(tmp_path, max_size_mb=0.6))  # auto would be "latency": it falls back to accuracy
+    assert rec.objective == "accuracy" and "cannot rank variants" in rec.objective_reason
+    assert rec.chosen.name == "baseline-fp16"  # most accurate under 0.6 MB; student-w8 is "fastest" there: ignored
+    explicit = recommend(_data(tmp_path, objective="latency"))
+    assert explicit.objective == "size" and "cannot rank variants" in explicit.objective_reason
+    capped = recommend(_data(tmp_path, max_latency_ms=100.0))  # every variant is far under it... on the executor
+    assert not capped.meets_budget and "not measured on a device" in capped.why
+    # ties: same size and top-1, different executor latency -> decided by the name, never by that latency
+    data = _data(tmp_path)
+    a, b = (dataclasses_replace(data.rows[0], name=n, size_mb=0.2, top1=88.0, latency_ms=lat)
+            for n, lat in (("b-slow", 9.0), ("a-fast", 0.1)))
+    c, d = (dataclasses_replace(data.rows[0], name=n, size_mb=0.2, top1=88.0, latency_ms=lat)
+            for n, lat in (("a-slow", 9.0), ("b-fast", 0.1)))
+    assert sorted([a, b], key=objective_key("size"))[0].name == "a-fast"
+    assert sorted([c, d], key=objective_key("size"))[0].name == "a-slow"
+    page = _page(tmp_path)
+    assert "reference executor on a Linux CPU" in page and "played no part in this choice" in page
+
+
+def dataclasses_replace(row, **changes):
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
 def test_no_variant_meets_the_budget_shows_the_closest(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
-    rec = recommend(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2))
+    data = _data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2)
+    rec = recommend(data)
     assert not rec.meets_budget and rec.chosen is None
     assert rec.closest is not None and rec.deliverable is rec.closest
     assert "No variant meets the budgets" in rec.why and rec.closest.name in rec.why
-    html = render.summary_html(_data(tmp_path, max_top1_drop=0.05, max_size_mb=0.2), rec)
-    assert "No variant meets your budget" in html
+    page = render.render_report(data, rec, "en")
+    assert "No variant meets your budget" in page and "No variant meets the budget: relax it" in page
+    ja = render.render_report(data, rec, "ja")
+    assert "予算を満たすバリアントはありません" in ja
+
+
+def test_next_steps_do_not_lead_with_budget_advice_when_variants_meet_it(tmp_path, tiny_package):
+    """Issue 13 item 6: 'relax the budget' only when nothing meets it; the next best is compared honestly."""
+    write_records(tmp_path, tiny_package)
+    c = content.build(_data(tmp_path), recommend(_data(tmp_path)), "en", charts=False)
+    assert not any("relax" in step for step in c["next_steps"])
+    assert any("Measure int8-linear on the target device" in step for step in c["next_steps"])
+    assert any("weakest class, 9 (71.5% in FP32)" in step for step in c["next_steps"])
+    assert any(line.startswith("Next best: student-w8, 0.300 MB, 1.20× larger") for line in c["recommendation"]["lines"])
+    assert "variant(s)" not in render.render_page(c)
 
 
 def test_unmeasured_axis_does_not_meet_a_budget(tmp_path, tiny_package):
-    model_dir = write_records(tmp_path, tiny_package, stages=("baseline",))
+    model_dir = write_records(tmp_path, tiny_package, stages=("baseline",), latency_runtime="coreml")
     rec_path = model_dir / "baseline.json"
     record = json.loads(rec_path.read_text())
     for v in record["variants"]:
@@ -157,16 +225,32 @@ def test_unmeasured_axis_does_not_meet_a_budget(tmp_path, tiny_package):
     assert not rec.meets_budget and "latency not measured" in rec.why
 
 
-def test_pareto_front_keeps_only_non_dominated_variants(tmp_path, tiny_package):
+def test_pareto_front_and_the_zoomed_labelled_chart(tmp_path, tiny_package):
+    from playbook import views
+
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path)
     variants = [r.raw for r in data.rows]
     assert [v.name for v in pareto_front(variants, lambda v: v.size_mb, lambda v: v.top1)] == [
         "int4-palettized", "int8-linear", "student-w8", "baseline-fp16"]
-    assert [v.name for v in pareto_front(variants, lambda v: v.latency_ms, lambda v: v.top1)] == [
-        "student-w8", "baseline-fp16"]
-    chart = render.pareto_figure(data, recommend(data))
-    assert len(chart.figure.axes) == 2 and chart.png()[:8] == b"\x89PNG\r\n\x1a\n" and f"{len(data.rows)} variants" in chart.alt
+    chart = views.accuracy_figure(variants, ("size_mb",), zooms=(2.0,), reference_top1=90.0, max_top1_drop=1.0,
+                                  highlight="int8-linear")
+    ax = chart.figure.axes[0]
+    assert ax.get_ylim()[0] == pytest.approx(88.0)  # zoomed to the candidates
+    labels = [t.get_text() for t in ax.texts]
+    assert "int4-palettized (87.0%)" in labels  # the outlier sits on the bottom edge, labelled with its top-1
+    assert "Below the axis (drawn on the bottom edge): int4-palettized" in chart.alt and \
+        "Ringed, recommended: int8-linear" in chart.alt and "No description" not in chart.alt
+    chart.figure.canvas.draw()  # labels do not overlap each other (adjustText)
+    boxes = [t.get_window_extent() for t in ax.texts if t.get_text() in {v.name for v in variants} | {
+        "int4-palettized (87.0%)"}]
+    assert len(boxes) >= 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    ja = views.accuracy_figure(variants, ("size_mb",), zooms=(2.0,), reference_top1=90.0, lang="ja")
+    assert ja.png()[:8] == b"\x89PNG\r\n\x1a\n" and "パレートフロント" in ja.alt
+    import matplotlib
+
+    assert "IPAexGothic" not in matplotlib.rcParams["font.family"]  # the Japanese font did not leak globally
 
 
 # --------------------------------------------------------------------------- loading
@@ -179,9 +263,9 @@ def test_any_subset_of_records_works_and_empty_is_a_clear_error(tmp_path, tiny_p
     assert {r.name for r in data.rows} == {"int8-linear", "int4-palettized"}
     assert rec.chosen.name == "int8-linear"
     assert "techniques cannot be compared yet" in rec.technique
-    for piece in (render.summary_html(data, rec), render.variants_table_html(data, rec), render.pitfalls_html(data),
-                  render.deliverables_html(data, rec)):
-        assert piece.startswith("<div")
+    for lang in ("en", "ja"):
+        page = render.render_report(data, rec, lang)
+        assert render.offline_problems(page) == [] and 'id="summary"' in page
 
 
 def test_smoke_mismatch_and_unknown_parameters_are_errors(tmp_path, tiny_package):
@@ -196,24 +280,122 @@ def test_smoke_mismatch_and_unknown_parameters_are_errors(tmp_path, tiny_package
         ReportConfig(max_size_mb=-1)
     with pytest.raises(ConfigError, match="max_top1_drop=True must be float"):
         ReportConfig(max_top1_drop=True)
+    with pytest.raises(ConfigError, match="language"):
+        ReportConfig(language="fr")
+    with pytest.raises(ConfigError, match="client"):
+        ReportConfig(client="a\nb")
 
 
-# --------------------------------------------------------------------------- HTML pieces
-def test_model_supplied_strings_are_escaped(tmp_path, tiny_package):
+# --------------------------------------------------------------------------- the page
+def test_model_supplied_strings_are_escaped_in_both_languages(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     data = _data(tmp_path)
     rec = recommend(data)
-    pieces = render.variants_table_html(data, rec) + render.pitfalls_html(data) + render.summary_html(data, rec)
-    assert "<script" not in pieces
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in pieces
-    table = render.variants_table_html(data, rec)
+    for lang in ("en", "ja"):
+        page = render.render_report(data, rec, lang, client=EVIL)
+        assert "<script" not in page
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    page = render.render_report(data, rec, "en")
+    table = page[page.index('id="variants"'):page.index('id="per_class"')]
     assert table.count("<tr") == 1 + len(data.rows)
     # energy: the distilled variant measured it, the others say why not
-    assert "0.120" in table and "not measured: no readable energy counter" in table
-    assert "reference executor on Linux x86_64 CPU" in table and "not Apple&#x27;s Core ML runtime" in table
+    assert "0.120" in table and "no readable energy counter" in table
+    assert "reference executor on Linux x86_64 CPU" in table and "not Apple&#39;s Core ML runtime" in table
     assert "[88.50, 91.50]" in table  # top-1 interval
-    page = pages.index_html(tmp_path)
-    assert "<script" not in page
+    assert "\u22120.40 <span class=\"pb-ci\">[\u22120.80, +0.00]" in table or "\u22120.40 <span class=\"pb-ci\">[\u22120.80, 0.00]" \
+        in table  # the change is variant minus FP32 everywhere: negative = worse
+    assert "<script" not in pages.index_html(tmp_path)
+
+
+def test_the_page_has_every_section_and_a_working_table_of_contents(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package)
+    for lang in ("en", "ja"):
+        page = _page(tmp_path, lang)
+        ids = set(re.findall(r'\bid="([^"]+)"', page))
+        for href in re.findall(r'href="#([^"]+)"', page):
+            assert href in ids, href
+        for section in content.SECTIONS:
+            assert f'id="{section}"' in page
+        assert f'<html lang="{lang}">' in page
+        assert 'href="../index.html"' in page  # back to the index
+        other = "report.ja.html" if lang == "en" else "report.html"
+        assert f'href="{other}"' in page  # the language switch
+        assert render.embedded_images(page) == 2 and render.decode_first_png(page)[:4] == b"\x89PNG"
+        assert "No description has been provided" not in page and 'alt=""' not in page
+        assert "jp-" not in page and "jupyter" not in page.lower()  # the report's own CSS only
+        assert "@media print" in page and "@media (max-width: 720px)" in page
+    en = _page(tmp_path)
+    assert 'pb-ship">Recommended: int8-linear' in en and "4.0× smaller than the FP32 reference" in en
+    assert "accuracy change within noise" in en and "Client" in en and "digits: 10 classes" in en
+    assert "71.5%" in en and "Glossary" in en and "McNemar" in en
+    ja = _page(tmp_path, "ja")
+    assert "推奨：int8-linear" in ja and "量子化" in ja and "蒸留" in ja and "パレタイズ" in ja
+    assert "Neural Engine" in ja and "精度の変化は誤差の範囲内" in ja and "2026" in ja or "年" in ja
+
+
+def test_p_values_below_float_precision_and_pitfalls_are_readable(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package)
+    loc = Locale("en")
+    assert loc.p_value(0.0) == "p < 1e-300" and loc.p_value(0.2) == "p = 0.20" and loc.p_value(3.1e-5) == "p = 3.1e-5"
+    assert loc.signed(-0.4) == "\u22120.40" and loc.signed(0.001) == "0.00" and loc.signed(1.5) == "+1.50"
+    assert Locale("ja").num(1234.5, 1) == "1,234.5" and "年" in Locale("ja").date(__import__("datetime").date(2026, 1, 2))
+    page = _page(tmp_path)
+    pitfalls = page[page.index('id="pitfalls"'):page.index('id="methodology"')]
+    assert "stem.0 [24, 1, 3, 3] stayed float" in pitfalls  # PyTorch layer name, no Python list syntax
+    assert "const_2_to_fp16" not in pitfalls and "['" not in pitfalls
+
+
+def test_every_message_is_written_in_both_languages():
+    for key, texts in MESSAGES.items():
+        assert set(texts) == {"en", "ja"}, key
+        # the same values fill both; only a ratio is written "6.5×" in English and "6.5 分の 1" in Japanese
+        assert placeholders(texts["en"]) ^ placeholders(texts["ja"]) <= {"ratio", "ratio_plain"}, key
+        if key != "recorded_in_english":
+            assert texts["ja"].strip() and texts["en"].strip(), key
+        assert not re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", texts["en"]) or key == "lang_switch", key
+
+
+def test_a_warning_in_the_records_leads_the_report_and_tempers_the_recommendation(tmp_path, tiny_package):
+    warning = "baseline: validation top-1 was still improving when training stopped (44.0% at epoch 6)"
+    write_records(tmp_path, tiny_package, warnings=[warning])
+    page = _page(tmp_path)
+    assert page.index(warning) < page.index('id="summary"')  # before the recommendation
+    assert "recommendation is provisional" in page and "Provisional choice: int8-linear" in page
+    assert "pb-headline pb-ship" not in page and "pb-headline pb-provisional" in page
+    assert "Recommended: int8-linear" not in page and "Ringed, provisional choice: int8-linear" in page
+    ja = _page(tmp_path, "ja")
+    assert ja.index(warning) < ja.index('id="summary"') and "暫定の候補：int8-linear" in ja
+
+
+def test_a_model_near_chance_is_flagged_even_without_a_recorded_warning(tmp_path, tiny_package):
+    model_dir = write_records(tmp_path, tiny_package, stages=("baseline",))
+    record = json.loads((model_dir / "baseline.json").read_text())
+    for v in record["variants"]:
+        v["top1"] = 12.0
+    (model_dir / "baseline.json").write_text(json.dumps(record))
+    page = _page(tmp_path)
+    assert "near chance (10.0% for 10 classes)" in page and "Provisional choice" in page
+
+
+def test_a_baseline_still_improving_is_flagged_unless_the_schedule_explains_it(tmp_path, tiny_package):
+    model_dir = write_records(tmp_path, tiny_package, stages=("baseline",))
+    record = json.loads((model_dir / "baseline.json").read_text())
+    record["training"]["history"] = [{"epoch": 1, "loss": 1.0, "val_top1": 40.0},
+                                     {"epoch": 2, "loss": 0.9, "val_top1": 44.0}]
+    (model_dir / "baseline.json").write_text(json.dumps(record))
+    assert "still rising when training stopped (40.0% → 44.0%" in _page(tmp_path)
+    record["train_config"]["schedule"] = "onecycle"  # the last epoch's jump is the annealing: the stage decides
+    (model_dir / "baseline.json").write_text(json.dumps(record))
+    assert "still rising" not in _page(tmp_path)
+
+
+def test_a_smoke_report_says_so_in_its_header(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package, smoke=True)
+    data = load("resnet", tmp_path / "resnet", Budget(), True)
+    page = render.render_report(data, recommend(data), "en")
+    assert page.index("Smoke run: these figures mean nothing") < page.index('id="summary"')
+    assert "smoke run (tiny data, 1 epoch)" in page and "Provisional choice" in page
+    assert "スモーク実行" in render.render_report(data, recommend(data), "ja")
 
 
 def test_swift_snippet_uses_the_package_real_io(tiny_package):
@@ -221,12 +403,19 @@ def test_swift_snippet_uses_the_package_real_io(tiny_package):
 
     info = package_info(tiny_package)
     assert [f["name"] for f in info.inputs] == ["image"] and [f["name"] for f in info.outputs] == ["logits"]
-    swift = swift_snippet(tiny_package, info.to_dict(), normalisation={"mean": [0.3], "std": [0.37]})
+    swift = swift_snippet(tiny_package, info.to_dict(), normalisation={"mean": [0.3], "std": [0.37]},
+                          class_names=[str(i) for i in range(10)])
     assert 'forResource: "int8-linear", withExtension: "mlmodelc"' in swift
     assert "let image = try MLMultiArray(shape: [1, 1, 8, 8], dataType: .float32)" in swift
     assert '"image": MLFeatureValue(multiArray: image)' in swift
     assert 'let logits = outputs.featureValue(for: "logits")?.multiArrayValue' in swift
     assert "mean [0.3000], std [0.3700]" in swift
+    # from a picture or a camera frame to the input, and from the output to a label
+    assert "func makeImage(from cgImage: CGImage) throws -> MLMultiArray" in swift
+    assert "func makeImage(from pixelBuffer: CVPixelBuffer) throws -> MLMultiArray" in swift
+    assert "context.draw(cgImage, in: CGRect(x: 0, y: 0, width: width, height: height))" in swift
+    assert 'let classLabels = ["0", "1", "2"' in swift and "let (label, probability) = topClass(logits)" in swift
+    assert swift.count("{") == swift.count("}")
 
 
 def test_swift_snippet_handles_images_classifiers_and_odd_names():
@@ -237,6 +426,7 @@ def test_swift_snippet_handles_images_classifiers_and_odd_names():
     swift = swift_snippet("My Model.mlpackage", info)
     assert "let inputImage = try MLFeatureValue(cgImage: cgImage, pixelsWide: 28, pixelsHigh: 28, " \
            "pixelFormatType: kCVPixelFormatType_OneComponent8, options: nil)" in swift
+    assert "MLFeatureValue(pixelBuffer: pixelBuffer)" in swift
     assert '"input image": inputImage,' in swift
     assert 'outputs.featureValue(for: "classLabel")?.stringValue' in swift
     assert 'outputs.featureValue(for: "probs\\"\\\\")?.dictionaryValue' in swift
@@ -251,6 +441,17 @@ def test_reproduce_command_merges_the_stage_commands_and_budgets(tmp_path, tiny_
     assert cmd.count("--model") == 1 and "-p model" not in cmd and "-p smoke" not in cmd
     assert "--budget max_top1_drop=0.5 max_size_mb=2.0" in cmd and "-p objective=latency" in cmd
     assert "--reports-dir" not in cmd  # the command is the client's to run, not this machine's folder
+    page = render.render_report(data, recommend(data), "en")
+    assert page.count("python -m playbook run --model resnet") == 1  # one reproduce command, not two
+
+
+def test_deliverables_show_a_relative_package_its_target_and_its_metadata(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package)
+    page = _page(tmp_path)
+    deliver = page[page.index('id="deliverables"'):page.index('id="next"')]
+    assert "iOS 17 / macOS 14" in deliver  # minimum deployment target, from the package's spec version
+    assert "com.github.apple.coremltools.version" in deliver  # read from the package itself
+    assert "func makeImage(from cgImage: CGImage)" in deliver
 
 
 def test_offline_check_finds_network_resources():
@@ -265,7 +466,6 @@ def test_failure_page_and_index(tmp_path, tiny_package):
     write_records(tmp_path, tiny_package)
     model_dir = tmp_path / "resnet"
     ReportRun(ReportConfig(model="resnet", reports_dir=str(tmp_path))).finish()
-    (model_dir / pages.REPORT_HTML).write_text("<html>report</html>")
     write_json(model_dir / pages.RUN_STATUS, {"model": "resnet", "status": "ok"})
     bad_dir = tmp_path / "evil"
     page = pages.write_failure_page(bad_dir, EVIL, f"RuntimeError: {EVIL}", log_tail=f"line\n{EVIL}",
@@ -274,39 +474,42 @@ def test_failure_page_and_index(tmp_path, tiny_package):
                                                     "failed_stage": "01_baseline"})
     text = page.read_text()
     assert "FAILED" in text and "01_baseline" in text and "<script" not in text
+    ja = (bad_dir / pages.REPORT_HTML_JA).read_text()  # no older Japanese report left beside a failure
+    assert "失敗" in ja and "<script" not in ja
     index = pages.write_index(tmp_path).read_text()
-    assert 'href="resnet/report.html"' in index and "int8-linear" in index and "89.60" in index
+    assert 'href="resnet/report.html"' in index and 'href="resnet/report.ja.html"' in index
+    assert "int8-linear" in index and "89.60" in index
+    assert "Meets budget" in index and "Latency measured on" in index and "reference executor (Linux CPU)" in index
     assert "FAILED in 01_baseline" in index and "RuntimeError: boom" in index and "<script" not in index
     assert render.offline_problems(index) == [] and render.offline_problems(text) == []
 
 
 # --------------------------------------------------------------------------- the notebook, end to end
-def test_report_notebook_renders_an_offline_html_report(tmp_path, tiny_package):
-    """06_report.ipynb on three stage records -> report.json and a self-contained report.html."""
+def test_report_notebook_writes_the_bilingual_offline_report(tmp_path, tiny_package):
+    """06_report.ipynb on three stage records -> report.json, report.html and report.ja.html."""
     reports = tmp_path / "reports"
-    write_records(reports, tiny_package)
+    write_records(reports, tiny_package, latency_runtime="coreml")
     executed = tmp_path / "06_report.ipynb"
     execute(notebooks_dir() / "06_report.ipynb", executed,
             {"model": "resnet", "reports_dir": str(reports), "smoke": False, "max_size_mb": 0.35,
-             "max_latency_ms": 1.0})
+             "max_latency_ms": 1.0, "client": "ACME Corp"})
     summary = json.loads((reports / "resnet" / "report.json").read_text())
     assert summary["recommended"]["name"] == "student-w8" and summary["meets_budget"]
     assert summary["objective"] == "accuracy" and summary["stages"] == ["baseline", "quantization", "distillation"]
-
-    out = render.export_html(executed, reports / "resnet" / "report.html", title="Core ML report: resnet")
-    html = out.read_text()
-    assert "Recommended: <b>student-w8</b>" in html  # executive summary
-    assert html.count('class="pb-table"') == 1 and "Top-1 drop vs reference" in html  # the table
-    assert render.embedded_images(html) >= 1  # the Pareto charts, inline
-    assert render.decode_first_png(html)[:4] == b"\x89PNG"
-    assert render.offline_problems(html) == []
-    assert not re.search(r"<script[^>]*\bsrc=", html) and 'src="http' not in html and 'href="http' not in html
-    assert "cdnjs" not in html and "mathjax" not in html.lower() and "require.js" not in html
-    assert "&lt;script&gt;alert" in html and '<script>alert("x")' not in html
-    assert "cfg = ReportConfig" not in html  # no code cells
-    assert "MLMultiArray(shape: [1, 1, 8, 8], dataType: .float32)" in html  # Swift from the real package
-    assert "python -m playbook run --model resnet" in html
-    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    for name, lang in (("report.html", "en"), ("report.ja.html", "ja")):
+        out = reports / "resnet" / name
+        html = out.read_text()
+        assert f'<html lang="{lang}">' in html and "ACME Corp" in html and "student-w8" in html
+        assert render.embedded_images(html) == 2 and render.decode_first_png(html)[:4] == b"\x89PNG"
+        assert render.offline_problems(html) == []
+        assert not re.search(r"<script[^>]*\bsrc=", html) and 'src="http' not in html and 'href="http' not in html
+        assert "&lt;script&gt;alert" in html and '<script>alert("x")' not in html
+        assert "cfg = ReportConfig" not in html  # no code cells
+        assert "MLMultiArray(shape: [1, 1, 8, 8], dataType: .float32)" in html  # Swift from the real package
+        assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    nb = json.loads(executed.read_text())
+    shown = "".join(str(o.get("data", {}).get("text/html", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert 'id="summary"' in shown and 'id="variants"' in shown  # the notebook shows the same sections
 
 
 def _umask():
@@ -333,3 +536,28 @@ def test_a_record_computed_from_a_changed_baseline_is_refused(tmp_path, tiny_pac
     with pytest.raises(RecordError, match=r"stale records .*quantization\.json \(baseline\.json \(changed\)\).*"
                                           r"--stages 02,06"):
         _data(tmp_path)
+
+
+# --------------------------------------------------------------------------- claims and sources (issue 17)
+_URL = re.compile(r"^https://[A-Za-z0-9.-]+\.[a-z]{2,}/[^\s<>\"']*$")
+RETIRED_PHRASES = ("ranks variants", "good for comparing variants", "overlap widely are not reliably different",
+                   "not reliably different in accuracy")
+
+
+def test_the_report_and_its_notebook_cite_well_formed_sources_and_no_retired_claim():
+    nb = json.loads((notebooks_dir() / "06_report.ipynb").read_text())
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert "## Sources" in markdown
+    listed = re.findall(r"^\d+\. ", markdown.split("## Sources", 1)[1], flags=re.M)
+    assert len(listed) >= 5
+    for url in re.findall(r"https?://\S+", markdown):
+        assert _URL.match(url.rstrip(".,)")), url
+    for source in content.SOURCES:
+        assert source["text"] and (not source["url"] or _URL.match(source["url"])), source
+    cited = {int(n) for text in MESSAGES.values() for t in text.values() for n in re.findall(r"\[(\d+)\]", t)}
+    assert cited and max(cited) <= len(content.SOURCES)  # every [n] the report writes is in its Sources list
+    template = (render.TEMPLATES / "report.html.j2").read_text()
+    assert "sources(c)" in template and 'id="sources"' in template
+    corpus = markdown + template + json.dumps(MESSAGES, ensure_ascii=False)
+    for phrase in RETIRED_PHRASES:
+        assert phrase not in corpus, phrase

@@ -121,15 +121,24 @@ def _block_size_overrides(kind: str, options: dict[str, Any], metadata: dict[str
 
 def compress_package(recipe: str | Recipe, package: Path, out_dir: Path, stem: str | None = None,
                      weight_threshold: int = 256, exclude: Sequence[str] = (),
-                     only: Sequence[str] | None = None) -> "CompressedPackage":
-    """Compress ``package`` with a Core ML recipe and save ``out_dir/<stem>.mlpackage`` (atomically)."""
+                     only: Sequence[str] | None = None, metadata: dict[str, Any] | None = None) -> "CompressedPackage":
+    """Compress ``package`` with a Core ML recipe and save ``out_dir/<stem>.mlpackage`` (atomically).
+
+    The compressed program inherits its parent's metadata; this rewrites what differs, so Xcode shows the
+    variant, not its parent: ``playbook.variant`` (the stem), ``playbook.recipe``, ``playbook.weights`` (the
+    recipe's description), ``playbook.deployment_target`` (from the saved program), and ``playbook.stage``
+    from ``metadata`` (removed when not given: the parent's stage is not this package's).  The compute
+    precision and the source model hash stay the parent's, which they are."""
     recipe = get_recipe(recipe)
     start = time.perf_counter()
     messages: list[str] = []
     mlmodel = compress_mlmodel(recipe, package, weight_threshold, exclude, only, messages)
     seconds = time.perf_counter() - start
     target = safe_package_path(Path(out_dir), stem or recipe.name)
-    save_package(mlmodel, target)
+    kept = f"; {len(exclude)} layer(s) kept float" if exclude else ""
+    save_package(mlmodel, target, {"playbook.stage": None, "playbook.frontend": None,
+                                   "playbook.variant": stem or recipe.name, "playbook.recipe": recipe.name,
+                                   "playbook.weights": recipe.description + kept, **(metadata or {})})
     return CompressedPackage(target, seconds, tuple(messages), {})
 
 

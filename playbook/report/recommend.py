@@ -13,7 +13,13 @@ How a variant is chosen (``recommend``):
 2. *Objective.* Among the variants that meet the budget, the best on the remaining axis wins:
    ``objective="auto"`` takes the first axis without a budget of size, latency, accuracy
    (so with only an accuracy budget the smallest package wins; with size and latency
-   budgets the most accurate one).  Ties go to higher top-1, then smaller, then faster.
+   budgets the most accurate one).  Ties go to higher top-1, then smaller, then the name.
+   *Latency ranks only where a device runtime measured it* (``RANKABLE_LATENCY``: Apple's Core ML
+   runtime).  The playbook's reference executor decompresses every weight once at load and computes in
+   float32, so every weight-only variant runs the same arithmetic there, FP16 programs add rounding casts
+   and W8A8 programs add quantize/dequantize ops: its timings are the cost of that executor on that CPU
+   and say nothing about the order on a device.  They never pick a variant, break a tie or meet a
+   latency budget; a latency objective without device figures falls back (and says so).
 3. *None meets it.*  Then the report says so and shows the closest variant: the one whose
    summed relative excess over the budgets is smallest.
 
@@ -33,6 +39,22 @@ from playbook.records import RecordError, StageRecord, VariantRecord, load_stage
 from playbook.stages import VARIANT_STAGES, get_stage
 
 OBJECTIVES = ("auto", "size", "latency", "accuracy")
+# Runtimes whose latency may rank variants and meet a latency budget: Apple's Core ML runtime on a device
+# or a Mac.  The reference executor's (and host PyTorch's) timings are shown, never used to choose.
+RANKABLE_LATENCY = ("coreml",)
+
+
+def latency_runtime(row: "Row") -> str | None:
+    """Which runtime measured the row's latency (``coreml``, ``reference``...), from its provenance."""
+    prov = row.provenance.get("latency")
+    if not isinstance(prov, dict):
+        return None
+    return prov.get("runtime") or prov.get("backend")
+
+
+def latency_rankable(row: "Row") -> bool:
+    """True when the row's latency was measured by a device runtime and may rank variants."""
+    return row.latency_ms is not None and latency_runtime(row) in RANKABLE_LATENCY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +255,7 @@ class Check:
     value: float | None
     limit: float
     ok: bool
+    reason: str = ""  # why a value is missing (e.g. latency measured only by the reference executor)
 
     @property
     def excess(self) -> float:
@@ -247,7 +270,7 @@ class Check:
     def text(self) -> str:
         unit = AXIS_UNITS[self.axis]
         if self.value is None:
-            return f"{AXIS_LABELS[self.axis]} not measured (budget {self.limit:g} {unit})"
+            return f"{AXIS_LABELS[self.axis]} {self.reason or 'not measured'} (budget {self.limit:g} {unit})"
         sign = "≤" if self.ok else ">"
         return f"{AXIS_LABELS[self.axis]} {self.value:.{AXIS_DIGITS[self.axis]}f} {sign} {self.limit:g} {unit}"
 
@@ -259,24 +282,41 @@ _AXIS_VALUE = {"top1_drop": lambda r: r.drop, "size_mb": lambda r: r.size_mb, "l
 
 
 def check_budgets(row: Row, budgets: dict[str, float]) -> list[Check]:
-    """The row against each set budget."""
+    """The row against each set budget (a latency budget is met only by a device-measured latency)."""
     out = []
     for axis, limit in budgets.items():
         value = _AXIS_VALUE[axis](row)
-        out.append(Check(axis, value, limit, value is not None and value <= limit + 1e-9))
+        reason = ""
+        if axis == "latency_ms" and value is not None and not latency_rankable(row):
+            value, reason = None, f"not measured on a device (only by the {latency_runtime(row) or 'unknown'} runtime)"
+        out.append(Check(axis, value, limit, value is not None and value <= limit + 1e-9, reason))
     return out
 
 
-def resolve_objective(cfg: Budget) -> tuple[str, str]:
-    """The axis to optimise within the budgets, and why it is that one."""
+NO_DEVICE_LATENCY = ("latency was measured only by the reference executor, whose timings cannot rank variants for a "
+                     "device")
+
+
+def resolve_objective(cfg: Budget, rows: Sequence[Row] = ()) -> tuple[str, str]:
+    """The axis to optimise within the budgets, and why it is that one.
+
+    A latency objective needs device-measured latency (``latency_rankable``) for at least one of ``rows``;
+    without it the objective falls back (explicit ``latency``: size; ``auto``: accuracy) and the reason says so.
+    """
+    device_latency = any(latency_rankable(r) for r in rows)
     if cfg.objective != "auto":
+        if cfg.objective == "latency" and not device_latency:
+            return "size", f"objective='latency' was asked for, but {NO_DEVICE_LATENCY}; the smallest package wins"
         return cfg.objective, f"objective={cfg.objective!r} was asked for"
     if cfg.max_size_mb <= 0:
         return "size", ("no size budget is set, so among the variants within budget the smallest package wins "
                         "(set objective='accuracy' or 'latency' to change that)")
     if cfg.max_latency_ms <= 0:
+        if not device_latency:
+            return "accuracy", (f"a size budget is set but no latency budget; {NO_DEVICE_LATENCY}, so among the "
+                                "variants within budget the most accurate wins")
         return "latency", ("a size budget is set but no latency budget, so among the variants within budget the "
-                           "fastest wins")
+                           "fastest (on a device) wins")
     return "accuracy", "size and latency both have budgets, so among the variants within them the most accurate wins"
 
 
@@ -285,14 +325,16 @@ def _inf(x: float | None) -> float:
 
 
 def objective_key(objective: str):
-    """Sort key: best first for ``objective`` (ties: higher top-1, then smaller, then faster, then name)."""
+    """Sort key: best first for ``objective`` (ties: higher top-1, then smaller, then the name).
+
+    Latency counts only where a device measured it (``latency_rankable``); it never breaks a tie."""
     def key(r: Row) -> tuple:
         acc = -r.top1 if r.top1 is not None else math.inf
         if objective == "size":
-            return (_inf(r.size_mb), acc, _inf(r.latency_ms), r.name)
+            return (_inf(r.size_mb), acc, r.name)
         if objective == "latency":
-            return (_inf(r.latency_ms), acc, _inf(r.size_mb), r.name)
-        return (acc, _inf(r.size_mb), _inf(r.latency_ms), r.name)
+            return (_inf(r.latency_ms if latency_rankable(r) else None), acc, _inf(r.size_mb), r.name)
+        return (acc, _inf(r.size_mb), r.name)
     return key
 
 
@@ -331,10 +373,15 @@ def _describe_value(r: Row, objective: str) -> str:
 
 def _ratio_text(best: Row, other: Row, objective: str) -> str:
     if objective == "size" and best.size_mb and other.size_mb:
-        return f"{other.size_mb / best.size_mb:.1f}× larger"
+        if round(other.size_mb / best.size_mb, 2) <= 1.0:
+            return "the same size; the tie went to the higher top-1" if (other.top1 or 0) < (best.top1 or 0) else \
+                "the same size and top-1; the tie went to the name"
+        return f"{other.size_mb / best.size_mb:.2f}× larger"
     if objective == "latency" and best.latency_ms and other.latency_ms:
-        return f"{other.latency_ms / best.latency_ms:.1f}× slower"
+        return f"{other.latency_ms / best.latency_ms:.2f}× slower"
     if objective == "accuracy" and best.top1 is not None and other.top1 is not None:
+        if abs(best.top1 - other.top1) < 1e-9:
+            return "the same top-1; the tie went to the smaller package"
         return f"{best.top1 - other.top1:.2f} points less accurate"
     return ""
 
@@ -378,7 +425,7 @@ def technique_finding(candidates: Sequence[Row], rows: Sequence[Row]) -> str:
 def recommend(data: ReportData) -> Recommendation:
     """Choose the variant that meets the budgets with the best remaining axis (see the module docstring)."""
     budgets = data.budget.limits()
-    objective, objective_reason = resolve_objective(data.budget)
+    objective, objective_reason = resolve_objective(data.budget, data.rows)
     checks = {r.key: tuple(check_budgets(r, budgets)) for r in data.rows}
     feasible = [r for r in data.rows if all(c.ok for c in checks[r.key])]
     ranked = sorted(feasible, key=objective_key(objective))
@@ -390,7 +437,8 @@ def recommend(data: ReportData) -> Recommendation:
         unset = [AXIS_LABELS[a] for a in ("size_mb", "latency_ms") if a not in budgets]
         why = (f"{chosen.name} ({chosen.stage}) meets every budget ({met}"
                + (f"; {' and '.join(unset)} unconstrained" if unset else "") + ") and is the best on the objective, "
-               f"{objective}, of the {len(feasible)} variant(s) that meet them: {_describe_value(chosen, objective)}.")
+               f"{objective}, of the {len(feasible)} {'variant that meets' if len(feasible) == 1 else 'variants that meet'}"
+               f" them: {_describe_value(chosen, objective)}.")
         if runner_up is not None:
             ratio = _ratio_text(chosen, runner_up, objective)
             why += f" Next best: {runner_up.name} ({runner_up.stage}), {_describe_value(runner_up, objective)}" + (

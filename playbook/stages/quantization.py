@@ -25,7 +25,7 @@ from playbook.compress import (DEFAULT_RECIPES, RECIPES, CompressionError, Recip
                                weight_layers)
 from playbook.compress.recipes import TECHNIQUES
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import ExportConfig, export_model, package_info, predict_split
+from playbook.coreml import ExportConfig, export_model, model_sha256, package_info, predict_split
 from playbook.data import Dataset, Split
 from playbook.metrics import compare_paired, fidelity, pareto_front
 from playbook.records import StageRecord, VariantRecord, relative
@@ -151,7 +151,7 @@ class QuantizationRun(DownstreamRun):
             try:
                 if recipe.side == "coreml":
                     made = compress_package(recipe, self.base_package(target, precision), self.out_dir, recipe.name,
-                                            self.cfg.weight_threshold)
+                                            self.cfg.weight_threshold, metadata={"playbook.stage": self.stage})
                     path, details = made.path, {"messages": list(made.messages)}
                     extra = {"compress_seconds": made.seconds, "export_seconds": 0.0, "finetune_steps": 0}
                 else:
@@ -164,7 +164,9 @@ class QuantizationRun(DownstreamRun):
                                                                       minimum_deployment_target=target),
                                               self.out_dir, recipe.name,
                                               metadata={"playbook.stage": "quantization",
-                                                        "playbook.recipe": recipe.name})
+                                                        "playbook.recipe": recipe.name,
+                                                        "playbook.weights": recipe.description,
+                                                        "playbook.source_model_sha256": model_sha256(self.model)})
                     path, details = export.path, tc.details
                     extra = {"compress_seconds": tc.seconds + export.seconds, "export_seconds": export.seconds,
                              "finetune_steps": tc.finetune_steps,
@@ -309,7 +311,8 @@ class QuantizationRun(DownstreamRun):
             shutil.rmtree(work, ignore_errors=True)
         keep = [e["name"] for e in ranked[:chosen]]
         variant_name = f"{name}-keep{chosen}"
-        made = compress_package(rec, base, self.out_dir, variant_name, self.cfg.weight_threshold, exclude=keep)
+        made = compress_package(rec, base, self.out_dir, variant_name, self.cfg.weight_threshold, exclude=keep,
+                                metadata={"playbook.stage": self.stage})
         kept_labels = [e["label"] for e in ranked[:chosen]]
         record = self._measure_recipe(
             variant_name, made.path, rec, target,
