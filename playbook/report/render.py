@@ -240,6 +240,9 @@ def deliverables_html(data: ReportData, rec: Recommendation) -> str:
                          "generated.</p>")
     parts.append(f'<p><b>Reproduce this report:</b></p><pre class="pb-code">{esc(data.command().shell())}</pre>')
     parts.append("</div>")
+    from playbook.report.device import benchmark_html  # where latencies come from; the iPhone benchmark
+
+    parts.append(benchmark_html(data.records))
     return "".join(parts)
 
 
