@@ -18,35 +18,30 @@ median moves less than ``stable_within`` between checks (or a cap on runs or sec
 coefficient of variation, FPS and every raw sample.  Peak memory of a fresh process that loads the package and
 predicts once.  Energy where the platform exposes a counter (RAPL on Linux, NVML on NVIDIA GPUs, ``powermetrics``
 on macOS run as root), in joules and in mAh at a stated battery voltage; elsewhere ``measured: false`` with the
-reason, never a number.  The output of ``bench_package`` is a dict following ``bench_schema.MEASUREMENT_SCHEMA``.
+reason, never a number (those probes live in ``playbook.bench_probes``).  The output of ``bench_package`` is a dict
+following ``bench_schema.MEASUREMENT_SCHEMA``.
 
 This module knows nothing of stages, notebooks or the layout of stage records.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import os
 import platform
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from playbook.bench_schema import COMPUTE_UNITS, FORMAT, SCHEMA_VERSION, TIERS, validate_measurement
+from playbook.bench_probes import EnergyMeter, compute_plan, coreml_available, peak_memory
+from playbook.bench_schema import FORMAT, SCHEMA_VERSION, TIERS, validate_measurement
 from playbook.config import ConfigError, StrictConfig, check_range
 from playbook.env import cpu_model, playbook_version, torch_threads
 
 BACKENDS = tuple(TIERS)
-RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 DEFAULT_BATTERY_VOLTAGE = 3.85
 VERSION_PACKAGES = ("torch", "coremltools", "numpy")
 
@@ -120,15 +115,6 @@ class Setting:
         return {**dataclasses.asdict(self), "label": self.label}
 
 
-def coreml_available() -> tuple[bool, str]:
-    """Whether Apple's Core ML runtime can run here, and why not."""
-    if platform.system() != "Darwin":
-        return False, (f"needs macOS: coremltools runs Core ML predictions only on macOS (this is "
-                       f"{platform.system()} {platform.machine()}); measure on a Mac with `playbook bench` or on an "
-                       "iPhone with the generated Swift benchmark, then `playbook import-bench`")
-    return True, ""
-
-
 def cuda_available() -> tuple[bool, str]:
     if torch.cuda.is_available():
         return True, ""
@@ -178,7 +164,7 @@ def input_specs(io: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- loaded runtimes
-class _Loaded:
+class Loaded:
     """A package ready to predict batch-1 inputs: ``predict(inputs)``, ``sync()`` after a prediction."""
 
     def __init__(self, predict: Callable[[dict[str, Any]], Any], sync: Callable[[], None] = lambda: None,
@@ -186,12 +172,12 @@ class _Loaded:
         self.predict, self.sync, self.prepare, self.handle = predict, sync, prepare, handle
 
 
-def _load(package: Path, setting: Setting) -> _Loaded:
+def load(package: Path, setting: Setting) -> Loaded:
     if setting.backend == "reference":
         from playbook.coreml import load_runtime
 
         rt = load_runtime(package, "reference")
-        return _Loaded(rt.predict, handle=rt)
+        return Loaded(rt.predict, handle=rt)
     if setting.backend == "torch":
         from playbook.mlprogram import ReferenceProgram
 
@@ -201,11 +187,11 @@ def _load(package: Path, setting: Setting) -> _Loaded:
             program.to(device)
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         prepare = lambda x: {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in x.items()}  # noqa: E731
-        return _Loaded(program.run_float32, sync, prepare, program)
+        return Loaded(program.run_float32, sync, prepare, program)
     import coremltools as ct  # macOS: Apple's runtime through coremltools' documented API
 
     model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, setting.compute_units))
-    return _Loaded(model.predict, prepare=_coreml_feed(model.get_spec()), handle=model)
+    return Loaded(model.predict, prepare=_coreml_feed(model.get_spec()), handle=model)
 
 
 def _coreml_feed(spec: Any) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
@@ -228,15 +214,15 @@ def _coreml_feed(spec: Any) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]
     return prepare
 
 
-def _load_cached(first: _Loaded, package: Path, setting: Setting) -> _Loaded:
+def load_cached(first: Loaded, package: Path, setting: Setting) -> Loaded:
     """A second load: of the compiled ``.mlmodelc`` for Core ML (cached), of the same files otherwise."""
     if setting.backend == "coreml":
         import coremltools as ct
 
         compiled = first.handle.get_compiled_model_path()
         model = ct.models.CompiledMLModel(compiled, compute_units=getattr(ct.ComputeUnit, setting.compute_units))
-        return _Loaded(model.predict, prepare=first.prepare, handle=model)
-    return _load(package, setting)
+        return Loaded(model.predict, prepare=first.prepare, handle=model)
+    return load(package, setting)
 
 
 # --------------------------------------------------------------------------- timing
@@ -295,212 +281,13 @@ def time_until_stable(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[
     return Timing(tuple(samples), warmup, stopped, time.perf_counter() - start)
 
 
-# --------------------------------------------------------------------------- memory (fresh process)
-def _rss_mb(field: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource  # macOS: the peak only, in bytes
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)
-
-
-def _memory_child(package: str, setting: dict[str, Any], inputs: dict[str, np.ndarray]) -> tuple[float, float, str]:
-    s = Setting(**{k: v for k, v in setting.items() if k != "label"})
-    torch.set_num_threads(s.threads or 1)
-    if s.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        loaded = _load(Path(package), s)
-        loaded.predict(loaded.prepare(inputs))
-        loaded.sync()
-        return torch.cuda.max_memory_allocated() / 1e6, 0.0, "CUDA"
-    before = _rss_mb("VmRSS")
-    loaded = _load(Path(package), s)
-    loaded.predict(loaded.prepare(inputs))
-    loaded.sync()
-    return _rss_mb("VmHWM") - before, before, "RSS"
-
-
-def peak_memory(package: Path, setting: Setting, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The schema's ``memory`` block: peak memory rise of a fresh process (forked from a clean ``forkserver``
-    after imports) that loads ``package`` with ``setting`` and predicts once."""
-    import multiprocessing
-
-    try:
-        ctx = multiprocessing.get_context("forkserver")
-        # everything imported before the fork, so the rise is the model's, not coremltools' import
-        ctx.set_forkserver_preload(["playbook.bench", "playbook.coreml", "playbook.mlprogram"])
-        with ctx.Pool(1) as pool:
-            rise, before, kind = pool.apply(_memory_child, (str(package), setting.to_dict(), inputs))
-    except Exception as exc:  # noqa: BLE001 - no forkserver here, or the child failed: say so, no number
-        return {"measured": False, "unit": "MB", "peak": None,
-                "why": f"not measured: the measuring process failed ({type(exc).__name__}: {exc})"}
-    if kind == "CUDA":
-        what = "torch.cuda.max_memory_allocated of a fresh process while loading and predicting once"
-    else:
-        what = (f"rise of the peak resident set of a fresh process (forked after imports, {before:.0f} MB) while "
-                "loading the package and predicting once")
-    return {"measured": True, "unit": "MB", "peak": max(float(rise), 0.0), "what": what}
-
-
-# --------------------------------------------------------------------------- energy
-class _EnergyMeter:
-    """Reads a platform energy counter around a block; ``result(n)`` gives the schema's ``energy`` block."""
-
-    def __init__(self, setting: Setting, battery_voltage: float) -> None:
-        self.setting, self.voltage = setting, battery_voltage
-        self.source: str | None = None
-        self.why = ""
-        self.joules: float | None = None
-        self._proc: subprocess.Popen[str] | None = None
-        self._log: Path | None = None
-
-    def _rapl(self) -> float | None:
-        try:
-            return int(RAPL_ENERGY.read_text()) / 1e6
-        except FileNotFoundError:
-            self.why = (f"not measured: no RAPL counter on this machine ({RAPL_ENERGY} does not exist: no "
-                        "powercap interface exposed, e.g. in a VM or container)")
-        except PermissionError:
-            self.why = f"not measured: {RAPL_ENERGY} exists but is not readable by this user (root only)"
-        except (OSError, ValueError) as exc:
-            self.why = f"not measured: {RAPL_ENERGY} could not be read ({exc})"
-        return None
-
-    def _nvml(self) -> Any:
-        try:
-            import pynvml  # optional: NVIDIA's management library bindings
-        except ImportError:
-            self.why = "not measured: pynvml (NVIDIA's NVML bindings) is not installed"
-            return None
-        try:
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-            return handle, pynvml
-        except Exception as exc:  # noqa: BLE001
-            self.why = f"not measured: NVML refused ({exc})"
-            return None
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[None]:
-        system = platform.system()
-        start: float | None = None
-        nvml = None
-        if self.setting.device == "cuda":
-            nvml = self._nvml()
-            if nvml is not None:
-                start = nvml[1].nvmlDeviceGetTotalEnergyConsumption(nvml[0]) / 1000.0  # mJ -> J
-        elif system == "Linux":
-            start = self._rapl()
-        elif system == "Darwin":
-            self._start_powermetrics()
-        else:
-            self.why = f"not measured: no energy counter is read on {system}"
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - t0
-            if nvml is not None and start is not None:
-                self.joules = nvml[1].nvmlDeviceGetTotalEnergyConsumption(nvml[0]) / 1000.0 - start
-                self.source = "NVML"
-            elif start is not None:
-                end = self._rapl()
-                if end is not None and end >= start:
-                    self.joules, self.source = end - start, "RAPL"
-                elif end is not None:
-                    self.why = "not measured: the RAPL counter wrapped around during the run"
-            elif self._proc is not None:
-                self._stop_powermetrics(elapsed)
-
-    def _start_powermetrics(self) -> None:
-        if os.geteuid() != 0 or shutil.which("powermetrics") is None:
-            self.why = ("not measured: powermetrics needs root on macOS (run `sudo playbook bench ...`) "
-                        "and was not run")
-            return
-        fd, name = tempfile.mkstemp(prefix="powermetrics-", suffix=".txt")
-        os.close(fd)
-        self._log = Path(name)
-        self._proc = subprocess.Popen(["powermetrics", "--samplers", "cpu_power,gpu_power,ane_power", "-i", "100",
-                                       "-o", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(0.2)
-
-    def _stop_powermetrics(self, elapsed: float) -> None:
-        assert self._proc is not None and self._log is not None
-        self._proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=5)
-        text = self._log.read_text(errors="replace")
-        self._log.unlink(missing_ok=True)
-        watts = [float(m) / 1000.0 for m in re.findall(r"Combined Power \(CPU \+ GPU \+ ANE\):\s*([0-9.]+)\s*mW", text)]
-        if watts:
-            self.joules, self.source = float(np.mean(watts)) * elapsed, "powermetrics"
-        else:
-            self.why = "not measured: powermetrics printed no 'Combined Power' sample"
-
-    def result(self, predictions: int) -> dict[str, Any]:
-        if self.joules is None or predictions < 1:
-            return {"measured": False, "unit": "J", "per_inference": None, "mah_per_inference": None,
-                    "source": None, "why": self.why or "not measured: no energy counter was read"}
-        per = self.joules / predictions
-        scope = {"RAPL": "CPU package energy (RAPL) over the timed runs, whole package incl. other processes",
-                 "NVML": "GPU board energy (NVML) over the timed runs",
-                 "powermetrics": "mean CPU+GPU+ANE power (powermetrics) x duration of the timed runs, whole system"}
-        return {"measured": True, "unit": "J", "per_inference": per,
-                "mah_per_inference": per / (self.voltage * 3.6), "battery_voltage_v": self.voltage,
-                "source": self.source, "what": scope[str(self.source)]}
-
-
-# --------------------------------------------------------------------------- Core ML compute plan (macOS)
-def compute_plan(package_or_compiled: Any, compute_units: str) -> dict[str, Any]:
-    """The schema's ``compute_plan`` block: ops per preferred compute device and Apple's estimated cost share,
-    through ``coremltools.models.compute_plan.MLComputePlan`` (macOS 14.4+ / coremltools 8+)."""
-    ok, why = coreml_available()
-    if not ok:
-        return {"measured": False, "ops_total": None, "ops_by_device": None, "cost_by_device": None,
-                "why": "not measured: MLComputePlan " + why}
-    try:
-        import coremltools as ct
-        from coremltools.models.compute_plan import MLComputePlan
-
-        plan = MLComputePlan.load_from_path(str(package_or_compiled), getattr(ct.ComputeUnit, compute_units))
-        program = plan.model_structure.program
-        if program is None:
-            raise ValueError("not an ML program")
-        function = program.functions["main"]
-        ops = collected = 0
-        by_device: dict[str, int] = {}
-        cost: dict[str, float] = {}
-        for op in function.block.operations:
-            if op.operator_name == "const":
-                continue
-            ops += 1
-            usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
-            name = type(usage.preferred_compute_device).__name__ if usage is not None else "unknown"
-            name = name.replace("ML", "").replace("ComputeDevice", "") or name
-            by_device[name] = by_device.get(name, 0) + 1
-            estimate = plan.get_estimated_cost_for_mlprogram_operation(op)
-            if estimate is not None:
-                cost[name] = cost.get(name, 0.0) + float(estimate.weight)
-                collected += 1
-        return {"measured": True, "ops_total": ops, "ops_by_device": by_device, "cost_by_device": cost,
-                "what": f"MLComputePlan with {compute_units}: preferred device of each op; cost = Apple's estimated "
-                        f"share of the model's work ({collected} of {ops} ops had an estimate)"}
-    except Exception as exc:  # noqa: BLE001 - an older macOS or coremltools: say why, no number
-        return {"measured": False, "ops_total": None, "ops_by_device": None, "cost_by_device": None,
-                "why": f"not measured: MLComputePlan failed ({type(exc).__name__}: {exc}); needs macOS 14.4+"}
-
-
 # --------------------------------------------------------------------------- work: FLOPs and the host's peak
 def count_flops(package: Path, inputs: dict[str, np.ndarray]) -> float:
     """Floating-point operations of one batch-1 prediction, counted by ``torch.utils.flop_counter`` while the
     program runs as PyTorch ops (convolutions and matrix products; element-wise ops are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    loaded = _load(package, Setting("torch", device="cpu", threads=1))
+    loaded = load(package, Setting("torch", device="cpu", threads=1))
     with FlopCounterMode(display=False) as counter:
         loaded.predict(loaded.prepare(inputs))
     return float(counter.get_total_flops())
@@ -613,17 +400,17 @@ def bench_package(package: Path, setting: Setting, inputs: dict[str, np.ndarray]
         "measured": False, "unit": "MB", "peak": None, "why": "not measured: memory=False"}
     with torch_threads(setting.threads or 0) as threads:
         t0 = time.perf_counter()
-        loaded = _load(package, setting)
+        loaded = load(package, setting)
         first_load = (time.perf_counter() - t0) * 1000.0
         t0 = time.perf_counter()
-        cached = _load_cached(loaded, package, setting)
+        cached = load_cached(loaded, package, setting)
         cached_load = (time.perf_counter() - t0) * 1000.0
         feed = cached.prepare(inputs)
         t0 = time.perf_counter()
         cached.predict(feed)
         cached.sync()
         first_prediction = (time.perf_counter() - t0) * 1000.0
-        meter = _EnergyMeter(setting, cfg.battery_voltage)
+        meter = EnergyMeter(setting, cfg.battery_voltage)
         with meter.measure():
             timing = time_until_stable(lambda: cached.predict(feed), cfg, cached.sync)
     plan = (compute_plan(loaded.handle.get_compiled_model_path(), str(setting.compute_units))

@@ -279,27 +279,34 @@ private func measure(_ target: Target, _ unitName: String, _ units: MLComputeUni
         memory = ["measured": true, "unit": "MB", "peak": max(a - b, 0),
                   "what": "rise of the app's phys_footprint after loading and predicting once (current, not peak)"]
     }}
-    return [
+    let inputs: [[String: Any]] = target.inputs.map {{ ["name": $0.name, "shape": $0.shape] as [String: Any] }}
+    let environment: [String: Any] = [
+        "device": deviceName(), "os": osName(),
+        "versions": ["os": osName(), "swift_benchmark": "1", "playbook_schema": "{schema}"] as [String: String],
+    ]
+    let load: [String: Any] = [
+        "measured": true, "unit": "ms", "first": firstLoad, "cached": cachedLoad,
+        "what": "first MLModel(contentsOf:configuration:) of the compiled model, then a second (cached) load",
+    ]
+    let first: [String: Any] = ["measured": true, "unit": "ms", "value": firstPrediction,
+                                "what": "first prediction after the cached load"]
+    let latency: [String: Any] = [
+        "unit": "ms", "median": med, "p90": percentile(sorted, 90), "p99": percentile(sorted, 99), "mean": mean,
+        "cv": mean > 0 ? variance.squareRoot() / mean : 0, "fps": 1000 / med, "runs": samples.count,
+        "warmup": warmup, "stopped": stopped, "seconds": seconds, "samples": samples,
+    ]
+    let energy: [String: Any] = ["measured": false, "unit": "J", "per_inference": NSNull(),
+                                 "mah_per_inference": NSNull(), "source": NSNull(),
+                                 "why": "not measured: the generated Swift benchmark reads no energy counter"]
+    let plan: [String: Any] = await computePlan(url, configuration)
+    let measurement: [String: Any] = [
         "model": playbookModel, "stage": target.stage, "variant": target.variant, "package_sha256": target.sha256,
         "backend": "coreml", "tier": "device", "setting": "coreml \(unitName)", "compute_units": unitName,
-        "threads": "runtime", "batch": 1,
-        "inputs": target.inputs.map {{ ["name": $0.name, "shape": $0.shape] }},
-        "environment": ["device": deviceName(), "os": osName(),
-                        "versions": ["os": osName(), "swift_benchmark": "1", "playbook_schema": "{schema}"]],
-        "load": ["measured": true, "unit": "ms", "first": firstLoad, "cached": cachedLoad,
-                 "what": "first MLModel(contentsOf:configuration:) of the compiled model, then a second (cached) load"],
-        "first_prediction": ["measured": true, "unit": "ms", "value": firstPrediction,
-                             "what": "first prediction after the cached load"],
-        "latency": ["unit": "ms", "median": med, "p90": percentile(sorted, 90), "p99": percentile(sorted, 99),
-                    "mean": mean, "cv": mean > 0 ? variance.squareRoot() / mean : 0, "fps": 1000 / med,
-                    "runs": samples.count, "warmup": warmup, "stopped": stopped, "seconds": seconds,
-                    "samples": samples],
-        "memory": memory,
-        "energy": ["measured": false, "unit": "J", "per_inference": NSNull(), "mah_per_inference": NSNull(),
-                   "source": NSNull(), "why": "not measured: the generated Swift benchmark reads no energy counter"],
-        "compute_plan": await computePlan(url, configuration),
+        "threads": "runtime", "batch": 1, "inputs": inputs, "environment": environment, "load": load,
+        "first_prediction": first, "latency": latency, "memory": memory, "energy": energy, "compute_plan": plan,
         "timestamp": ISO8601DateFormatter().string(from: Date()),
     ]
+    return measurement
 }}
 
 /// Benchmarks every package with every compute unit; returns (and prints, and saves) the results JSON.

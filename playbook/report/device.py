@@ -149,8 +149,9 @@ def benchmark_html(records: dict[str, StageRecord]) -> str:
                         f"{esc(i['produced_by'])}: {esc(i['n'])} measurement(s) on {esc(', '.join(i['devices']))}, "
                         f"imported {esc(i['imported_at'])}</li>" for i in imports)
         parts.append(f"<p>Imported results files:</p><ul>{items}</ul>")
-    else:
-        parts.append("<p>No device results have been imported: no latency below was measured on an Apple device.</p>")
+    if "device" not in tiers:
+        parts.append("<p>No latency in this report was measured on an Apple device (no Core ML measurement was made "
+                     "or imported): the figures rank the variants, they do not say what an iPhone user waits.</p>")
     swift = rec.get("swift_benchmark") or {}
     if swift.get("path"):
         steps = "".join(f"<li>{esc(s)}</li>" for s in swift.get("instructions") or [])

@@ -329,20 +329,28 @@ class BenchmarkRun(DownstreamRun):
 
         return bench_measurements_table(self.carried_imports())
 
+    def _previous(self) -> StageRecord | None:
+        """The benchmark record before this run: the live one, or the one the pipeline moved to ``.stale/`` when an
+        earlier stage re-ran (its imported measurements of packages that did not change are still valid)."""
+        for folder in (self.model_dir, self.model_dir / ".stale"):
+            try:
+                return read_stage_record(folder, STAGE)
+            except RecordError:
+                continue
+        return None
+
     def carried_imports(self) -> list[dict[str, Any]]:
-        try:
-            previous = read_stage_record(self.model_dir, STAGE)
-        except RecordError:
+        """Imported measurements of the previous record whose package is still one of the current variants'."""
+        previous = self._previous()
+        if previous is None:
             return []
-        current = {v.package_sha256 for rec in self.records.values() for v in rec.variants if v.package_sha256}
+        current = {(v.stage, v.name, v.package_sha256) for rec in self.records.values() for v in rec.variants}
         return [m for m in previous.get("measurements") or [] if (m.get("provenance") or {}).get("source") ==
-                "imported" and m.get("package_sha256") in current]
+                "imported" and (m.get("stage"), m.get("variant"), m.get("package_sha256")) in current]
 
     def _previous_imports(self) -> list[dict[str, Any]]:
-        try:
-            return list(read_stage_record(self.model_dir, STAGE).get("imports") or [])
-        except RecordError:
-            return []
+        previous = self._previous()
+        return list(previous.get("imports") or []) if previous is not None else []
 
     def _record_view(self) -> StageRecord:
         return StageRecord(stage=STAGE, model=self.cfg.model, config={}, environment={}, run={}, reproduce="",
