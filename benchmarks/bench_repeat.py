@@ -3,7 +3,8 @@
     python benchmarks/bench_repeat.py --model resnet [--reports-dir reports] [--smoke] [-p max_seconds=3 ...]
                                       [--save runs.json]
 
-The model's earlier stage records must exist (``playbook run --model resnet --stages 01,02``).  Prints, per
+Run from the repository root (with ``PYTHONPATH=.`` when the environment's installed playbook is another
+checkout).  The model's earlier stage records must exist (``playbook run --model resnet --stages 01,02``).  Prints, per
 variant and setting, the two medians and their relative difference, then how many pairs agree within 5% and the
 stage time of each run.  Asserts nothing: the spread depends on what else the machine is doing (say so when you
 quote it).  The second run's record is what stays in ``reports/<model>/benchmark.json``.

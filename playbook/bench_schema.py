@@ -142,8 +142,12 @@ def schema_problems(document: Any, schema: dict[str, Any] = RESULTS_SCHEMA) -> l
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
-    return [f"{_where(e)}: {e.message}" for e in sorted(validator.iter_errors(document), key=lambda e: list(
-        map(str, e.absolute_path)))]
+    def text(e: Any) -> str:
+        got = f" (got {e.instance!r})" if e.validator in ("const", "enum") and len(repr(e.instance)) < 60 else ""
+        return f"{_where(e)}: {e.message}{got}" if not e.message.startswith(repr(e.instance)) else \
+            f"{_where(e)}: {e.message}"
+
+    return [text(e) for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
 
 
 def _close(a: float, b: float) -> bool:

@@ -379,8 +379,11 @@ class BenchmarkRun(DownstreamRun):
                 break
         for f in self.failures:
             self.add_pitfall(f"{f['target']} could not run with {f['setting']}", f["error"])
+        reasons: dict[str, list[str]] = {}
         for s in self.skipped:
-            self.add_pitfall(f"{s['setting']} not measured here", s["why"])
+            reasons.setdefault(s["why"], []).append(s["setting"])
+        for why, settings in reasons.items():
+            self.add_pitfall(f"{', '.join(settings)}: not measured here", why)
 
     def details(self) -> dict[str, Any]:
         carried = self.carried_imports()
