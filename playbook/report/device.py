@@ -14,7 +14,9 @@ variant's current one is ignored (it measured another package).  Pure functions 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import html
+import math
 from typing import Any
 
 from playbook.records import StageRecord, VariantRecord
@@ -115,8 +117,12 @@ def best_latencies(records: dict[str, StageRecord]) -> dict[tuple[str, str, str 
     return {key: min(found, key=lambda item: item[0])[1] for key, found in candidates.items()}
 
 
-def _newest_first(timestamp: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in timestamp)
+def _newest_first(timestamp: str) -> float:
+    """Sort key that puts the newest ISO timestamp first (unknown ones last)."""
+    try:
+        return -dt.datetime.fromisoformat(timestamp).timestamp()
+    except (TypeError, ValueError):
+        return math.inf
 
 
 def with_best_latency(v: VariantRecord, best: dict[tuple[str, str, str | None], LatencyFigure]) -> VariantRecord:
