@@ -9,6 +9,8 @@
     playbook list-params
     playbook notebooks DIR [--force]
     playbook --version
+    playbook bench --model resnet [--smoke] [-p backends="['coreml']"] [--out results.json] [--reports-dir DIR]
+    playbook import-bench results.json --model resnet [--reports-dir DIR]
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from playbook.command import BUDGET_NAMES, RunCommand, parse_assignments, parse_budget
 from playbook.config import ConfigError
-from playbook.paths import default_reports_root, notebooks_dir, repository_root
+from playbook.paths import default_reports_root, model_dir, notebooks_dir, repository_root
 
 if TYPE_CHECKING:
     from playbook.pipeline import RunSpec
@@ -79,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each model's last run: ok, failed, interrupted or running; cleans up "
                                            "after runs that were killed")
     status.add_argument("--reports-dir", type=Path, default=None, help="folder holding reports/<model>/")
+    bench = sub.add_parser("bench", help="stage 05 without its notebook: time every package with the backends "
+                           "this machine has (Core ML on a Mac) and write benchmark.json")
+    bench.add_argument("--model", required=True, help="model whose packages are timed (its records must exist)")
+    bench.add_argument("--smoke", action="store_true", help="the records were made with --smoke; few runs")
+    bench.add_argument("-p", "--param", dest="params", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+                       help="a 05_benchmark parameter, e.g. backends=\"['coreml']\" max_seconds=5")
+    bench.add_argument("--out", default=None, help="also write the portable results file here (for import-bench)")
+    bench.add_argument("--reports-dir", type=Path, default=None, help="folder holding reports/<model>/")
+    imp = sub.add_parser("import-bench", help="validate a results file from a Mac or iPhone and merge it into "
+                         "reports/<model>/benchmark.json")
+    imp.add_argument("file", type=Path, help="results JSON (playbook bench --out, or PlaybookBenchmark.swift)")
+    imp.add_argument("--model", required=True, help="the model the file measured")
+    imp.add_argument("--reports-dir", type=Path, default=None, help="folder holding reports/<model>/")
 
     sub.add_parser("list-models", help="the registered model names")
     lp = sub.add_parser("list-params", help="every notebook parameter, its type, default and meaning")
@@ -217,13 +232,31 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from playbook.stages.benchmark import cli_bench
+
+    out = cli_bench(args.model, str(_reports_root(args)), args.smoke, parse_assignments(args.params, "-p"), args.out)
+    print(f"benchmark record: {model_dir(args.model, _reports_root(args)) / 'benchmark.json'}; results file: {out}")
+    return EXIT_OK
+
+
+def cmd_import_bench(args: argparse.Namespace) -> int:
+    from playbook.stages.benchmark import import_results
+
+    done = import_results(args.file, args.model, _reports_root(args))
+    print(f"imported {done['n']} measurement(s) from {done['file']} ({done['produced_by']}; "
+          f"{', '.join(done['devices'])}; {', '.join(done['os'])}) into {model_dir(args.model, _reports_root(args))}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``playbook`` and ``python -m playbook``; returns the exit status."""
     args = build_parser().parse_args(argv)  # before the heavy imports: --version and -h answer at once
     from playbook.pipeline import RunFailed
 
     handlers = {"run": cmd_run, "batch": cmd_batch, "status": cmd_status, "list-models": cmd_list_models,
-                "list-params": cmd_list_params, "notebooks": cmd_notebooks}
+                "list-params": cmd_list_params, "notebooks": cmd_notebooks, "bench": cmd_bench,
+                "import-bench": cmd_import_bench}
     if args.command == "run":  # SIGTERM (kill, a scheduler's timeout) is handled like Ctrl-C: an INTERRUPTED page
         signal.signal(signal.SIGTERM, _interrupt)
     try:

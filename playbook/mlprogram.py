@@ -1379,7 +1379,8 @@ class ReferenceProgram:
                 batch = t.shape[0] if batch is None else batch
         return env, batch or 1
 
-    def _run(self, env: list[Any], observer: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    def _run(self, env: list[Any], observer: Callable[[str, torch.Tensor], None] | None = None,
+             emulate_fp16: bool = True) -> dict[str, Any]:
         if observer is not None:
             for name, slot in self._input_slots.items():
                 observer(name, env[slot])
@@ -1396,13 +1397,13 @@ class ReferenceProgram:
             except Exception as exc:  # noqa: BLE001 - name the failing op
                 raise ProgramExecutionError(f"{self.source}: {st.node.where} failed: {type(exc).__name__}: {exc}") from exc
             if len(st.out_slots) == 1:
-                r = _fixup(result, st.out_dtypes[0])
+                r = _fixup(result, st.out_dtypes[0] if emulate_fp16 or st.out_dtypes[0] != "fp16" else "fp32")
                 env[st.out_slots[0]] = r
                 if observer is not None:
                     observer(st.node.outputs[0], r)
             else:
                 for name, s, dt, r in zip(st.node.outputs, st.out_slots, st.out_dtypes, result):
-                    r = _fixup(r, dt)
+                    r = _fixup(r, dt if emulate_fp16 or dt != "fp16" else "fp32")
                     env[s] = r
                     if observer is not None:
                         observer(name, r)
@@ -1435,6 +1436,33 @@ class ReferenceProgram:
         with torch.inference_mode():
             env, _ = self._prepare_inputs(inputs)
             return self._to_numpy_outputs(self._run(env))
+
+    # ------------------------------------------------------------------ host timing (playbook.bench, torch backend)
+    def run_float32(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Run the program's ops as plain float32 PyTorch, *without* rounding every fp16-typed result to fp16.
+
+        What the same graph costs as PyTorch kernels on this host (``playbook.bench``'s ``torch`` backend):
+        a timing path, not a correctness one -- use :meth:`predict` for numbers that follow the program's
+        precision.  Inputs are tensors already on the program's device (see :meth:`to`); outputs stay there.
+        """
+        with torch.inference_mode():
+            env, _ = self._prepare_inputs(inputs)
+            return self._run(env, emulate_fp16=False)
+
+    def to(self, device: str | torch.device) -> "ReferenceProgram":
+        """Move every runtime constant (weights, folded sub-graphs) to ``device``, in place; returns ``self``.
+
+        Ops that build tensors of their own on the CPU may still fail on another device: the caller records that.
+        """
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        for st in self._steps:
+            st.consts = {k: move(v) for k, v in st.consts.items()}
+            st.lists = tuple((k, tuple((is_slot, ref if is_slot else move(ref)) for is_slot, ref in items))
+                             for k, items in st.lists)
+        self._output_refs = [(name, is_slot, ref if is_slot else move(ref)) for name, is_slot, ref in self._output_refs]
+        return self
 
     def _chunks(self, inputs: Mapping[str, Any], batch_size: int) -> Iterator[dict[str, Any]]:
         if batch_size < 1:

@@ -543,8 +543,10 @@ def _per_class(data: ReportData, loc: Locale) -> dict[str, Any]:
 
 
 def _deliverables(data: ReportData, rec: Recommendation, loc: Locale, folder: str) -> dict[str, Any]:
+    from playbook.report.device import benchmark_html
+
     d = rec.deliverable
-    out: dict[str, Any] = {"reproduce": data.command().shell(), "none": ""}
+    out: dict[str, Any] = {"reproduce": data.command().shell(), "none": "", "device_html": benchmark_html(data.records)}
     if d is None:
         out["none"] = loc.t("del.none")
         return out

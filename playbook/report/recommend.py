@@ -143,9 +143,13 @@ def reference_name(records: dict[str, StageRecord]) -> str | None:
 
 
 def variant_rows(records: dict[str, StageRecord]) -> list[Row]:
-    """Every variant of every stage record as a ``Row``, with its top-1 drop against the reference."""
+    """Every variant of every stage record as a ``Row``, with its top-1 drop against the reference and its
+    best-provenance latency (device > host > reference, ``report.device.best_latencies``)."""
+    from playbook.report.device import best_latencies, with_best_latency
+
     ref_name = reference_name(records)
-    variants = [v for rec in records.values() for v in rec.variants]
+    best = best_latencies(records)
+    variants = [with_best_latency(v, best) for rec in records.values() for v in rec.variants]
     ref_top1 = next((_num(v.top1) for v in variants if v.name == ref_name), None)
     rows = []
     for v in variants:

@@ -40,6 +40,7 @@ class SmokePolicy:
     latency_warmup: int = 2
     latency_repeats: int = 5
     bootstrap_resamples: int = 200
+    bench_packages: int = 4  # stage 05 times the first few packages (the baseline's two, then the next stage's)
     # one quantization recipe per code path of the default run: every Core ML compressor, joint
     # compression, the iOS18 re-export and every PyTorch algorithm
     quantization_recipes: tuple[str, ...] = (
