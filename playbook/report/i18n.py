@@ -396,7 +396,6 @@ MESSAGES: dict[str, dict[str, str]] = {
     "del.reproduce": {"en": "Reproduce this report", "ja": "このレポートの再現"},
     "del.device": {"en": "Latency on devices, and how to measure on an iPhone",
                    "ja": "デバイスでのレイテンシと iPhone での測定方法"},
-    "del.device_note": {"en": "", "ja": "この節は記録（ステージ 05）から生成した英語の説明です。"},
     "del.reproduce_note": {"en": "From a checkout of the playbook, this one command re-runs every stage with the same "
                                  "parameters and budget (finished stages are skipped).",
                            "ja": "プレイブックのチェックアウトで次の 1 コマンドを実行すると、同じパラメータと予算で全ステージを"
