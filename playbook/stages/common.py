@@ -41,10 +41,16 @@ class SmokePolicy:
     latency_repeats: int = 5
     bootstrap_resamples: int = 200
     # one quantization recipe per code path of the default run: every Core ML compressor, joint
-    # compression, the iOS18 re-export and every PyTorch algorithm
+    # compression, the iOS18 re-export, every PyTorch algorithm, mixed bit-widths and Core ML steps after a
+    # PyTorch algorithm
     quantization_recipes: tuple[str, ...] = (
         "int8-weights", "int4-block", "palettize-4bit", "palettize-2bit", "prune-75", "prune-50+palettize-4bit",
-        "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm")
+        "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
+        "palettize-mixed", "torch-prune-75-ft+palettize-4bit")
+    # what ``slow_recipes=True`` adds in smoke runs: one DKM fine-tune (the code path of every slow recipe)
+    slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-2bit-dkm",)
+    # palette sizes a mixed-bit recipe may give a layer in smoke runs (fewer per-layer probes, same steps)
+    mixed_bit_choices: tuple[int, ...] = (2, 4, 8)
 
     def epochs(self, requested: int) -> int:
         return min(requested, self.max_epochs)
