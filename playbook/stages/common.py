@@ -46,9 +46,9 @@ class SmokePolicy:
     quantization_recipes: tuple[str, ...] = (
         "int8-weights", "int4-block", "palettize-4bit", "palettize-2bit", "prune-75", "prune-50+palettize-4bit",
         "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
-        "palettize-mixed", "torch-prune-75-ft+palettize-4bit")
-    # what ``slow_recipes=True`` adds in smoke runs: one DKM fine-tune (the code path of every slow recipe)
-    slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-2bit-dkm",)
+        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit")
+    # what ``slow_recipes=True`` adds in smoke runs: DKM on a mixed allocation (the slow recipes' one new code path)
+    slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-mixed-dkm",)
     # palette sizes a mixed-bit recipe may give a layer in smoke runs (fewer per-layer probes, same steps)
     mixed_bit_choices: tuple[int, ...] = (2, 4, 8)
 
