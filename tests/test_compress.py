@@ -447,8 +447,8 @@ def test_mixed_bits_choose_on_validation_and_write_the_chosen_allocation(lowbit_
     eligible = [x for x in weight_layers(st.base_package("iOS18"), 2048) if x.eligible]
     assert [row["name"] for row in info["allocation"]] == [x.name for x in eligible]
     assert all(row["label"] == row["module"] and row["module"] for row in info["allocation"])  # PyTorch names
-    assert info["bit_choices"] == [2, 4, 8]  # the smoke policy's subset of (2, 3, 4, 6, 8)
-    assert {row["bits"] for row in info["allocation"]} <= {2, 4, 8}
+    assert info["bit_choices"] == list(SMOKE.mixed_bit_choices)  # the smoke policy's subset of (2, 3, 4, 6, 8)
+    assert {row["bits"] for row in info["allocation"]} <= set(SMOKE.mixed_bit_choices)
     checks = {c["index"]: c for c in info["checks"]}
     assert len(checks) <= int(np.ceil(np.log2(info["path_length"] + 1)))
     if info["met_budget"]:
@@ -462,7 +462,9 @@ def test_mixed_bits_choose_on_validation_and_write_the_chosen_allocation(lowbit_
         assert v.get("bits_per_weight") == pytest.approx(chosen["bits_per_weight"])
         assert v.op_histogram["constexpr_lut_to_dense"] == len(eligible)
     table = st.bit_allocation_table("palettize-mixed")
-    assert len(table) == len(eligible) and table.rows[0]["KL@8"] is None  # the widest choice is not probed
+    widest, narrowest = max(SMOKE.mixed_bit_choices), min(SMOKE.mixed_bit_choices)
+    assert len(table) == len(eligible) and table.rows[0][f"KL@{widest}"] is None  # the widest choice is not probed
+    assert all(row[f"KL@{narrowest}"] > 0 for row in table.rows)
     chart = views.plot_bit_allocation(info)
     assert len(chart.figure.axes[0].patches) == len(eligible) and "bits" in chart.alt
     assert len(st.bit_search_table("palettize-mixed")) == len(checks)

@@ -49,8 +49,9 @@ class SmokePolicy:
         "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit")
     # what ``slow_recipes=True`` adds in smoke runs: DKM on a mixed allocation (the slow recipes' one new code path)
     slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-mixed-dkm",)
-    # palette sizes a mixed-bit recipe may give a layer in smoke runs (fewer per-layer probes, same steps)
-    mixed_bit_choices: tuple[int, ...] = (2, 4, 8)
+    # palette sizes a mixed-bit recipe may give a layer in smoke runs: one per-layer probe, and no 8-bit k-means
+    # (256 clusters: the slowest palette to fit); same steps
+    mixed_bit_choices: tuple[int, ...] = (2, 4)
 
     def epochs(self, requested: int) -> int:
         return min(requested, self.max_epochs)

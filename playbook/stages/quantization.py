@@ -290,11 +290,10 @@ class QuantizationRun(DownstreamRun):
 
     def bit_choices(self, recipe: Recipe) -> tuple[int, ...]:
         """The palette sizes a mixed-bit recipe may give a layer: the recipe's, or in smoke runs those of them in
-        the smoke policy (fewer per-layer probes; the widest and the narrowest choice are always kept)."""
+        the smoke policy (fewer and cheaper probes and checks), when at least two are."""
         choices = recipe.bit_choices
-        if not self.cfg.smoke:
-            return choices
-        return tuple(b for b in choices if b in SMOKE.mixed_bit_choices or b in (choices[0], choices[-1]))
+        smoke = tuple(b for b in choices if b in SMOKE.mixed_bit_choices)
+        return smoke if self.cfg.smoke and len(smoke) >= 2 else choices
 
     def _val_reference(self, split: Split) -> tuple[np.ndarray, float]:
         """The FP32 package's scores on a validation split (cached) and its top-1 there."""
@@ -484,8 +483,8 @@ class QuantizationRun(DownstreamRun):
         lines = []
 
         def add(text: str, *names: str) -> None:
-            briefs = [self._brief(n) for n in names]
-            if all(briefs):
+            briefs = [b for b in (self._brief(n) for n in names) if b]
+            if briefs:
                 lines.append(f"* {text}: " + "; ".join(briefs) + ".")
 
         add("8-bit weights", "int8-weights")
