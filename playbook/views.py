@@ -388,7 +388,7 @@ def plot_bit_allocation(mixed: dict[str, Any], title: str = "") -> Chart:
     ax2.set_title("where the weights are", fontsize=9)
     from matplotlib.patches import Patch
 
-    ax2.legend(handles=[Patch(color=colours[b], label=f"{b} bits") for b in choices], fontsize=7, loc="lower right")
+    ax2.legend(handles=[Patch(color=colours[b], label=f"{b} bits") for b in choices], fontsize=7, loc="upper right")
     fig.tight_layout()
     alt = "; ".join(f"{r['label']}: {r['bits']} bits ({s:.1f}% of weights)" for r, s in zip(rows, share))
     return Chart(fig, f"palette size per layer ({len(rows)} layers): {alt}")
