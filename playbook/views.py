@@ -607,3 +607,41 @@ def compute_plan_table(measurements: Sequence[dict[str, Any]]) -> Table:
                      "ops by device": plan.get("ops_by_device") if plan.get("measured") else plan.get("why"),
                      "cost share by device": plan.get("cost_by_device") if plan.get("measured") else ""})
     return Table(rows)
+# --------------------------------------------------------------------------- issue 15: bit allocation (lowbit)
+# the two techniques issue 15 added to the recipe catalogue (the last Okabe-Ito colour, and Tol's wine)
+TECHNIQUE_COLOURS.update({"mixed-bits": "#F0E442", "training-time": "#882255"})
+
+
+def plot_bit_allocation(mixed: dict[str, Any], title: str = "") -> Chart:
+    """Per-layer palette sizes of a mixed-bit variant as bars (PyTorch module names, program order), with each
+    layer's share of the weights beside it, so a reader sees where the bytes go and which layers kept more bits.
+
+    ``mixed`` is one entry of the quantization record's ``mixed_bits`` (``QuantizationRun.mixed[name]``)."""
+    rows = mixed["allocation"]
+    labels = [_mpl_text(r["label"]) for r in rows]
+    bits = [r["bits"] for r in rows]
+    sizes = np.array([r["size"] for r in rows], dtype=float)
+    share = 100.0 * sizes / max(sizes.sum(), 1.0)
+    choices = list(mixed.get("bit_choices") or sorted(set(bits)))
+    colours = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(choices)}
+    fig, (ax1, ax2) = _figure(11, max(2.8, 0.32 * len(rows) + 1.2), 2)
+    y = np.arange(len(rows))[::-1]
+    ax1.barh(y, bits, color=[colours[b] for b in bits])
+    ax1.set_yticks(y, labels, fontsize=7)
+    ax1.set_xticks(choices)
+    ax1.set_xlim(0, max(choices) + 0.5)
+    ax1.set_xlabel("palette size (bits per weight)")
+    for yy, b in zip(y, bits):
+        ax1.text(b + 0.1, yy, str(b), va="center", fontsize=7)
+    ax1.set_title(title or f"bits per layer: {mixed.get('bits_per_weight', float('nan')):.2f} bits/weight on average",
+                  fontsize=9)
+    ax2.barh(y, share, color=[colours[b] for b in bits])
+    ax2.set_yticks(y, [""] * len(rows))
+    ax2.set_xlabel("share of the compressed weights (%)")
+    ax2.set_title("where the weights are", fontsize=9)
+    from matplotlib.patches import Patch
+
+    ax2.legend(handles=[Patch(color=colours[b], label=f"{b} bits") for b in choices], fontsize=7, loc="upper right")
+    fig.tight_layout()
+    alt = "; ".join(f"{r['label']}: {r['bits']} bits ({s:.1f}% of weights)" for r, s in zip(rows, share))
+    return Chart(fig, f"palette size per layer ({len(rows)} layers): {alt}")

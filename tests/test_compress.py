@@ -328,3 +328,213 @@ def test_explorer_widget_shows_a_row_and_the_sensitivity(stage):
     dropdown.value = "palettize-2bit"
     assert "layer sensitivity of palettize-2bit" in panel.value and "<table>" in panel.value
     assert np.isfinite(stage.variant("palettize-2bit").top1)
+
+
+# --------------------------------------------------------------------------- below 4 bits (issue 15)
+from playbook.compress import mixed  # noqa: E402
+
+
+def _layers():
+    # a big robust layer, a small fragile one, a middle one; damage falls with bits
+    return [mixed.LayerSensitivity("w_big", "stages.2.body.3", 80000, {2: 0.004, 3: 0.0006, 4: 0.0001, 8: 0.0}),
+            mixed.LayerSensitivity("w_small", "stem.0", 600, {2: 0.5, 3: 0.2, 4: 0.05, 8: 0.0}),
+            mixed.LayerSensitivity("w_mid", "stages.1.body.0", 10000, {2: 0.06, 3: 0.004, 4: 0.002, 8: 0.0})]
+
+
+def test_allocation_path_lowers_the_cheapest_layer_first_and_ends_at_the_narrowest():
+    layers = _layers()
+    path = mixed.allocation_path(layers, (2, 3, 4, 8))
+    assert len(path) == 1 + len(layers) * 3
+    assert path[0] == {"w_big": 8, "w_small": 8, "w_mid": 8} and path[-1] == {"w_big": 2, "w_small": 2, "w_mid": 2}
+    sizes = [mixed.allocation_bytes(layers, a) for a in path]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)  # every step saves bytes
+    # every step lowers exactly one layer by one notch
+    for a, b in zip(path, path[1:]):
+        changed = [n for n in a if a[n] != b[n]]
+        assert len(changed) == 1 and (2, 3, 4, 8).index(b[changed[0]]) == (2, 3, 4, 8).index(a[changed[0]]) - 1
+    # the big, robust layer goes down to 2 bits before the fragile one leaves 8
+    first_small_drop = next(i for i, a in enumerate(path) if a["w_small"] < 8)
+    assert path[first_small_drop - 1]["w_big"] == 2
+    damage = [mixed.predicted_damage(layers, a) for a in path]
+    assert damage == sorted(damage)
+    assert mixed.bits_per_weight(layers, path[0]) > 8 > mixed.bits_per_weight(layers, path[-1]) > 2
+    assert mixed.palette_bytes(1000, 2) == 250 + 4 * 2
+
+
+def test_search_path_finds_the_smallest_accepted_allocation_in_few_checks():
+    layers = _layers()
+    path = mixed.allocation_path(layers, (2, 3, 4, 8))
+    limit = 0.01
+    expected = max(i for i, a in enumerate(path) if mixed.predicted_damage(layers, a) <= limit)
+
+    def accept(allocation):
+        damage = mixed.predicted_damage(layers, allocation)
+        return damage <= limit, {"damage": damage}
+
+    found = mixed.search_path(path, accept)
+    assert found.chosen == expected
+    assert len(found.checks) <= int(np.ceil(np.log2(len(path) + 1)))
+    assert 0 not in [c["index"] for c in found.checks]  # the widest (dearest) allocation is checked only if needed
+    assert all({"index", "accepted", "damage"} <= set(c) for c in found.checks)
+    assert mixed.search_path(path, lambda a: (False, {})).chosen is None
+    assert mixed.search_path(path, lambda a: (True, {})).chosen == len(path) - 1
+
+
+def test_mixed_bit_inputs_are_checked():
+    with pytest.raises(ConfigError, match="subset of"):
+        mixed.check_bit_choices([2, 5])
+    with pytest.raises(ConfigError, match="no damage measured at \\[3\\] bits"):
+        mixed.allocation_path([mixed.LayerSensitivity("w", "w", 10, {2: 0.1, 8: 0.0})], (2, 3, 8))
+    with pytest.raises(ConfigError, match="needs one Core ML palettize step"):
+        recipes.Recipe("bad", "torch", "mixed-bits", "weight-only", 8, "x", algorithm="dkm", allocation="sensitivity")
+    with pytest.raises(ConfigError, match="budget_share"):
+        recipes.Recipe("bad", "coreml", "mixed-bits", "weight-only", 8, "x", steps=(("palettize", {"nbits": 8}),),
+                       allocation="sensitivity", options={"budget_share": 0.0})
+
+
+def test_sparse_recipes_count_the_mask_and_3bit_palettes_need_ios18():
+    # 1 bit of mask per weight: 50% sparse FP16 = 9 bits, with a 4-bit palette 3 bits, 75% with it 2 bits
+    assert get_recipe("prune-50").bits == 9 and get_recipe("prune-75").bits == 5
+    assert get_recipe("prune-50+palettize-4bit").bits == 3 and get_recipe("torch-prune-75-ft+palettize-4bit").bits == 2
+    for name in ("palettize-3bit", "palettize-mixed", "torch-palettize-3bit-dkm"):
+        assert get_recipe(name).min_target == "iOS18", name
+    assert get_recipe("palettize-2bit").min_target == "iOS16"
+
+
+def test_3bit_palette_on_an_ios17_program_is_refused_with_a_hint(tmp_path, packages):
+    with pytest.raises(CompressionError) as info:
+        compress_package("palettize-3bit", packages["iOS17"], tmp_path, weight_threshold=THRESHOLD)
+    assert "lut should be a vector of size" in info.value.coremltools_message.lower()
+    assert "iOS18" in info.value.hint
+    made = compress_package("palettize-3bit", packages["iOS18"], tmp_path, weight_threshold=THRESHOLD)
+    assert package_info(made.path).op_histogram["constexpr_lut_to_dense"] >= 1
+
+
+def test_per_layer_overrides_give_each_weight_its_own_palette(tmp_path, packages):
+    eligible = [layer for layer in weight_layers(packages["iOS18"], THRESHOLD) if layer.eligible]
+    bits = {layer.name: (2 if i % 2 else 4) for i, layer in enumerate(eligible)}
+    made = compress_package("palettize-mixed", packages["iOS18"], tmp_path, "mixed", THRESHOLD,
+                            overrides={n: {"nbits": b} for n, b in bits.items()})
+    from playbook.mlprogram import ReferenceProgram
+
+    prog = ReferenceProgram.load(made.path)
+    uniform = {b: package_info(compress_package(f"palettize-{b}bit", packages["iOS18"], tmp_path, f"u{b}",
+                                                THRESHOLD).path).size_bytes for b in (2, 4)}
+    assert uniform[2] < package_info(made.path).size_bytes < uniform[4]
+    # the decompressed weights, in program order, hold at most 2**b distinct values each
+    weights = [prog.const_input(n, "weight") for n in prog.nodes if n.op_type in ("conv", "linear")]
+    layers = weight_layers(packages["iOS18"], THRESHOLD)
+    assert len(weights) == len(layers)
+    for layer, weight in zip(layers, weights):
+        assert weight.shape == layer.shape
+        if layer.name in bits:
+            assert 2 < len(np.unique(weight)) <= 2 ** bits[layer.name]
+
+
+@pytest.fixture(scope="module")
+def lowbit_stage(stage):
+    """The below-4-bit recipes on the digits baseline of ``stage`` (weights over 2048 elements: fewer probes)."""
+    cfg = stage.cfg.replace(recipes=["palettize-mixed", "torch-prune-75-ft+palettize-4bit"], weight_threshold=2048,
+                            sensitivity_recipe="none")
+    st = QuantizationRun(cfg)
+    st.run()
+    return st
+
+
+def test_mixed_bits_choose_on_validation_and_write_the_chosen_allocation(lowbit_stage):
+    st = lowbit_stage
+    info = st.mixed["palettize-mixed"]
+    eligible = [x for x in weight_layers(st.base_package("iOS18"), 2048) if x.eligible]
+    assert [row["name"] for row in info["allocation"]] == [x.name for x in eligible]
+    assert all(row["label"] == row["module"] and row["module"] for row in info["allocation"])  # PyTorch names
+    assert info["bit_choices"] == list(SMOKE.mixed_bit_choices)  # the smoke policy's subset of (2, 3, 4, 6, 8)
+    assert {row["bits"] for row in info["allocation"]} <= set(SMOKE.mixed_bit_choices)
+    checks = {c["index"]: c for c in info["checks"]}
+    assert len(checks) <= int(np.ceil(np.log2(info["path_length"] + 1)))
+    if info["met_budget"]:
+        chosen = checks[info["chosen_index"]]
+        assert chosen["accepted"] and chosen["val_delta_top1"] >= -info["budget_points"]
+        if info["chosen_index"] + 1 < info["path_length"]:  # bisection stopped at a refused neighbour
+            assert not checks[info["chosen_index"] + 1]["accepted"]
+        # the package written is the allocation checked
+        v = st.variant("palettize-mixed")
+        assert v.get("weights_bytes") == chosen["weights_bytes"]
+        assert v.get("bits_per_weight") == pytest.approx(chosen["bits_per_weight"])
+        assert v.op_histogram["constexpr_lut_to_dense"] == len(eligible)
+    table = st.bit_allocation_table("palettize-mixed")
+    widest, narrowest = max(SMOKE.mixed_bit_choices), min(SMOKE.mixed_bit_choices)
+    assert len(table) == len(eligible) and table.rows[0][f"KL@{widest}"] is None  # the widest choice is not probed
+    assert all(row[f"KL@{narrowest}"] > 0 for row in table.rows)
+    chart = views.plot_bit_allocation(info)
+    assert len(chart.figure.axes[0].patches) == len(eligible) and "bits" in chart.alt
+    assert len(st.bit_search_table("palettize-mixed")) == len(checks)
+
+
+def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):
+    v = lowbit_stage.variant("torch-prune-75-ft+palettize-4bit")
+    ops = v.op_histogram
+    assert ops.get("constexpr_lut_to_sparse", 0) >= 1 and ops.get("constexpr_sparse_to_dense", 0) >= 1
+    assert v.get("deployment_target") == "iOS18"
+    details = v.get("details")
+    assert details["schedule"]["power"] == 3 and details["schedule"]["update_steps"][0] == 0
+    assert v.get("finetune_images") == v.get("finetune_steps") * lowbit_stage.cfg.batch_size > 0
+    assert "fine-tune budget" in lowbit_stage.explain(v.name)
+    rows = lowbit_stage.headline_table((100.0,)).rows
+    assert rows[0]["variant"] != "none"  # with a 100-point limit some variant qualifies
+
+
+def test_slow_recipes_join_the_default_set_only_when_asked():
+    assert not set(compress.SLOW_RECIPES) & set(QuantizationConfig().recipe_names())
+    assert set(compress.SLOW_RECIPES) <= set(QuantizationConfig(slow_recipes=True).recipe_names())
+    assert set(QuantizationConfig(smoke=True, slow_recipes=True).recipe_names()) - set(
+        QuantizationConfig(smoke=True).recipe_names()) == set(SMOKE.slow_quantization_recipes)
+
+
+def test_notebook_02_cites_its_sources_and_the_corrected_claims_stay_corrected():
+    """Issue 17: every numbered citation of notebook 02 resolves to its Sources list, every source is cited and
+    well-formed, and the sentences found wrong or unsourced do not come back (in the notebook or the stage)."""
+    import re
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from playbook.paths import notebooks_dir
+
+    nb = json.loads((notebooks_dir() / "02_quantization.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    body, _, sources = text.partition("## Sources")
+    assert sources, "notebook 02 must end with a '## Sources' list"
+    items = dict(re.findall(r"^(\d+)\. (.+?)(?=^\d+\. |\Z)", sources.strip() + "\n", flags=re.M | re.S))
+    assert sorted(map(int, items)) == list(range(1, len(items) + 1)) and len(items) >= 10
+    for number, item in items.items():
+        urls = re.findall(r"https?://\S+", item)
+        assert urls, f"source {number} has no link"
+        for url in urls:
+            parsed = urlparse(url)
+            assert parsed.scheme == "https" and "." in parsed.netloc and not url.endswith((".", ",", ")")), url
+        if "arXiv:" in item:
+            arxiv = re.search(r"arXiv:(\d{4}\.\d{4,5})", item).group(1)
+            assert f"https://arxiv.org/abs/{arxiv}" in item
+    cited = {int(n) for group in re.findall(r"\[(\d+(?:\]\[\d+)*)\]", body) for n in group.split("][")}
+    assert cited == set(map(int, items)), (sorted(cited), sorted(map(int, items)))
+    stage_source = Path(__file__).resolve().parents[1] / "playbook" / "stages" / "quantization.py"
+    checked = text + stage_source.read_text()
+    for phrase in ("lets int8 hardware paths run", "often faster", "shrinks the download and the memory",
+                   "silently skips", "2-8x", "savings multiply", "what some toolkits call", "classic weak spots",
+                   "usually costs a few kilobytes", "only where activations have outliers", "depthwise-heavy",
+                   "barely notices", "hardware can exploit", "post-training int8 63.7", "costs run time"):
+        assert phrase not in checked, phrase
+
+
+def test_dkm_takes_a_palette_size_per_module(digits):
+    torch.manual_seed(0)
+    small = create_model("resnet", 10, 1, width=8).eval()
+    bits = {"stages.2.body.3": 2, "stages.1.body.0": 4}
+    result = compress_torch("torch-palettize-mixed-dkm", small, digits, finetune_steps=2, batch_size=16,
+                            module_bits=bits)
+    modules = dict(result.model.named_modules())
+    for name, b in bits.items():
+        assert 2 < len(torch.unique(modules[name].weight.detach())) <= 2 ** b
+    assert len(torch.unique(modules["stages.2.body.0"].weight.detach())) > 16  # not in the allocation: untouched
+    assert result.details["module_bits"] == bits and result.finetune_seconds > 0
+    with pytest.raises(ConfigError, match="not modules of the model"):
+        compress_torch("torch-palettize-mixed-dkm", small, digits, finetune_steps=1, module_bits={"conv99": 2})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ def load_mlmodel(package: Path | Any) -> Any:
 
 def compress_mlmodel(recipe: str | Recipe, package: Path | Any, weight_threshold: int = 256,
                      exclude: Sequence[str] = (), only: Sequence[str] | None = None,
-                     messages: list[str] | None = None) -> Any:
+                     messages: list[str] | None = None,
+                     overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
     """Apply a Core ML recipe to a package (path) or ``MLModel``; returns the compressed ``MLModel``.
 
     Args:
@@ -55,19 +56,31 @@ def compress_mlmodel(recipe: str | Recipe, package: Path | Any, weight_threshold
         only: if given, compress only these weights (``global_config=None`` plus one
             ``op_name_configs`` entry each) -- the per-layer sensitivity analysis uses this.
         messages: a list that receives coremltools' warnings (e.g. layers ``per_block`` skipped).
+        overrides: per-weight changes to the first step's options, e.g. ``{name: {"nbits": 3}}`` for a
+            mixed-bit palette: each becomes that weight's own ``op_name_configs`` entry.
 
     Raises:
         CompressionError: coremltools refused (e.g. an iOS18-only recipe on an iOS17 program),
             with coremltools' message and a hint.
         ConfigError: a name in ``exclude``/``only`` is not a weight of the program.
     """
-    import coremltools.optimize.coreml as oc
-
     recipe = get_recipe(recipe)
     if recipe.side != "coreml":
-        raise ConfigError(f"{recipe.name!r} is a PyTorch-side recipe; use compress_torch")
-    mlmodel = load_mlmodel(package)
-    names = set(exclude) | set(only or ())
+        raise ConfigError(f"{recipe.name!r} is a PyTorch-side recipe; use compress_torch (then compress_converted "
+                          "for its Core ML steps)")
+    return _apply_steps(recipe, load_mlmodel(package), weight_threshold, exclude, only, messages, overrides,
+                        joint_from=1)
+
+
+def _apply_steps(recipe: Recipe, mlmodel: Any, weight_threshold: int, exclude: Sequence[str],
+                 only: Sequence[str] | None, messages: list[str] | None,
+                 overrides: Mapping[str, Mapping[str, Any]] | None, joint_from: int) -> Any:
+    """Run ``recipe.steps`` on ``mlmodel``; steps from index ``joint_from`` on build on what is already compressed
+    (``joint_compression=True``)."""
+    import coremltools.optimize.coreml as oc
+
+    overrides = {name: dict(opts) for name, opts in (overrides or {}).items()}
+    names = set(exclude) | set(only or ()) | set(overrides)
     metadata = oc.get_weights_metadata(mlmodel, weight_threshold=0) if recipe.steps else {}
     unknown = sorted(names - set(metadata))
     if unknown:
@@ -78,6 +91,9 @@ def compress_mlmodel(recipe: str | Recipe, package: Path | Any, weight_threshold
             for index, (kind, options) in enumerate(recipe.steps):
                 cfg = op_config(kind, options, weight_threshold)
                 per_op = _block_size_overrides(kind, options, metadata, weight_threshold, notes) if index == 0 else {}
+                if index == 0:
+                    per_op.update({n: op_config(kind, {**options, **o}, weight_threshold)
+                                   for n, o in overrides.items()})
                 if only is not None:
                     opt = oc.OptimizationConfig(global_config=None,
                                                 op_name_configs={n: per_op.get(n, cfg) for n in only})
@@ -85,7 +101,7 @@ def compress_mlmodel(recipe: str | Recipe, package: Path | Any, weight_threshold
                     opt = oc.OptimizationConfig(global_config=cfg,
                                                 op_name_configs={**per_op, **{n: None for n in exclude}})
                 fn = getattr(oc, _COMPRESS_FN[kind])
-                mlmodel = fn(mlmodel, opt, joint_compression=True) if index else fn(mlmodel, opt)
+                mlmodel = fn(mlmodel, opt, joint_compression=True) if index >= joint_from else fn(mlmodel, opt)
         except (ValueError, NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError) as exc:
             raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
     if messages is not None:
@@ -98,8 +114,9 @@ def _block_size_overrides(kind: str, options: dict[str, Any], metadata: dict[str
     """Per-op configs where a recipe's block (``per_block`` quantization: input channels) or group
     (``per_grouped_channel`` palettization: output channels) does not divide a weight's channel count:
     the largest divisor of the count not above the recipe's size (at least 4) is used instead, and a
-    note says so.  Without it coremltools skips such weights (they stay float), which on a 24/48/96-channel
-    network is most layers.  Weights with no such divisor are left to coremltools (which skips them)."""
+    note says so.  Without it coremltools leaves such weights float and logs a warning, which on a
+    24/48/96-channel network is most layers.  Weights with no such divisor are left to coremltools (which skips
+    them with its warning)."""
     if kind == "quantize" and options.get("granularity") == "per_block":
         key, axis, size = "block_size", 1, int(options.get("block_size", 32))
     elif kind == "palettize" and options.get("granularity") == "per_grouped_channel":
@@ -121,24 +138,47 @@ def _block_size_overrides(kind: str, options: dict[str, Any], metadata: dict[str
 
 def compress_package(recipe: str | Recipe, package: Path, out_dir: Path, stem: str | None = None,
                      weight_threshold: int = 256, exclude: Sequence[str] = (),
-                     only: Sequence[str] | None = None, metadata: dict[str, Any] | None = None) -> "CompressedPackage":
+                     only: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+                     overrides: Mapping[str, Mapping[str, Any]] | None = None) -> "CompressedPackage":
     """Compress ``package`` with a Core ML recipe and save ``out_dir/<stem>.mlpackage`` (atomically).
 
-    The compressed program inherits its parent's metadata; this rewrites what differs, so Xcode shows the
-    variant, not its parent: ``playbook.variant`` (the stem), ``playbook.recipe``, ``playbook.weights`` (the
-    recipe's description), ``playbook.deployment_target`` (from the saved program), and ``playbook.stage``
-    from ``metadata`` (removed when not given: the parent's stage is not this package's).  The compute
-    precision and the source model hash stay the parent's, which they are."""
+    ``exclude``, ``only`` and ``overrides`` are those of ``compress_mlmodel``.  The compressed program inherits its
+    parent's metadata; this rewrites what differs, so Xcode shows the variant, not its parent (``_variant_metadata``).
+    """
     recipe = get_recipe(recipe)
     start = time.perf_counter()
     messages: list[str] = []
-    mlmodel = compress_mlmodel(recipe, package, weight_threshold, exclude, only, messages)
+    mlmodel = compress_mlmodel(recipe, package, weight_threshold, exclude, only, messages, overrides)
     seconds = time.perf_counter() - start
     target = safe_package_path(Path(out_dir), stem or recipe.name)
     kept = f"; {len(exclude)} layer(s) kept float" if exclude else ""
-    save_package(mlmodel, target, {"playbook.stage": None, "playbook.frontend": None,
-                                   "playbook.variant": stem or recipe.name, "playbook.recipe": recipe.name,
-                                   "playbook.weights": recipe.description + kept, **(metadata or {})})
+    save_package(mlmodel, target, _variant_metadata(recipe, stem, kept, metadata))
+    return CompressedPackage(target, seconds, tuple(messages), {})
+
+
+def _variant_metadata(recipe: Recipe, stem: str | None, note: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """What a compressed package's metadata says about itself: ``playbook.variant`` (the stem), ``playbook.recipe``,
+    ``playbook.weights`` (the recipe's description), and ``playbook.stage`` from ``metadata`` (removed when not
+    given: the parent's stage is not this package's).  The compute precision and the source model hash stay the
+    parent's, which they are; ``save_package`` records the deployment target from the saved program."""
+    return {"playbook.stage": None, "playbook.frontend": None, "playbook.variant": stem or recipe.name,
+            "playbook.recipe": recipe.name, "playbook.weights": recipe.description + note, **(metadata or {})}
+
+
+def compress_converted(recipe: str | Recipe, package: Path, out_dir: Path, stem: str | None = None,
+                       weight_threshold: int = 256, metadata: dict[str, Any] | None = None) -> "CompressedPackage":
+    """Apply a PyTorch-side recipe's Core ML ``steps`` to its converted package, on top of what the PyTorch
+    algorithm stored (``joint_compression=True``: e.g. a palette for the survivors of fine-tuned pruning), and
+    save ``out_dir/<stem>.mlpackage``.  A recipe without steps raises ``ConfigError``."""
+    recipe = get_recipe(recipe)
+    if recipe.side != "torch" or not recipe.steps:
+        raise ConfigError(f"{recipe.name!r} has no Core ML steps to apply after conversion")
+    start = time.perf_counter()
+    messages: list[str] = []
+    mlmodel = _apply_steps(recipe, load_mlmodel(package), weight_threshold, (), None, messages, None, joint_from=0)
+    seconds = time.perf_counter() - start
+    target = safe_package_path(Path(out_dir), stem or recipe.name)
+    save_package(mlmodel, target, _variant_metadata(recipe, stem, "", metadata))
     return CompressedPackage(target, seconds, tuple(messages), {})
 
 

@@ -19,6 +19,21 @@ Naming used throughout (it matches what the package computes):
 * **static W8A8**: weights *and* activations are int8; activation scales are fixed ahead of time from
   a calibration set (``quantize``/``dequantize`` ops in the program).
 
+Below 4 bits (issue 15) two more kinds of recipe:
+
+* **mixed bit-widths** (``allocation="sensitivity"``, Core ML side): each layer gets its own palette size,
+  chosen by ``compress.mixed`` from the damage every layer does alone at every candidate size, measured on
+  *validation* images, to meet an accuracy budget (``options["budget_share"]`` of the stage's
+  ``max_top1_drop``) at the smallest size; applied with one ``OpPalettizerConfig(nbits=...)`` per weight
+  (``op_name_configs``).
+* **training-time** compression: DKM palettization (``DKMPalettizer``) or gradual pruning while fine-tuning; a
+  PyTorch-side recipe may name Core ML ``steps`` to apply after conversion (joint compression on top of the
+  sparse weights, e.g. a 4-bit palette for the survivors of fine-tuned pruning).
+
+``bits`` is the nominal storage per weight of the compressed layers, *including* the sparsity mask (1 bit per
+weight, ``constexpr_sparse_to_dense``): 50% sparse FP16 is 0.5 * 16 + 1 = 9 bits, 50% sparse with a 4-bit
+palette 0.5 * 4 + 1 = 3 bits.
+
 Recipes that need an iOS18 program (int4 per-block, per-grouped-channel palettes, joint compression)
 name it in ``min_target``; applied to an older program they raise ``CompressionError`` carrying
 coremltools' own message and a hint.
@@ -31,15 +46,18 @@ import logging
 import warnings
 from typing import Any, Iterable, Iterator
 
+from playbook.compress.mixed import DEFAULT_BIT_CHOICES, check_bit_choices
 from playbook.config import ConfigError, check_choice
 from playbook.coreml import DEPLOYMENT_TARGETS
 
 SIDES = ("coreml", "torch")
 TECHNIQUES = ("precision", "quantization", "palettization", "pruning", "joint", "activation-quantization",
-              "data-aware")
+              "data-aware", "mixed-bits", "training-time")
 SCHEMES = ("float", "weight-only", "static W8A8")
 TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm")
 COREML_STEPS = ("quantize", "palettize", "prune")
+ALLOCATIONS = ("", "sensitivity")
+DATA = ("none", "calibration", "validation", "training")
 _OS_LEVEL = {"iOS15": 15, "iOS16": 16, "iOS17": 17, "iOS18": 18,
              "macOS12": 15, "macOS13": 16, "macOS14": 17, "macOS15": 18}
 
@@ -75,15 +93,21 @@ class Recipe:
         scheme: ``float`` (no weight compression), ``weight-only`` (stored compressed, expanded at
             load/run time; activations float) or ``static W8A8`` (int8 activations with calibrated,
             fixed scales).
-        bits: nominal bits per compressed weight (sparsity counts as the stored density).
+        bits: nominal bits per compressed weight, the sparsity mask included (1 bit per weight); for a
+            mixed-bit recipe, the widest choice (the allocation decides the average, recorded per variant).
         min_target: oldest ``minimum_deployment_target`` whose ops can hold the result.
         steps: Core ML side: ``(kind, options)`` pairs, ``kind`` in ``quantize``/``palettize``/``prune``;
             options are passed to ``OpLinearQuantizerConfig``/``OpPalettizerConfig``/``OpMagnitudePrunerConfig``.
             Two steps make a joint recipe (``joint_compression=True`` on the second); none is the
-            plain export.
+            plain export.  PyTorch side: Core ML steps applied to the converted program, on top of what
+            the PyTorch algorithm stored (``joint_compression=True``).
         algorithm: PyTorch side: one of ``TORCH_ALGORITHMS``.
-        options: PyTorch side: the algorithm's settings.
-        data: what data the recipe needs: ``none``, ``calibration`` or ``training``.
+        options: PyTorch side: the algorithm's settings; a DKM recipe's ``allocation_from`` names a mixed-bit
+            recipe whose per-layer palette sizes it fine-tunes.  Mixed-bit recipes: ``bit_choices`` (palette sizes
+            a layer may get) and ``budget_share`` (the share of the stage's accuracy budget the choice may use).
+        data: what data the recipe needs: ``none``, ``calibration``, ``validation`` (to choose, e.g. bit-widths)
+            or ``training``.
+        allocation: ``""`` (every layer the same) or ``sensitivity`` (per-layer bit-widths, ``compress.mixed``).
         precision: forces the program's compute precision (``fp16``/``fp32``); empty: the stage's ``precision``.
         description: one line for tables and the report.
     """
@@ -100,29 +124,50 @@ class Recipe:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: str = "none"
     precision: str = ""
+    allocation: str = ""
 
     def __post_init__(self) -> None:
         check_choice("side", self.side, SIDES)
         check_choice("technique", self.technique, TECHNIQUES)
         check_choice("scheme", self.scheme, SCHEMES)
         check_choice("min_target", self.min_target, DEPLOYMENT_TARGETS)
-        check_choice("data", self.data, ["none", "calibration", "training"])
+        check_choice("data", self.data, DATA)
         check_choice("precision", self.precision, ["", "fp16", "fp32"])
-        if self.side == "coreml":
-            for kind, _ in self.steps:
-                check_choice("step", kind, COREML_STEPS)
-        else:
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        for kind, _ in self.steps:
+            check_choice("step", kind, COREML_STEPS)
+        if self.side == "torch":
             check_choice("algorithm", self.algorithm, TORCH_ALGORITHMS)
+        if self.allocation:
+            if self.side != "coreml" or [k for k, _ in self.steps] != ["palettize"]:
+                raise ConfigError(f"recipe {self.name!r}: allocation={self.allocation!r} needs one Core ML "
+                                  "palettize step (the per-layer bit-widths are palette sizes)")
+            check_bit_choices(self.options.get("bit_choices", DEFAULT_BIT_CHOICES))
+            share = self.options.get("budget_share", 1.0)
+            if not 0.0 < float(share) <= 1.0:
+                raise ConfigError(f"recipe {self.name!r}: budget_share={share!r} must be in (0, 1]")
 
     @property
     def single_step(self) -> bool:
-        """A Core ML recipe with one compressor (per-layer sensitivity and exceptions apply)."""
-        return self.side == "coreml" and len(self.steps) == 1
+        """A uniform Core ML recipe with one compressor (per-layer sensitivity and exceptions apply)."""
+        return self.side == "coreml" and len(self.steps) == 1 and not self.allocation
+
+    @property
+    def bit_choices(self) -> tuple[int, ...]:
+        """Mixed-bit recipes: the palette sizes a layer may get (sorted); others: ``()``."""
+        return check_bit_choices(self.options.get("bit_choices", DEFAULT_BIT_CHOICES)) if self.allocation else ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["steps"] = [[kind, dict(opts)] for kind, opts in self.steps]
         return d
+
+
+def palette_target(bits: Iterable[int]) -> str:
+    """The oldest deployment target whose ``constexpr_lut_to_dense`` holds palettes of these sizes: 3-bit
+    palettes (8 entries) need iOS18; iOS16 and iOS17 take 2, 4, 16, 64 or 256 entries (coremltools 9.0 says
+    "lut should be a vector of size from one of {2, 4, 16, 64, 256}" otherwise)."""
+    return "iOS18" if 3 in set(bits) else "iOS16"
 
 
 def _q(**kw: Any) -> tuple[str, dict[str, Any]]:
@@ -153,25 +198,26 @@ def _catalogue() -> dict[str, Recipe]:
                steps=(_q(mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32),)),
         *[Recipe(f"palettize-{n}bit", "coreml", "palettization", "weight-only", n,
                  f"{n}-bit k-means palette per tensor ({2 ** n} distinct values per weight tensor)",
-                 steps=(_p(mode="kmeans", nbits=n, granularity="per_tensor"),)) for n in (8, 6, 4, 2)],
+                 min_target=palette_target((n,)),
+                 steps=(_p(mode="kmeans", nbits=n, granularity="per_tensor"),)) for n in (8, 6, 4, 3, 2)],
         Recipe("palettize-4bit-grouped", "coreml", "palettization", "weight-only", 4,
                "4-bit k-means palettes, one per group of 16 output channels, or of the largest divisor of a layer's "
                "channel count below 16 (per_grouped_channel)",
                min_target="iOS18",
                steps=(_p(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16),)),
-        Recipe("prune-50", "coreml", "pruning", "weight-only", 8.5,
+        Recipe("prune-50", "coreml", "pruning", "weight-only", 9,
                "50% of weights set to zero by magnitude, stored sparse (prune_weights)",
                steps=(_s(target_sparsity=0.5),)),
-        Recipe("prune-75", "coreml", "pruning", "weight-only", 4.75,
+        Recipe("prune-75", "coreml", "pruning", "weight-only", 5,
                "75% of weights set to zero by magnitude, stored sparse, no fine-tune",
                steps=(_s(target_sparsity=0.75),)),
-        Recipe("prune-2of4", "coreml", "pruning", "weight-only", 8.5,
+        Recipe("prune-2of4", "coreml", "pruning", "weight-only", 9,
                "2:4 structured sparsity: 2 of every 4 consecutive weights zero (n_m_ratio=(2, 4))",
                steps=(_s(n_m_ratio=(2, 4)),)),
-        Recipe("prune-50+palettize-4bit", "coreml", "joint", "weight-only", 2.5,
+        Recipe("prune-50+palettize-4bit", "coreml", "joint", "weight-only", 3,
                "50% magnitude pruning, then the remaining weights on a 4-bit palette (joint compression)",
                min_target="iOS18", steps=(_s(target_sparsity=0.5), _p(mode="kmeans", nbits=4))),
-        Recipe("prune-50+int8", "coreml", "joint", "weight-only", 4.5,
+        Recipe("prune-50+int8", "coreml", "joint", "weight-only", 5,
                "50% magnitude pruning, then the remaining weights as int8 (joint compression)",
                min_target="iOS18",
                steps=(_s(target_sparsity=0.5), _q(mode="linear_symmetric", dtype="int8", granularity="per_channel"))),
@@ -188,18 +234,59 @@ def _catalogue() -> dict[str, Recipe]:
                "int8 weights and activations learned with quantization-aware training (LinearQuantizer, short "
                "fine-tune with fake quantization)",
                min_target="iOS17", algorithm="qat", data="training"),
-        Recipe("torch-prune-75-ft", "torch", "data-aware", "weight-only", 4.75,
-               "75% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule)",
+        Recipe("torch-prune-75-ft", "torch", "data-aware", "weight-only", 5,
+               "75% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule: "
+               "sparsity rises as 1 - (1 - t)^3 over the first half of the fine-tune, then the network trains "
+               "around the zeros)",
                algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75}),
         Recipe("torch-palettize-4bit-skm", "torch", "data-aware", "weight-only", 4,
                "4-bit palettes from sensitivity-weighted k-means: gradients on calibration images decide which "
                "weights the palette must fit best (SKMPalettizer)",
                algorithm="skm", data="calibration", options={"n_bits": 4}),
-        Recipe("torch-palettize-2bit-dkm", "torch", "data-aware", "weight-only", 2,
-               "2-bit palettes learned during a short fine-tune with differentiable k-means (DKMPalettizer)",
+        # ---- below 4 bits: mixed per-layer bit-widths, training-time palettization, gradual pruning + palettes
+        Recipe("palettize-mixed", "coreml", "mixed-bits", "weight-only", 8,
+               "one k-means palette size per layer (2, 3, 4, 6 or 8 bits), chosen on validation images from each "
+               "layer's measured damage to stay within the accuracy budget at the smallest size (op_name_configs)",
+               min_target=palette_target(DEFAULT_BIT_CHOICES),
+               steps=(_p(mode="kmeans", nbits=8, granularity="per_tensor"),), data="validation",
+               allocation="sensitivity", options={"bit_choices": DEFAULT_BIT_CHOICES, "budget_share": 1.0}),
+        Recipe("palettize-mixed-tight", "coreml", "mixed-bits", "weight-only", 8,
+               "as palettize-mixed, within 30% of the accuracy budget (0.3 points at the default budget of 1)",
+               min_target=palette_target(DEFAULT_BIT_CHOICES),
+               steps=(_p(mode="kmeans", nbits=8, granularity="per_tensor"),), data="validation",
+               allocation="sensitivity", options={"bit_choices": DEFAULT_BIT_CHOICES, "budget_share": 0.3}),
+        Recipe("torch-palettize-3bit-dkm", "torch", "training-time", "weight-only", 3,
+               "3-bit palettes learned while fine-tuning with differentiable k-means (DKMPalettizer)",
+               min_target=palette_target((3,)), algorithm="dkm", data="training", options={"n_bits": 3}),
+        Recipe("torch-palettize-2bit-dkm", "torch", "training-time", "weight-only", 2,
+               "2-bit palettes learned while fine-tuning with differentiable k-means (DKMPalettizer)",
                algorithm="dkm", data="training", options={"n_bits": 2}),
+        Recipe("torch-palettize-mixed-dkm", "torch", "training-time", "weight-only", 8,
+               "the per-layer palette sizes palettize-mixed chose on validation, learned while fine-tuning with "
+               "differentiable k-means (DKMPalettizer, one module_name_configs entry per layer)",
+               min_target="iOS18", algorithm="dkm", data="training", options={"allocation_from": "palettize-mixed"}),
+        Recipe("torch-palettize-mixed-tight-dkm", "torch", "training-time", "weight-only", 8,
+               "the per-layer palette sizes palettize-mixed-tight chose on validation, learned while fine-tuning "
+               "with differentiable k-means",
+               min_target="iOS18", algorithm="dkm", data="training",
+               options={"allocation_from": "palettize-mixed-tight"}),
+        Recipe("torch-prune-50-ft+palettize-4bit", "torch", "training-time", "weight-only", 3,
+               "50% magnitude pruning reached gradually while fine-tuning (polynomial schedule), then the "
+               "survivors on a 4-bit k-means palette after conversion (joint compression)",
+               min_target="iOS18", algorithm="prune-finetune", data="training", options={"target_sparsity": 0.5},
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),)),
+        Recipe("torch-prune-75-ft+palettize-4bit", "torch", "training-time", "weight-only", 2,
+               "75% magnitude pruning reached gradually while fine-tuning (polynomial schedule), then the "
+               "survivors on a 4-bit k-means palette after conversion (joint compression)",
+               min_target="iOS18", algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75},
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),)),
     ]
-    return {x.name: x for x in r}
+    catalogue = {x.name: x for x in r}
+    for x in r:
+        source = x.options.get("allocation_from")
+        if source is not None and (source not in catalogue or not catalogue[source].allocation):
+            raise ConfigError(f"recipe {x.name!r}: allocation_from={source!r} must name a mixed-bit recipe")
+    return catalogue
 
 
 RECIPES: dict[str, Recipe] = _catalogue()
@@ -207,14 +294,21 @@ RECIPES: dict[str, Recipe] = _catalogue()
 # costs a full test-split evaluation (or minutes of CPU) for no new finding on a 2-core machine:
 # ``prune-50+int8`` and ``torch-ptq-int8`` (same code paths as ``prune-50+palettize-4bit`` and
 # ``int8-weights``), ``palettize-8bit`` and ``palettize-6bit`` (indistinguishable from FP32 in every run
-# we made: the cliff is between 4 and 2 bits) and ``torch-palettize-2bit-dkm`` (DKM re-clusters every
-# weight at every step: slow on a CPU).
+# we made: the cliff is below 4 bits) and ``torch-prune-50-ft+palettize-4bit`` (the same code path as its
+# 75% sibling, which is the smaller of the two).  The 2-bit DKM palette is the smallest variant within the
+# default budget in our runs, so it runs by default despite its cost.
 DEFAULT_RECIPES: tuple[str, ...] = (
     "int8-weights", "int4-block",
-    "palettize-4bit", "palettize-2bit", "palettize-4bit-grouped",
+    "palettize-4bit", "palettize-3bit", "palettize-2bit", "palettize-4bit-grouped",
     "prune-50", "prune-75", "prune-2of4", "prune-50+palettize-4bit",
     "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
+    "palettize-mixed", "palettize-mixed-tight", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit",
 )
+# Added to the default set by the stage's ``slow_recipes=True``: more DKM fine-tunes.  DKM re-assigns every
+# weight to every palette entry at each step, several times the cost of a plain training step on a CPU
+# (benchmarks/bench_compress.py prints seconds per step).
+SLOW_RECIPES: tuple[str, ...] = ("torch-palettize-3bit-dkm", "torch-palettize-mixed-dkm",
+                                 "torch-palettize-mixed-tight-dkm")
 
 
 def available_recipes() -> list[str]:
@@ -299,6 +393,9 @@ def hint_for(message: str, recipe: Recipe) -> str:
                 f"re-export with playbook.coreml.export_model(..., ExportConfig(minimum_deployment_target="
                 f"'{recipe.min_target}')) -- the quantization stage does this for you unless retarget=False; "
                 "the app then requires iOS 18 / macOS 15")
+    if "lut should be a vector of size" in low:
+        return ("3-bit palettes (8 entries) need an iOS18 program: re-export with minimum_deployment_target "
+                "'iOS18' (the quantization stage does this unless retarget=False)")
     if "scikit-learn" in low or "sklearn" in low:
         return "k-means palettization needs scikit-learn: pip install scikit-learn"
     if "divisible" in low or "block" in low:

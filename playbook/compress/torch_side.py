@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +19,15 @@ from playbook.data import Dataset
 from playbook.train import TrainConfig, fit
 
 SKM_MAX_SAMPLES = 128  # SKMPalettizer computes one gradient per calibration image: cap the cost
+PRUNE_POWER = 3  # the exponent of MagnitudePruner's polynomial schedule (coremltools' default, Zhu & Gupta's choice)
+
+
+def prune_updates(steps: int) -> list[int]:
+    """The optimiser steps at which gradual pruning raises the sparsity: about 40 updates spread over the first
+    half of the fine-tune (the polynomial schedule reaches the target at the last one), so the second half
+    trains with the final mask."""
+    half = max(steps // 2, 1)
+    return list(range(0, half + 1, max(1, half // 40)))
 
 
 def finetune(model: nn.Module, dataset: Dataset, steps: int, lr: float, batch_size: int, seed: int,
@@ -49,16 +58,19 @@ class TorchCompression:
     finetune_steps: int
     losses: tuple[float, ...]
     details: dict[str, Any]
+    finetune_seconds: float = 0.0
 
 
 def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, finetune_steps: int = 200,
                    lr: float = 0.002, batch_size: int = 64, weight_threshold: int = 256,
-                   seed: int = 0) -> TorchCompression:
+                   seed: int = 0, module_bits: Mapping[str, int] | None = None) -> TorchCompression:
     """Apply a PyTorch-side recipe to a copy of ``model`` with ``coremltools.optimize.torch``.
 
     Weight tensors with at most ``weight_threshold`` elements are left alone (as on the Core ML
     side), except by the W8A8 recipes, which quantize every layer so activations stay int8
     end to end.  Calibration uses ``dataset.calib``; fine-tuning uses ``dataset.train``.
+    ``module_bits`` (DKM only): a palette size per PyTorch module name, e.g. a mixed-bit allocation; only
+    those modules are palettized (``module_name_configs``), each at its own size.
     """
     from coremltools.optimize.torch import palettization as pal
     from coremltools.optimize.torch import pruning as prn
@@ -67,6 +79,9 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     recipe = get_recipe(recipe)
     if recipe.side != "torch":
         raise ConfigError(f"{recipe.name!r} is a Core ML-side recipe; use compress_package")
+    unknown = sorted(set(module_bits or {}) - {n for n, _ in model.named_modules()})
+    if unknown:
+        raise ConfigError(f"module_bits names {unknown}, which are not modules of the model")
     torch.manual_seed(seed)
     net = copy.deepcopy(model).cpu().eval()
     small = _small_modules(net, weight_threshold)
@@ -76,7 +91,16 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small}
     losses: list[float] = []
     steps = 0
+    tuned = 0.0
     start = time.perf_counter()
+
+    def tune(prepared: nn.Module, on_step: Any) -> list[float]:
+        nonlocal tuned
+        begin = time.perf_counter()
+        out = list(finetune(prepared, dataset, steps, lr, batch_size, seed, on_step))
+        tuned += time.perf_counter() - begin
+        return out
+
     with quiet_compression() as captured:
         try:
             if recipe.algorithm == "ptq":
@@ -105,19 +129,21 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                     "milestones": [0, 0, max(1, 3 * steps // 4), max(1, steps // 2)]}})
                 quantizer = qnt.LinearQuantizer(net, cfg)
                 prepared = quantizer.prepare(example_inputs=example)
-                losses = finetune(prepared, dataset, steps, lr, batch_size, seed, quantizer.step)
+                losses = tune(prepared, quantizer.step)
                 net = quantizer.finalize(prepared.eval())
             elif recipe.algorithm == "prune-finetune":
                 steps = finetune_steps
-                updates = sorted({int(steps * f / 10) for f in range(6)})  # reach the target by 50% of the steps
+                updates = prune_updates(steps)
                 cfg = prn.MagnitudePrunerConfig.from_dict({
                     "global_config": {"target_sparsity": opts["target_sparsity"],
-                                      "scheduler": {"update_steps": updates}},
+                                      "scheduler": {"update_steps": updates, "power": PRUNE_POWER}},
                     "module_name_configs": {n: None for n in small}})
                 pruner = prn.MagnitudePruner(net, cfg)
                 prepared = pruner.prepare()
-                losses = finetune(prepared, dataset, steps, lr, batch_size, seed, pruner.step)
+                losses = tune(prepared, pruner.step)
                 net = pruner.finalize(prepared)
+                details["schedule"] = {"kind": "polynomial decay (Zhu & Gupta, arXiv:1710.01878)", "power": PRUNE_POWER,
+                                       "update_steps": updates}
             elif recipe.algorithm == "skm":
                 n = min(len(calib), SKM_MAX_SAMPLES)
                 cfg = pal.SKMPalettizerConfig.from_dict({
@@ -130,15 +156,22 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 details["calibration_images"] = n
             elif recipe.algorithm == "dkm":
                 steps = finetune_steps
-                cfg = pal.DKMPalettizerConfig.from_dict({
-                    "global_config": {**opts, "weight_threshold": weight_threshold}})
+                dkm_opts = {k: v for k, v in opts.items() if k != "allocation_from"}
+                if module_bits:
+                    cfg = pal.DKMPalettizerConfig.from_dict({"module_name_configs": {
+                        name: {**dkm_opts, "n_bits": int(bits), "weight_threshold": weight_threshold}
+                        for name, bits in module_bits.items()}})
+                    details["module_bits"] = dict(module_bits)
+                else:
+                    cfg = pal.DKMPalettizerConfig.from_dict({
+                        "global_config": {**dkm_opts, "weight_threshold": weight_threshold}})
                 palettizer = pal.DKMPalettizer(net, cfg)
                 prepared = palettizer.prepare()
-                losses = finetune(prepared, dataset, steps, lr, batch_size, seed, palettizer.step)
+                losses = tune(prepared, palettizer.step)
                 net = palettizer.finalize(prepared)
         except (ValueError, NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError) as exc:
             raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
     details["messages"] = list(captured)
-    return TorchCompression(net.eval(), time.perf_counter() - start, steps, tuple(losses), details)
+    return TorchCompression(net.eval(), time.perf_counter() - start, steps, tuple(losses), details, tuned)
 
 

@@ -42,10 +42,17 @@ class SmokePolicy:
     bootstrap_resamples: int = 200
     bench_packages: int = 4  # stage 05 times the first few packages (the baseline's two, then the next stage's)
     # one quantization recipe per code path of the default run: every Core ML compressor, joint
-    # compression, the iOS18 re-export and every PyTorch algorithm
+    # compression, the iOS18 re-export, every PyTorch algorithm, mixed bit-widths and Core ML steps after a
+    # PyTorch algorithm
     quantization_recipes: tuple[str, ...] = (
         "int8-weights", "int4-block", "palettize-4bit", "palettize-2bit", "prune-75", "prune-50+palettize-4bit",
-        "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm")
+        "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
+        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit")
+    # what ``slow_recipes=True`` adds in smoke runs: DKM on a mixed allocation (the slow recipes' one new code path)
+    slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-mixed-dkm",)
+    # palette sizes a mixed-bit recipe may give a layer in smoke runs: one per-layer probe, and no 8-bit k-means
+    # (256 clusters: the slowest palette to fit); same steps
+    mixed_bit_choices: tuple[int, ...] = (2, 4)
 
     def epochs(self, requested: int) -> int:
         return min(requested, self.max_epochs)

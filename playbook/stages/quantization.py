@@ -11,6 +11,8 @@ Recipes that need an iOS18 program get one: the stage re-exports the baseline mo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -19,10 +21,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from playbook.compress import (DEFAULT_RECIPES, RECIPES, CompressionError, Recipe, compress_package, compress_torch,
-                               compressed_weight_count, get_recipe, recipe_rows, required_target, weight_file_bytes,
-                               weight_layers)
+from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, compress_converted,
+                               compress_package, compress_torch, compressed_weight_count, get_recipe, recipe_rows,
+                               required_target, weight_file_bytes, weight_layers)
+from playbook.compress.mixed import (LayerSensitivity, allocation_bytes, allocation_path, bits_per_weight,
+                                     predicted_damage, search_path)
 from playbook.compress.recipes import TECHNIQUES
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, export_model, model_sha256, package_info, predict_split
@@ -39,6 +44,7 @@ class QuantizationConfig(MeasuredStageConfig):
 
     dataset: str = ""
     recipes: list[str] = dataclasses.field(default_factory=list)
+    slow_recipes: bool = False
     max_top1_drop: float = 1.0
     precision: str = "fp16"
     weight_threshold: int = 256
@@ -72,14 +78,29 @@ class QuantizationConfig(MeasuredStageConfig):
         check_range("max_exceptions", self.max_exceptions, 1)
 
     def recipe_names(self) -> list[str]:
-        """The recipes this run measures, in catalogue order: ``recipes`` or the (smoke) default set."""
-        chosen = set(self.recipes) if self.recipes else set(SMOKE.quantization_recipes if self.smoke
-                                                             else DEFAULT_RECIPES)
+        """The recipes this run measures, in catalogue order: ``recipes``, or the (smoke) default set plus, with
+        ``slow_recipes``, the slow ones (``compress.SLOW_RECIPES``; in smoke runs one of them)."""
+        if self.recipes:
+            chosen = set(self.recipes)
+        else:
+            chosen = set(SMOKE.quantization_recipes if self.smoke else DEFAULT_RECIPES)
+            if self.slow_recipes:
+                chosen |= set(SMOKE.slow_quantization_recipes if self.smoke else SLOW_RECIPES)
         return [n for n in RECIPES if n in chosen]
 
     def steps(self) -> int:
         """Fine-tune steps actually used (the smoke policy caps them)."""
         return SMOKE.steps(self.finetune_steps) if self.smoke else self.finetune_steps
+
+
+# Paired comparisons the record and the notebook report when both variants were measured: (a, b) = b minus a.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("torch-w8a8-static", "torch-w8a8-qat"), ("prune-75", "torch-prune-75-ft"),
+    ("palettize-4bit", "torch-palettize-4bit-skm"), ("palettize-3bit", "palettize-mixed"),
+    ("palettize-3bit", "torch-palettize-3bit-dkm"), ("palettize-2bit", "torch-palettize-2bit-dkm"),
+    ("palettize-mixed", "torch-palettize-mixed-dkm"), ("palettize-mixed-tight", "torch-palettize-mixed-tight-dkm"),
+    ("torch-prune-75-ft", "torch-prune-75-ft+palettize-4bit"),
+)
 
 
 def _val_subset(dataset: Dataset, n: int) -> Split:
@@ -109,6 +130,11 @@ class QuantizationRun(DownstreamRun):
         self.skipped: list[dict[str, str]] = []
         self.retargeted: list[dict[str, str]] = []
         self.sensitivity: dict[str, Any] | None = None
+        self.mixed: dict[str, dict[str, Any]] = {}
+        self._bit_tables: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+        self._path_checks: dict[tuple[str, tuple[int, ...]], dict[tuple[tuple[str, int], ...], dict[str, Any]]] = {}
+        self._val_refs: dict[str, np.ndarray] = {}
+        self._probes: dict[tuple[str, ...], dict[str, float]] = {}
         self._bases: dict[tuple[str, str], Path] = {}
         self._example = self.dataset.to_tensor(self.dataset.calib.images[:1])
 
@@ -149,14 +175,20 @@ class QuantizationRun(DownstreamRun):
             if target != current:
                 self.retargeted.append({"recipe": recipe.name, "from": current, "to": target})
             try:
-                if recipe.side == "coreml":
+                if recipe.side == "coreml" and recipe.allocation:
+                    made, details = self._mixed_bits(recipe, self.base_package(target, precision))
+                    path = made.path
+                    extra = {"compress_seconds": made.seconds, "export_seconds": 0.0, "finetune_steps": 0,
+                             "allocation_seconds": details["seconds"], "bits_per_weight": details["bits_per_weight"]}
+                elif recipe.side == "coreml":
                     made = compress_package(recipe, self.base_package(target, precision), self.out_dir, recipe.name,
                                             self.cfg.weight_threshold, metadata={"playbook.stage": self.stage})
                     path, details = made.path, {"messages": list(made.messages)}
                     extra = {"compress_seconds": made.seconds, "export_seconds": 0.0, "finetune_steps": 0}
                 else:
                     tc = compress_torch(recipe, self.model, self.dataset, self.cfg.steps(), self.cfg.finetune_lr,
-                                        self.cfg.batch_size, self.cfg.weight_threshold, self.cfg.seed)
+                                        self.cfg.batch_size, self.cfg.weight_threshold, self.cfg.seed,
+                                        module_bits=self.module_bits(recipe))
                     with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
                         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
                         export = export_model(tc.model, self.dataset,
@@ -169,8 +201,15 @@ class QuantizationRun(DownstreamRun):
                                                         "playbook.source_model_sha256": model_sha256(self.model)})
                     path, details = export.path, tc.details
                     extra = {"compress_seconds": tc.seconds + export.seconds, "export_seconds": export.seconds,
-                             "finetune_steps": tc.finetune_steps,
+                             "finetune_steps": tc.finetune_steps, "finetune_seconds": tc.finetune_seconds,
+                             "finetune_images": tc.finetune_steps * self.cfg.batch_size,
                              "finetune_loss": [tc.losses[0], tc.losses[-1]] if tc.losses else None}
+                    if recipe.steps:  # Core ML steps on top of what the PyTorch algorithm stored (joint)
+                        made = compress_converted(recipe, export.path, self.out_dir, recipe.name,
+                                                  self.cfg.weight_threshold, metadata={"playbook.stage": self.stage})
+                        path = made.path
+                        details = {**details, "messages": [*details.get("messages", []), *made.messages]}
+                        extra["compress_seconds"] += made.seconds
             except CompressionError as exc:
                 self.skipped.append(exc.to_dict())
                 print(f"skipped {recipe.name}: {exc}")
@@ -190,6 +229,180 @@ class QuantizationRun(DownstreamRun):
             **{"precision": self.cfg.precision, **extra})
         record.extra["within_budget"] = bool(record.delta_top1 >= -self.cfg.max_top1_drop)
         return record
+
+    # ---- mixed bit-widths (issue 15): per-layer palette sizes from the measured per-layer damage
+    def bit_sensitivity(self, recipe: Recipe, target: str | None = None) -> list[LayerSensitivity]:
+        """Per-layer damage at every palette size a mixed-bit ``recipe`` may choose (``bit_choices``): one layer
+        palettized at a time (the others float), KL divergence of the outputs from the FP32 package's on
+        ``sensitivity_images`` validation images.
+
+        The widest choice is not probed: it is where the allocation path starts, every layer at that width, and
+        that whole allocation is checked on validation like every other point (its per-layer damage enters the
+        path as 0; the table shows it as not measured).  Measured once per (target, choices) and shared by every
+        mixed-bit recipe of the run; layers are named by their PyTorch modules.  The test split is never used."""
+        target = target or self.target_for(recipe)
+        choices = self.bit_choices(recipe)
+        key = (target, tuple(choices))
+        if key in self._bit_tables:
+            return self._bit_tables[key]["layers"]
+        start = time.perf_counter()
+        base = self.base_package(target)
+        layers = [layer for layer in weight_layers(base, self.cfg.weight_threshold, self.model, self._example)
+                  if layer.eligible]
+        split = _val_subset(self.dataset, self.cfg.sensitivity_images)
+        ref_scores, _ = self._val_reference(split)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".bits-", dir=self.out_dir))
+        rows, table = [], []
+        try:
+            for layer in tqdm(layers, desc="damage per layer and palette size", leave=False):
+                damage: dict[int, float] = {choices[-1]: 0.0}
+                delta: dict[int, float | None] = {choices[-1]: None}
+                for bits in choices[:-1]:
+                    summary = self._probe(recipe, base, layer.name, split, ref_scores, work, nbits=bits)
+                    damage[bits] = summary["kl"]
+                    delta[bits] = summary["val_top1"] - float(100.0 * (ref_scores.argmax(1) == split.labels).mean())
+                table.append(LayerSensitivity(layer.name, layer.label, layer.size, damage))
+                rows.append({"name": layer.name, "label": layer.label, "module": layer.module,
+                             "shape": list(layer.shape), "size": layer.size,
+                             "kl": {str(b): (damage[b] if b != choices[-1] else None) for b in choices},
+                             "val_delta_top1": {str(b): delta[b] for b in choices}})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self._bit_tables[key] = {"layers": table, "rows": rows, "val_images": len(split),
+                                 "seconds": time.perf_counter() - start}
+        return table
+
+    def _probe(self, recipe: Recipe, base: Path, layer: str, split: Split, ref_scores: np.ndarray, work: Path,
+               nbits: int | None = None) -> dict[str, float]:
+        """Validation figures with only ``layer`` compressed by ``recipe``'s step (at ``nbits`` if given).
+
+        Cached by what the compressor receives (program, step kind and options, layer, images), so the layer
+        sensitivity analysis and the mixed bit-widths share the probes they have in common (a uniform
+        ``palettize-3bit`` probe is the mixed analysis's 3-bit probe)."""
+        kind, options = recipe.steps[0]
+        effective = {**options, **({"nbits": nbits} if nbits is not None else {})}
+        key = (str(base), kind, json.dumps(effective, sort_keys=True, default=str), layer, len(split))
+        if key not in self._probes:
+            made = compress_package(recipe, base, work, "probe", self.cfg.weight_threshold, only=[layer],
+                                    overrides={layer: {"nbits": nbits}} if nbits is not None else None)
+            scores, _ = predict_split(made.path, self.dataset, split, self.mcfg.runtime)
+            self._probes[key] = _scores_summary(ref_scores, scores, split.labels)
+        return self._probes[key]
+
+    def bit_choices(self, recipe: Recipe) -> tuple[int, ...]:
+        """The palette sizes a mixed-bit recipe may give a layer: the recipe's, or in smoke runs those of them in
+        the smoke policy (fewer and cheaper probes and checks), when at least two are."""
+        choices = recipe.bit_choices
+        smoke = tuple(b for b in choices if b in SMOKE.mixed_bit_choices)
+        return smoke if self.cfg.smoke and len(smoke) >= 2 else choices
+
+    def _val_reference(self, split: Split) -> tuple[np.ndarray, float]:
+        """The FP32 package's scores on a validation split (cached) and its top-1 there."""
+        key = hashlib.sha256(split.labels.tobytes() + split.images[:8].tobytes()).hexdigest() + str(len(split))
+        if key not in self._val_refs:
+            scores, _ = predict_split(self.baseline.fp32_package, self.dataset, split, self.mcfg.runtime)
+            self._val_refs[key] = scores
+        scores = self._val_refs[key]
+        return scores, float(100.0 * (scores.argmax(1) == split.labels).mean())
+
+    def _mixed_bits(self, recipe: Recipe, base: Path, out_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
+        """Choose a recipe's per-layer palette sizes and write its package.
+
+        The greedy path of ``compress.mixed.allocation_path`` runs from every layer at the widest choice to every
+        layer at the narrowest; points of it are palettized together and checked on the *whole* validation split:
+        accepted when validation top-1 is within ``budget_share * max_top1_drop`` points of the FP32 package's.
+        The smallest accepted point is written (or, if none is, the widest one, flagged ``within_budget=False``)."""
+        start = time.perf_counter()
+        choices = self.bit_choices(recipe)
+        target = self.target_for(recipe)
+        layers = self.bit_sensitivity(recipe, target)
+        path = allocation_path(layers, choices)
+        budget = float(recipe.options.get("budget_share", 1.0)) * self.cfg.max_top1_drop
+        split = self.dataset.val if len(self.dataset.val) else self.dataset.calib
+        ref_scores, ref_top1 = self._val_reference(split)
+        cache = self._path_checks.setdefault((target, tuple(choices)), {})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".mixed-", dir=self.out_dir))
+
+        def accept(allocation: dict[str, int]) -> tuple[bool, dict[str, Any]]:
+            key = tuple(sorted(allocation.items()))
+            if key not in cache:
+                made = compress_package(recipe, base, work, "check", self.cfg.weight_threshold,
+                                        overrides={n: {"nbits": b} for n, b in allocation.items()})
+                scores, _ = predict_split(made.path, self.dataset, split, self.mcfg.runtime)
+                summary = _scores_summary(ref_scores, scores, split.labels)
+                cache[key] = {"val_delta_top1": summary["val_top1"] - ref_top1, "val_kl": summary["kl"],
+                              "weights_bytes": weight_file_bytes(made.path)}
+            facts = {**cache[key], "bits_per_weight": bits_per_weight(layers, allocation),
+                     "predicted_kl": predicted_damage(layers, allocation)}
+            return facts["val_delta_top1"] >= -budget, facts
+
+        try:
+            search = search_path(path, accept)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        chosen = path[search.chosen if search.chosen is not None else 0]
+        made = compress_package(recipe, base, out_dir or self.out_dir, recipe.name, self.cfg.weight_threshold,
+                                overrides={n: {"nbits": b} for n, b in chosen.items()},
+                                metadata={"playbook.stage": self.stage})
+        by_name = {layer.name: layer for layer in layers}
+        table = self._bit_tables[(target, tuple(choices))]
+        allocation = [{"name": row["name"], "label": row["label"], "module": row["module"], "shape": row["shape"],
+                       "size": row["size"], "bits": chosen[row["name"]], "kl": row["kl"]} for row in table["rows"]]
+        details = {
+            "messages": list(made.messages), "bit_choices": list(choices), "budget_points": budget,
+            "budget_share": float(recipe.options.get("budget_share", 1.0)), "val_images": len(split),
+            "probe_images": table["val_images"], "val_reference_top1": ref_top1,
+            "allocation": allocation, "met_budget": search.chosen is not None,
+            "path_length": len(path), "chosen_index": search.chosen, "checks": list(search.checks),
+            "estimated_bytes": allocation_bytes(layers, chosen),
+            "bits_per_weight": bits_per_weight(layers, chosen),
+            "predicted_kl": predicted_damage([by_name[n] for n in chosen], chosen),
+            "probe_seconds": table["seconds"], "seconds": time.perf_counter() - start,
+        }
+        self.mixed[recipe.name] = details
+        return made, details
+
+    def module_bits(self, recipe: Recipe) -> dict[str, int] | None:
+        """For a DKM recipe with ``allocation_from``: the palette size per PyTorch module that mixed-bit recipe chose
+        (run first if this run has not run it yet); otherwise ``None``."""
+        source = recipe.options.get("allocation_from")
+        if not source:
+            return None
+        if source not in self.mixed:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".allocation-", dir=self.out_dir))
+            try:
+                with self.threads():
+                    self._mixed_bits(get_recipe(source), self.base_package(self.target_for(get_recipe(source))), work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # only the allocation is needed here
+        rows = self.mixed[source]["allocation"]
+        unnamed = [row["name"] for row in rows if not row["module"]]
+        if unnamed:
+            raise CompressionError(recipe.name, f"weights {unnamed} could not be matched to PyTorch modules",
+                                   "the mixed allocation names program weights; DKM needs module names")
+        return {row["module"]: int(row["bits"]) for row in rows}
+
+    def bit_allocation_table(self, name: str) -> Table:
+        """One row per layer of a mixed-bit variant: PyTorch module, shape, elements, the palette size chosen, and
+        the measured damage (validation KL) of that layer alone at each candidate size."""
+        info = self.mixed.get(name)
+        if not info:
+            return Table([])
+        return Table([{"layer": row["label"], "shape": "x".join(map(str, row["shape"])), "elements": row["size"],
+                       "bits": row["bits"], **{f"KL@{b}": row["kl"][str(b)] for b in info["bit_choices"]}}
+                      for row in info["allocation"]])
+
+    def bit_search_table(self, name: str) -> Table:
+        """The allocations checked on validation while choosing a mixed-bit variant, in search order."""
+        info = self.mixed.get(name)
+        if not info:
+            return Table([])
+        return Table([{"path point": c["index"], "bits/weight": c["bits_per_weight"], "weights KB":
+                       c["weights_bytes"] / 1e3, "val Δ top-1": c["val_delta_top1"], "val KL": c["val_kl"],
+                       "predicted KL": c["predicted_kl"], "accepted": c["accepted"]} for c in info["checks"]])
 
     # ---- several recipes
     def run(self, technique: str | None = None) -> Table:
@@ -216,12 +429,106 @@ class QuantizationRun(DownstreamRun):
             return f"`{name}` was not run in this configuration (see `recipes`)."
         vs = v.vs_reference
         verdict = "within" if v.get("within_budget") else "outside"
+        extra = ""
+        if v.get("bits_per_weight") is not None:
+            extra += f"; {v.get('bits_per_weight'):.2f} bits per compressed weight on average"
+        if v.get("finetune_steps"):
+            steps, images = v.get("finetune_steps"), v.get("finetune_images")
+            epochs = images / max(len(self.dataset.train), 1)
+            extra += (f"; fine-tune budget {steps} steps x {self.cfg.batch_size} images = {images} images "
+                      f"({epochs:.2f} epochs), {v.get('finetune_seconds', 0.0):.0f} s on this CPU")
         return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
-                f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x), top-1 "
+                f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
                 f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
                 f"{vs.delta_top1:+.2f} points, 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
                 f"{vs.p_value:.3g}; top-1 agreement with FP32 {v.fidelity.top1_agreement:.2f}% -- "
                 f"{verdict} the {self.cfg.max_top1_drop:g}-point budget.")
+
+    def smallest_within(self, max_drop: float, strict: bool = True) -> VariantRecord | None:
+        """The variant of this stage with the smallest weight file whose change in top-1 stays within ``max_drop``
+        points of FP32: with ``strict``, the whole paired 95% interval (its lower end >= -max_drop); otherwise the
+        point estimate.  ``None`` when no variant qualifies."""
+        fits = [v for v in self.variants if v.vs_reference is not None and
+                (v.vs_reference.ci_low if strict else v.vs_reference.delta_top1) >= -max_drop]
+        return min(fits, key=lambda v: v.get("weights_bytes") or v.size_bytes, default=None)
+
+    def headline_table(self, drops: Sequence[float] | None = None) -> Table:
+        """For each accuracy limit (default: the budget and 30% of it), the smallest variant that stays within it,
+        judged by the paired interval's lower end and by the point estimate, with its weight-file and package
+        ratios against FP32 (the package also holds a fixed program and metadata part that compression does not
+        shrink)."""
+        drops = drops or (self.cfg.max_top1_drop, 0.3 * self.cfg.max_top1_drop)
+        rows = []
+        for drop in drops:
+            for strict in (True, False):
+                v = self.smallest_within(drop, strict)
+                rows.append({"limit (points)": drop, "judged by": "95% CI lower end" if strict else "point estimate",
+                             "variant": v.name if v else "none", "weights x smaller":
+                             v.get("weights_ratio_vs_fp32") if v else None,
+                             "package x smaller": v.get("size_ratio_vs_fp32") if v else None,
+                             "Δ top-1": v.delta_top1 if v else None,
+                             "Δ 95% CI": f"[{v.vs_reference.ci_low:.2f}, {v.vs_reference.ci_high:.2f}]" if v else "",
+                             "weights KB": (v.get("weights_bytes") or 0) / 1e3 if v else None,
+                             "package KB": v.size_bytes / 1e3 if v else None})
+        return Table(rows)
+
+    def _brief(self, name: str) -> str | None:
+        v = self.variant(name)
+        if v is None or v.vs_reference is None:
+            return None
+        vs = v.vs_reference
+        return (f"`{name}` {vs.delta_top1:+.2f} points [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}] at "
+                f"{v.get('weights_ratio_vs_fp32'):.1f}x smaller weights")
+
+    def findings(self) -> str:
+        """A markdown list of what this run measured, one line per finding, every figure from this run's variants
+        (lines whose variants were not run are left out)."""
+        lines = []
+
+        def add(text: str, *names: str) -> None:
+            briefs = [b for b in (self._brief(n) for n in names) if b]
+            if briefs:
+                lines.append(f"* {text}: " + "; ".join(briefs) + ".")
+
+        add("8-bit weights", "int8-weights")
+        add("4-bit, data-free", "palettize-4bit", "int4-block")
+        add("below 4 bits, data-free", "palettize-3bit", "palettize-2bit")
+        add("below 4 bits, palettes learned while fine-tuning (DKM)", "torch-palettize-3bit-dkm",
+            "torch-palettize-2bit-dkm")
+        add("mixed bit-widths chosen on validation", "palettize-mixed", "palettize-mixed-tight")
+        add("those mixed bit-widths learned while fine-tuning (DKM)", "torch-palettize-mixed-dkm",
+            "torch-palettize-mixed-tight-dkm")
+        add("75% pruning, one-shot vs reached gradually while fine-tuning", "prune-75", "torch-prune-75-ft")
+        add("gradual pruning with a 4-bit palette on the survivors", "torch-prune-50-ft+palettize-4bit",
+            "torch-prune-75-ft+palettize-4bit")
+        add("W8A8, calibrated vs trained", "torch-w8a8-static", "torch-w8a8-qat")
+        s = self.sensitivity
+        if s and s.get("test", {}).get("recipe"):
+            kept, base = s["test"]["guided"], s["test"]["recipe"]
+            lines.append(f"* keeping {s['chosen_kept']} layer(s) of `{s['recipe']}` float moved top-1 by "
+                         f"{kept['delta_top1'] - base['delta_top1']:+.2f} points and cost "
+                         f"{(kept['size_mb'] - base['size_mb']) * 1e3:.1f} KB of package.")
+        for drop in (self.cfg.max_top1_drop, 0.3 * self.cfg.max_top1_drop):
+            v = self.smallest_within(drop)
+            if v is not None:
+                lines.append(f"* smallest variant whose whole 95% interval stays within {drop:g} points: `{v.name}`, "
+                             f"weights {v.get('weights_ratio_vs_fp32'):.1f}x and package "
+                             f"{v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32.")
+            else:
+                lines.append(f"* no variant's whole 95% interval stays within {drop:g} points.")
+        for v in self.variants:
+            steps, seconds = v.get("finetune_steps"), v.get("finetune_seconds", 0.0)
+            if steps:
+                lines.append(f"* `{v.name}` fine-tuned {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s per "
+                             "step on this machine).")
+        return "\n".join(lines) if lines else "*(no variants measured)*"
+
+    def package_overhead_bytes(self) -> dict[str, int]:
+        """Package bytes outside the weight file (program, metadata, manifest) per variant, FP32 included: the part
+        compression does not shrink."""
+        out = {self.reference.name: self.fp32_bytes - self.fp32_weight_bytes}
+        out.update({v.name: v.size_bytes - (v.get("weights_bytes") or 0) for v in self.variants})
+        return out
 
     def compare(self, a: str, b: str) -> dict[str, Any] | None:
         """Paired comparison of two measured variants (``b`` minus ``a``) on the same test images."""
@@ -231,6 +538,22 @@ class QuantizationRun(DownstreamRun):
         result = compare_paired(self.scores[a].argmax(1) == labels, self.scores[b].argmax(1) == labels,
                                 resamples=self.mcfg.bootstrap_resamples).to_dict()
         return {"a": a, "b": b, **result}
+
+    def comparison_table(self) -> Table:
+        """The paired comparisons of this run (``COMPARISONS`` whose two variants were measured): trained vs
+        data-free, gradual vs one-shot, mixed vs uniform; the change is the second minus the first."""
+        rows = []
+        for a, b in COMPARISONS:
+            c = self.compare(a, b)
+            if c is not None:
+                rows.append({"variant": b, "minus": a, "Δ top-1": c["delta_top1"],
+                             "Δ 95% CI": f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", "McNemar p": c["p_value"]})
+        return Table(rows)
+
+    def recipe_names(self, technique: str) -> list[str]:
+        """The recipes of one technique this run measures (catalogue order)."""
+        check_choice("technique", technique, TECHNIQUES)
+        return [n for n in self.recipes if RECIPES[n].technique == technique]
 
     # ---- sensitivity
     def choose_sensitivity_recipe(self) -> str | None:
@@ -275,8 +598,7 @@ class QuantizationRun(DownstreamRun):
                   if layer.eligible]
         split = _val_subset(self.dataset, self.cfg.sensitivity_images)
         runtime = self.mcfg.runtime
-        ref_scores, _ = predict_split(self.baseline.fp32_package, self.dataset, split, runtime)
-        ref_top1 = float(100.0 * (ref_scores.argmax(1) == split.labels).mean())
+        ref_scores, ref_top1 = self._val_reference(split)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".sensitivity-", dir=self.out_dir))
         try:
@@ -289,7 +611,7 @@ class QuantizationRun(DownstreamRun):
 
             ranked = []
             for layer in layers:
-                res = evaluate(only=[layer.name])
+                res = self._probe(rec, base, layer.name, split, ref_scores, work)
                 ranked.append({"name": layer.name, "label": layer.label, "module": layer.module,
                                "shape": list(layer.shape), "size": layer.size, "consumer": layer.consumer,
                                "kl": res["kl"], "val_top1": res["val_top1"],
@@ -380,8 +702,9 @@ class QuantizationRun(DownstreamRun):
                                                      else "loses far more than the budget"),
                     f"top-1 {v.top1:.2f}% ({vs.delta_top1:+.2f} points vs FP32, 95% CI [{vs.ci_low:+.2f}, "
                     f"{vs.ci_high:+.2f}]) at {v.size_mb:.3f} MB; "
-                    + ("data-free compression this aggressive needs fine-tuning (DKM, QAT) or layer exceptions"
-                       if data_free else "more fine-tuning steps, a lower target, or layer exceptions"))
+                    + ("without data this is too aggressive for this model: try the training-time recipes (DKM "
+                       "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
+                       "change" if data_free else "more fine-tuning steps, a lower target, or layer exceptions"))
         layers = weight_layers(self.base_package(self.export_cfg.minimum_deployment_target), self.cfg.weight_threshold,
                                self.model, self._example)
         small = [x for x in layers if not x.eligible]
@@ -402,8 +725,23 @@ class QuantizationRun(DownstreamRun):
             bn = v.op_histogram.get("batch_norm", 0)
             if bn:
                 self.add_pitfall(f"{v.name}: {bn} batch_norm op(s) left in the program",
-                                 "the converter cannot fold BatchNorm into a conv whose weight is compressed; this "
-                                 "costs run time. QAT (LinearQuantizer) fuses conv+BN before quantizing")
+                                 "the converted program applies BatchNorm as separate ops after the compressed "
+                                 "convolutions instead of folding it into their weights (the FP32 and FP16 exports "
+                                 f"have {self.baseline_variants[0].op_histogram.get('batch_norm', 0)}): one more op "
+                                 "per layer at run time")
+        for name, info in self.mixed.items():
+            if not info["met_budget"]:
+                self.add_pitfall(f"{name}: no allocation met {info['budget_points']:.2f} points on validation",
+                                 "even every layer at the widest palette was refused; the variant written is that "
+                                 "widest allocation (raise max_top1_drop or add float exceptions)")
+        for v in self.variants:
+            if v.get("recipe", {}).get("algorithm") == "dkm" and v.get("finetune_steps"):
+                steps = v.get("finetune_steps")
+                self.add_pitfall(f"{v.name}: DKM fine-tuning is slow on a CPU",
+                                 f"{v.get('finetune_seconds', 0.0):.0f} s for {steps} steps "
+                                 f"({v.get('finetune_seconds', 0.0) / steps:.2f} s per step of {self.cfg.batch_size} "
+                                 "images on this machine); train.fit runs it on a GPU where one is available "
+                                 "(device='auto'), or use fewer finetune_steps")
         if self.retargeted:
             names = sorted({r["recipe"] for r in self.retargeted})
             self.add_pitfall(f"{len(names)} recipe(s) needed a newer deployment target",
@@ -422,8 +760,7 @@ class QuantizationRun(DownstreamRun):
 
     def details(self) -> dict[str, Any]:
         comparisons = {}
-        for a, b in (("torch-w8a8-static", "torch-w8a8-qat"), ("prune-75", "torch-prune-75-ft"),
-                     ("palettize-2bit", "torch-palettize-2bit-dkm"), ("palettize-4bit", "torch-palettize-4bit-skm")):
+        for a, b in COMPARISONS:
             c = self.compare(a, b)
             if c is not None:
                 comparisons[f"{b} vs {a}"] = c
@@ -444,6 +781,7 @@ class QuantizationRun(DownstreamRun):
             "pareto_front": self.pareto(),
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
+            "mixed_bits": self.mixed,
         }
 
     def finish(self) -> StageRecord:
