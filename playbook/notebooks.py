@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from playbook.config import ConfigError
 from playbook.paths import PACKAGE_DIR, notebooks_dir, repository_root
@@ -103,9 +103,13 @@ def kernel_problem(name: str = KERNEL_NAME) -> str | None:
     return None
 
 
-def _kernel_manager_class() -> type:
+def _kernel_manager_class(kernel_stderr: IO[str] | None = None) -> type:
     """jupyter_client's kernel manager on the IPC transport (Unix sockets): local kernels need no TCP ports, and
-    the kernel does not print its warning about unencrypted TCP into every run."""
+    the kernel does not print its warning about unencrypted TCP into every run.
+
+    ``kernel_stderr`` (an open file) receives the kernel process's own stderr -- what ipykernel prints outside
+    any cell, e.g. its tracebacks when a run is interrupted and its sockets close under it -- instead of the
+    terminal of the command that started it."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -113,6 +117,12 @@ def _kernel_manager_class() -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc" if os.name == "posix" else "tcp"
+
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            if kernel_stderr is not None:
+                kernel_stderr.flush()
+                kw["stderr"] = kernel_stderr
+            await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return LocalKernelManager
 
@@ -133,12 +143,16 @@ def _environment(**values: str) -> Iterator[None]:
 
 def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool = False,
             log_output: bool = False, cwd: Path | str | None = None, stdout_file: Any = None,
-            stderr_file: Any = None, quiet: bool = False) -> Path:
+            stderr_file: Any = None, quiet: bool = False, kernel_stderr: IO[str] | None = None,
+            start_timeout: float = 300) -> Path:
     """Run (or, with ``prepare_only``, just parameterise) a notebook with papermill after checking its parameters.
 
     ``cwd`` is the kernel's working folder (default: the notebook's folder); ``stdout_file`` and
     ``stderr_file`` (open text files) receive what the cells print, as they print it.  ``quiet`` (unattended
     runs) turns progress bars off in the kernel: coremltools' and training bars would fill the executed notebook.
+    ``kernel_stderr`` (an open file) takes the kernel process's own stderr.  ``start_timeout``: seconds the
+    kernel may take to start (papermill's default, 60 s, is too short on a loaded 2-core machine running
+    several models side by side).
     """
     import papermill
 
@@ -158,7 +172,8 @@ def execute(path: Path, output: Path, params: dict[str, Any], prepare_only: bool
         papermill.execute_notebook(str(path), str(output), parameters=params, cwd=str(env_cwd),
                                    prepare_only=prepare_only, log_output=log_output, progress_bar=False,
                                    kernel_name=KERNEL_NAME, stdout_file=stdout_file, stderr_file=stderr_file,
-                                   kernel_manager_class=_kernel_manager_class())
+                                   start_timeout=start_timeout,
+                                   kernel_manager_class=_kernel_manager_class(kernel_stderr))
     return output
 
 

@@ -490,7 +490,7 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
                     sink = _Tee(log, sys.stdout) if spec.verbose else log
                     with _Heartbeat(emit, stage.stem, heartbeat):
                         execute(step.notebook, executed, step.params, cwd=Path.cwd(), stdout_file=sink,
-                                stderr_file=sink, quiet=True)
+                                stderr_file=sink, quiet=True, kernel_stderr=log)
                 finally:
                     if executed.exists():
                         os.replace(executed, model_dir / "notebooks" / step.notebook.name)

@@ -62,6 +62,7 @@ from playbook.paths import model_dir
 from playbook.records import read_json, write_json
 d = model_dir(model, reports_dir or None)
 write_json(d / "report.json", {"model": model, "recommended": {"name": "fake", "top1": 50.0, "size_mb": 1.0}})
+(d / "report.html").write_text("<p>fake report</p>")  # the real stage renders its pages in ReportRun.finish
 print("REPORT value", read_json(d / "baseline.json")["config"]["value"])
 """
 
