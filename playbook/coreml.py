@@ -211,8 +211,9 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
             errors.append(f"{frontend}: {type(exc).__name__}: {exc}")
     else:
         raise ExportError(f"ct.convert failed for {stem!r} with both frontends; " + " | ".join(errors))
+    check_inference_graph(mlmodel.get_spec(), f"{stem} ({', '.join(f'{k}={v}' for k, v in (metadata or {}).items())})")
     describe_model(mlmodel, dataset, cfg, {"playbook.frontend": frontend, "playbook.variant": stem,
-                                            "playbook.source_model_sha256": model_sha256(model), **(metadata or {})})
+                                           "playbook.source_model_sha256": model_sha256(model), **(metadata or {})})
     save_package(mlmodel, target)
     return ExportResult(package_info(target), cfg, time.perf_counter() - start)
 
@@ -354,12 +355,8 @@ def _feature_dict(feature: Any) -> dict[str, Any]:
     return info
 
 
-def package_info(path: Path) -> PackageInfo:
-    """Sizes (from the files), op histogram (from the program) and I/O of a saved package."""
-    from playbook.mlprogram import read_spec
-
-    path = Path(path)
-    spec = read_spec(path)
+def op_histogram(spec: Any) -> dict[str, int]:
+    """How many ops of each type an ML program's spec holds (nested blocks included)."""
     histogram: collections.Counter[str] = collections.Counter()
 
     def walk(block: Any) -> None:
@@ -372,9 +369,35 @@ def package_info(path: Path) -> PackageInfo:
         for function in spec.mlProgram.functions.values():
             for block in function.block_specializations.values():
                 walk(block)
+    return dict(sorted(histogram.items()))
+
+
+# Ops that only belong to training: randomness (dropout or drop-connect traced in training mode) has no place in
+# an inference graph; the deployed model would give a different answer at every call.
+TRAINING_ONLY_OPS = ("random_bernoulli", "random_categorical", "random_normal", "random_uniform")
+
+
+def check_inference_graph(spec: Any, what: str) -> None:
+    """Raise ``ExportError`` naming ``what`` (the package, recipe or stage) when the program holds a training-only
+    op: a model traced in training mode (a quantization-aware or pruning wrapper, ``model.train()``) carries its
+    dropout or drop-connect randomness into the graph."""
+    found = {op: n for op, n in op_histogram(spec).items() if op in TRAINING_ONLY_OPS}
+    if found:
+        raise ExportError(f"{what}: the converted program contains training-only op(s) "
+                          f"{', '.join(f'{op} x{n}' for op, n in found.items())} (dropout or drop-connect traced in "
+                          "training mode); trace the model in eval mode, or set its dropout/drop-connect rate to 0 "
+                          "before a training-mode wrapper traces it")
+
+
+def package_info(path: Path) -> PackageInfo:
+    """Sizes (from the files), op histogram (from the program) and I/O of a saved package."""
+    from playbook.mlprogram import read_spec
+
+    path = Path(path)
+    spec = read_spec(path)
     return PackageInfo(
         path=str(path), size_bytes=directory_size(path), zip_bytes=zipped_size(path),
-        op_histogram=dict(sorted(histogram.items())),
+        op_histogram=op_histogram(spec),
         inputs=tuple(_feature_dict(f) for f in spec.description.input),
         outputs=tuple(_feature_dict(f) for f in spec.description.output),
         specification_version=int(spec.specificationVersion),

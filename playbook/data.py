@@ -55,6 +55,7 @@ class DatasetConfig(StrictConfig):
         name: ``digits``, ``fashion-mnist`` or ``imagefolder:PATH``.
         data_dir: directory with the Fashion-MNIST IDX files (default: env var, then Debian's path).
         image_size: resize images to this square size (``None`` keeps the native size).
+        min_image_size: upscale images smaller than this (a model's minimum input); ``None``: no minimum.
         val_fraction: share of the training data held out for validation.
         calib_size: images drawn from the training split for calibration (activation ranges).
         limit_train: keep at most this many training images (smoke runs); ``None`` keeps all.
@@ -66,6 +67,7 @@ class DatasetConfig(StrictConfig):
     name: str = "fashion-mnist"
     data_dir: str | None = None
     image_size: int | None = None
+    min_image_size: int | None = None
     val_fraction: float = 0.1
     calib_size: int = 512
     limit_train: int | None = None
@@ -79,7 +81,7 @@ class DatasetConfig(StrictConfig):
             raise DatasetError(f"unknown dataset {self.name!r}; valid datasets are {available_datasets()}")
         check_range("val_fraction", self.val_fraction, 0.0, 0.5)
         check_range("calib_size", self.calib_size, 1)
-        for field in ("image_size", "limit_train", "limit_test"):
+        for field in ("image_size", "min_image_size", "limit_train", "limit_test"):
             value = getattr(self, field)
             if value is not None:
                 check_range(field, value, 1)
@@ -132,6 +134,7 @@ class Dataset:
     calib: Split
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    native_image_size: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -161,6 +164,7 @@ class Dataset:
             "name": self.name, "source": self.source, "classes": list(self.class_names),
             "train": len(self.train), "val": len(self.val), "test": len(self.test), "calib": len(self.calib),
             "input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
+            "native_image_size": self.native_image_size,
         }
 
 
@@ -293,8 +297,10 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         n_test = max(1, int(round(0.2 * len(labels))))
         test_idx, train_idx = order[:n_test], order[n_test:]
         train_x, train_y, test_x, test_y = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
-    if cfg.image_size is not None:
-        train_x, test_x = _resize(train_x, cfg.image_size), _resize(test_x, cfg.image_size)
+    native = int(train_x.shape[2])
+    size = cfg.image_size or (cfg.min_image_size if cfg.min_image_size and native < cfg.min_image_size else None)
+    if size is not None:
+        train_x, test_x = _resize(train_x, size), _resize(test_x, size)
 
     order = rng.permutation(len(train_y))
     n_val = int(round(cfg.val_fraction * len(order)))
@@ -313,5 +319,5 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         name=cfg.name, source=source, class_names=tuple(classes),
         train=Split(train_x[fit_idx], train_y[fit_idx]), val=Split(train_x[val_idx], train_y[val_idx]),
         test=Split(test_x, test_y), calib=Split(train_x[calib_idx], train_y[calib_idx]),
-        mean=mean, std=std,
+        mean=mean, std=std, native_image_size=native,
     )

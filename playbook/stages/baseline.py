@@ -17,9 +17,18 @@ from playbook.coreml import DEPLOYMENT_TARGETS, ExportConfig, ExportResult, Pari
 from playbook.data import Dataset, DatasetConfig, load_dataset
 from playbook.measure import reference_from
 from playbook.metrics import ClassificationMetrics
+from playbook.models import model_entry
 from playbook.records import StageRecord, VariantRecord, relative
 from playbook.stages.common import SMOKE, MeasuredStageConfig, StageRun
 from playbook.train import ModelConfig, TrainConfig, TrainResult, evaluate, predict_logits, train_or_load
+
+
+# Transfer-learning budgets for pretrained models (``training`` = ``head`` or ``finetune``): a fixed number of
+# optimiser steps whatever the dataset's size, a cosine-decayed learning rate well below the from-scratch 0.1.
+# Values you set yourself (epochs, lr, batch_size) win over these.
+FINETUNE_DEFAULTS = {"head": {"steps": 600, "lr": 0.05, "batch_size": 64},
+                     "finetune": {"steps": 400, "lr": 0.01, "batch_size": 64}}
+TRAINING_MODES = ("auto", "scratch", "finetune", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +39,7 @@ class BaselineConfig(MeasuredStageConfig):
     dataset: str = "fashion-mnist"
     data_dir: str = ""
     image_size: int = 0
+    training: str = "auto"
     epochs: int = 6
     min_steps: int = 2000
     patience: int = 3
@@ -42,10 +52,13 @@ class BaselineConfig(MeasuredStageConfig):
     deployment_target: str = "iOS17"
     input_kind: str = "tensor"
     classifier: bool = False
+    max_test_images: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_choice("training", self.training, TRAINING_MODES)
         check_range("epochs", self.epochs, 0)
+        check_range("max_test_images", self.max_test_images, 0)
         check_range("image_size", self.image_size, 0)
         check_choice("precision", self.precision, ["fp16", "fp32"])
         check_choice("deployment_target", self.deployment_target, DEPLOYMENT_TARGETS)
@@ -57,21 +70,54 @@ class BaselineConfig(MeasuredStageConfig):
         self.dataset_config(), self.train_config(), self.export_config()
 
     def dataset_config(self) -> DatasetConfig:
-        extra = {"limit_train": SMOKE.limit_train, "limit_test": SMOKE.limit_test,
-                 "calib_size": SMOKE.calib_size} if self.smoke else {}
+        """The data: smoke runs shrink it; images smaller than the model's minimum input are upscaled to it;
+        ``max_test_images`` bounds the test split (and with it every stage's measuring cost)."""
+        extra: dict[str, Any] = {"limit_train": SMOKE.limit_train, "limit_test": SMOKE.limit_test,
+                                 "calib_size": SMOKE.calib_size} if self.smoke else {}
+        if self.max_test_images:
+            extra["limit_test"] = min(self.max_test_images, extra.get("limit_test", self.max_test_images))
+        entry = model_entry(self.model)
+        minimum = entry.min_image_size if entry is not None and entry.min_image_size > 1 else None
         return DatasetConfig(name=self.dataset, data_dir=self.data_dir or None, image_size=self.image_size or None,
-                             seed=self.seed, **extra)
+                             min_image_size=minimum, seed=self.seed, **extra)
+
+    def training_mode(self) -> str:
+        """``scratch``, ``finetune`` or ``head``: ``auto`` fine-tunes the classifier (head) of a model registered as
+        pretrained and trains the others from scratch.  (A user's ``checkpoint`` is used as it is: no training.)"""
+        if self.training != "auto":
+            return self.training
+        entry = model_entry(self.model)
+        return "head" if entry is not None and entry.pretrained else "scratch"
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(self.model, dict(self.model_options))
 
     def train_config(self) -> TrainConfig:
-        if self.smoke:  # the smoke policy shrinks the budget: one epoch, no step floor
-            return TrainConfig(epochs=SMOKE.epochs(self.epochs), batch_size=self.batch_size, lr=self.lr,
-                               augment=self.augment, seed=self.seed, threads=self.threads)
-        return TrainConfig(epochs=self.epochs, min_steps=self.min_steps, patience=self.patience,
-                           batch_size=self.batch_size, lr=self.lr, augment=self.augment, seed=self.seed,
-                           threads=self.threads)
+        """How to train: from scratch with the epochs/lr/min_steps/patience given, or, for a pretrained model, a
+        transfer-learning budget (``FINETUNE_DEFAULTS``) in which the values you set yourself win."""
+        mode = self.training_mode()
+        common = {"augment": self.augment, "seed": self.seed, "threads": self.threads}
+        if mode == "scratch":
+            if self.smoke:  # the smoke policy shrinks the budget: one epoch, no step floor
+                return TrainConfig(epochs=SMOKE.epochs(self.epochs), batch_size=self.batch_size, lr=self.lr, **common)
+            return TrainConfig(epochs=self.epochs, min_steps=self.min_steps, patience=self.patience,
+                               batch_size=self.batch_size, lr=self.lr, **common)
+        preset = dict(FINETUNE_DEFAULTS[mode])
+        mine = self.non_defaults()
+        if "lr" in mine:
+            preset["lr"] = self.lr
+        if "batch_size" in mine:
+            preset["batch_size"] = self.batch_size
+        steps, epochs = preset.pop("steps"), 0
+        if "epochs" in mine:
+            steps, epochs = 0, self.epochs
+        if self.smoke:
+            steps, epochs = SMOKE.steps(steps or 10 ** 6), 0
+        head = ""
+        if mode == "head":
+            entry = model_entry(self.model)
+            head = entry.head if entry is not None else "fc"
+        return TrainConfig(epochs=epochs, steps=steps, schedule="cosine", head=head, **preset, **common)
 
     def export_config(self) -> ExportConfig:
         return ExportConfig(precision=self.precision, minimum_deployment_target=self.deployment_target,
@@ -144,6 +190,7 @@ class BaselineRun(StageRun):
 
     def measure_packages(self) -> list[VariantRecord]:
         """Both packages on the five axes; FP32 is the reference every later variant is compared with."""
+        self.estimate_cost(len(self.exports), self.exports["fp32"].path)
         fp32 = self.measure("baseline-fp32", self.exports["fp32"].path,
                             "FP32 ML program: the reference for every comparison", precision="fp32",
                             deployment_target=self.cfg.deployment_target)
@@ -164,6 +211,7 @@ class BaselineRun(StageRun):
             "dataset_config": self.cfg.dataset_config().to_dict(),
             "model_config": self.cfg.model_config().to_dict(),
             "train_config": self.cfg.train_config().to_dict(),
+            "training_mode": self.cfg.training_mode(),
             "training": dataclasses.asdict(self.training),
             "pytorch": self.pytorch.to_dict(),
             "exports": {p: {**e.to_dict(), "package": {**e.package.to_dict(), "path": relative(e.path, self.model_dir)}}

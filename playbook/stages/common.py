@@ -197,6 +197,7 @@ class StageRun:
         self.warnings: list[str] = []
         self.lineage: dict[str, str] = {}
         self.record: StageRecord | None = None
+        self.cost: dict[str, Any] | None = None
         self.started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -226,6 +227,30 @@ class StageRun:
     def variant(self, name: str) -> VariantRecord | None:
         return next((v for v in self.variants if v.name == name), None)
 
+    def estimate_cost(self, n_variants: int, package: Path) -> dict[str, Any]:
+        """Say what measuring will cost before it starts: ``n_variants`` packages, each scored on every test image
+        through the prediction interface (the dominant cost for a large network on a CPU), projected from one
+        timed batch of ``package``.  Printed, kept in the record, and the way to bound it is named."""
+        data = self.dataset
+        assert data is not None
+        probe = data.test.head(min(64, len(data.test)))
+        with self.threads():
+            predict_split(package, data, probe.head(min(4, len(probe))), self.cfg.runtime)  # load and warm up
+            start = time.perf_counter()
+            predict_split(package, data, probe, self.cfg.runtime)
+        per_image = (time.perf_counter() - start) / max(len(probe), 1)
+        n = len(data.test)
+        top1 = 100.0 * float(self.reference.correct.mean()) if self.reference is not None else 90.0
+        halfwidth = 196.0 * float(np.sqrt(max(top1 / 100 * (1 - top1 / 100), 1e-4) / max(n, 1)))
+        cost = {"variants": n_variants, "test_images": n, "seconds_per_image": per_image,
+                "accuracy_seconds": n_variants * n * per_image, "top1_halfwidth_pt": halfwidth}
+        print(f"measuring {n_variants} variant(s) on {n:,} test images: about {per_image * 1000:.1f} ms per image here, "
+              f"{cost['accuracy_seconds'] / 60:.1f} min for accuracy alone (plus latency and memory). To bound it, set "
+              f"the baseline's max_test_images: the 95% interval of a top-1 near {top1:.0f}% is about "
+              f"±{halfwidth:.2f} points at {n:,} images and widens as 1/sqrt(images).")
+        self.cost = cost
+        return cost
+
     def add_pitfall(self, title: str, detail: str) -> None:
         item = {"title": title, "detail": detail}
         if item not in self.pitfalls:
@@ -239,7 +264,7 @@ class StageRun:
         """Write ``reports/<model>/<stage>.json`` (atomically) and return the record."""
         command = self.cfg.run_command()
         details = {**self.details(), "stage_seconds": time.perf_counter() - self.started,
-                   "config_fingerprint": self.cfg.fingerprint_values()}
+                   "config_fingerprint": self.cfg.fingerprint_values(), "cost_estimate": self.cost}
         if self.dataset is not None and "dataset" not in details:
             details["dataset"] = self.dataset.summary()
         self.record = StageRecord(
