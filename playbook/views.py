@@ -392,7 +392,8 @@ def plot_soft_labels(examples: dict[str, Any]) -> Chart:
 
 def plot_distillation_sweeps(sweeps: dict[str, Any]) -> Chart:
     """Validation top-1 against the temperature (log scale) and against alpha, with the scratch student as a line.
-    ``sweeps`` is ``DistillationRun.sweeps`` (rows with ``temperature``, ``alpha``, ``val_top1``, ``scratch_val_top1``)."""
+    ``sweeps`` is ``DistillationRun.sweeps``: rows with ``temperature``, ``alpha``, ``val_top1`` and
+    ``scratch_val_top1``."""
     fig, axes = _figure(10, 3.6, 2)
     for ax, which, xlabel in ((axes[0], "temperature", "temperature T (log scale)"),
                               (axes[1], "alpha", "alpha: weight of the hard-label loss")):

@@ -266,8 +266,9 @@ def test_stage_writes_a_complete_record_with_measured_student_packages(smoke_sta
         assert v["temperature"] == 4.0 and v["alpha"] == 0.5 and v["beta"] == 0.0
         assert v["student_parameters"] < v["teacher_parameters"] and v["n_test"] == raw["dataset"]["test"]
         assert (cfg.model_dir() / v["package"]).exists()
-    assert packed["recipe"]["name"] == "int8-weights" and packed["op_histogram"].get("constexpr_affine_dequantize", 0) + \
-        packed["op_histogram"].get("constexpr_blockwise_shift_scale", 0) > 0
+    ops = packed["op_histogram"]
+    assert packed["recipe"]["name"] == "int8-weights"
+    assert ops.get("constexpr_affine_dequantize", 0) + ops.get("constexpr_blockwise_shift_scale", 0) > 0
     assert packed["size_bytes"] < plain["size_bytes"] < raw["baseline"]["fp32_size_bytes"]
     assert raw["shipped"]["size_ratio_vs_teacher_fp32"] == pytest.approx(raw["baseline"]["fp32_size_bytes"] /
                                                                           packed["size_bytes"])

@@ -52,7 +52,7 @@ class DistillationConfig(MeasuredStageConfig):
     dataset: str = ""
     checkpoint: str = ""
     student: str = "resnet"
-    student_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 10})
+    student_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 8})
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
@@ -387,8 +387,9 @@ class DistillationRun(DownstreamRun):
         t = "" if s["p_value"] is None else (f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, "
                                               f"two-sided p = {s['p_value']:.3g}")
         mc = max(r["mcnemar_p"] for r in self.seed_results)
-        return (f"Over {s['n']} seeds ({self.cfg.epochs()} epochs, {len(subset(self.dataset, self.cfg.train_images).train)}"
-                f" training images, T = {self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}):"
+        images = len(subset(self.dataset, self.cfg.train_images).train)
+        return (f"Over {s['n']} seeds ({self.cfg.epochs()} epochs, {images} training images, T = "
+                f"{self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}):"
                 f" scratch {s['scratch_mean']:.2f} ± {s['scratch_std']:.2f}%, distilled {s['distilled_mean']:.2f} ± "
                 f"{s['distilled_std']:.2f}%, gain {s['gain_mean']:+.2f} ± {s['gain_std']:.2f} points; {t}. "
                 f"Distillation won in {s['wins']} of {s['n']} seeds; the largest per-seed McNemar p is {mc:.3g}.")
@@ -519,7 +520,8 @@ class DistillationRun(DownstreamRun):
         vs = v.vs_reference
         return (f"`{v.name}`: {v.size_bytes / 1e3:.1f} kB against the FP32 teacher's {self.fp32_bytes / 1e3:.1f} kB "
                 f"(**{self.fp32_bytes / v.size_bytes:.1f}x smaller**), test top-1 {v.top1:.2f}% "
-                f"[{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}] against the teacher's {self.reference.correct.mean() * 100:.2f}%: "
+                f"[{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}] against the teacher's "
+                f"{self.reference.correct.mean() * 100:.2f}%: "
                 f"**{vs.delta_top1:+.2f} points**, paired 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
                 f"{vs.p_value:.3g}. The uncompressed student ({plain.name}, {plain.size_bytes / 1e3:.1f} kB) scores "
                 f"{plain.top1:.2f}%, so compression with `{self.shipped['choice']['recipe']}` costs "
@@ -537,7 +539,8 @@ class DistillationRun(DownstreamRun):
                     f"wrong temperature: T = {worst['temperature']:g} costs {best['val_top1'] - worst['val_top1']:.2f} "
                     f"points against T = {best['temperature']:g}",
                     f"validation top-1 {worst['val_top1']:.2f}% at T = {worst['temperature']:g} vs "
-                    f"{best['val_top1']:.2f}% at T = {best['temperature']:g} (scratch {worst['scratch_val_top1']:.2f}%; "
+                    f"{best['val_top1']:.2f}% at T = {best['temperature']:g} "
+                    f"(scratch {worst['scratch_val_top1']:.2f}%; "
                     f"alpha = {worst['alpha']:g}, one seed, {self.sweep_summary()['train_images']} training images): "
                     "sweep T on validation data for each teacher-student pair")
         s = self.seed_stats
@@ -577,8 +580,9 @@ class DistillationRun(DownstreamRun):
                         "parameter_ratio": self.param_ratio, "feature_shapes": self.feature_shapes,
                         "flops": self.student_flops, "teacher_flops": self.teacher_flops},
             "objective": {**self.cfg.distill_config().to_dict(),
-                          "loss": "alpha*CE(student, labels) + (1-alpha)*T^2*KL(softmax(teacher/T) || softmax(student/T))"
-                                  + (" + beta*MSE(adapter(student features), teacher features)" if self.cfg.beta else "")},
+                          "loss": "alpha*CE(student, labels) + (1-alpha)*T^2*KL(softmax(teacher/T) || "
+                                  "softmax(student/T))" + (" + beta*MSE(adapter(student features), teacher features)"
+                                                           if self.cfg.beta else "")},
             "training": {**self.cfg.train_config(self.cfg.seeds[0]).to_dict(),
                          "train_images": len(subset(self.dataset, self.cfg.train_images).train),
                          "same_for": "scratch and distilled students of a seed: initial weights, data order, "
