@@ -18,7 +18,7 @@ from playbook.models import ModelError
 from playbook.notebooks import check_parameters
 from playbook.paths import notebooks_dir
 from playbook.records import (StageRecord, VariantRecord, read_stage_record, stale_inputs, write_stage_record)
-from playbook.train import ModelConfig, TrainConfig, build_model, fit
+from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, fit, load_checkpoint
 
 
 # --------------------------------------------------------------------------- the loss
@@ -272,6 +272,10 @@ def test_stage_writes_a_complete_record_with_measured_student_packages(smoke_sta
     assert packed["size_bytes"] < plain["size_bytes"] < raw["baseline"]["fp32_size_bytes"]
     assert raw["shipped"]["size_ratio_vs_teacher_fp32"] == pytest.approx(raw["baseline"]["fp32_size_bytes"] /
                                                                           packed["size_bytes"])
+    # the shipped student's weights are kept: they reload into the architecture and give the recorded top-1
+    student = build_model(ModelConfig("resnet", {"width": 4}), _digits_of(cfg))
+    load_checkpoint(student, cfg.model_dir() / plain["student_checkpoint"])
+    assert evaluate(student, _digits_of(cfg), _digits_of(cfg).test).top1 == pytest.approx(plain["pytorch_test_top1"])
     # the sweeps and the seed comparison
     assert [r["temperature"] for r in raw["sweeps"]["temperature"]] == [1.0, 4.0]
     assert [r["alpha"] for r in raw["sweeps"]["alpha"]] == [0.5, 0.9]
@@ -367,3 +371,10 @@ def test_torch_side_and_ios18_recipes_compress_the_student(smoke_stage):
     assert (run.out_dir / "_base" / "fp16-iOS18.mlpackage").exists()
     assert package_info(path).specification_version >= 9 and "constexpr_blockwise_shift_scale" in \
         package_info(path).op_histogram
+
+
+def _digits_of(cfg):
+    from playbook.data import DatasetConfig, load_dataset
+    from playbook.records import read_stage_record
+
+    return load_dataset(DatasetConfig.from_dict(read_stage_record(cfg.model_dir(), "baseline")["dataset_config"]))

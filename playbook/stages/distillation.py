@@ -39,7 +39,7 @@ from playbook.paths import default_cache_dir
 from playbook.records import RecordError, StageRecord, VariantRecord, read_stage_record, relative, sha256_path, \
     stale_inputs
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, fit, load_checkpoint
+from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
 from playbook.views import Table, distillation_seed_table, distillation_sweep_table
 
 FALLBACK_RECIPE = "int8-weights"
@@ -453,6 +453,11 @@ class DistillationRun(DownstreamRun):
                  "beta": self.cfg.beta, "seed": seed, "epochs": self.cfg.epochs(),
                  "train_images": len(subset(self.dataset, self.cfg.train_images).train),
                  "pytorch_test_top1": self.students[seed]["distilled"].top1}
+        weights = self.out_dir / "student.pt"  # the shipped student's weights: reload with train.load_checkpoint
+        save_checkpoint(student, weights, {"model": self.cfg.student_config().to_dict(), **{
+            k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
+            "teacher_checkpoint_sha256": self.teacher_sha256})
+        facts["student_checkpoint"] = relative(weights, self.model_dir)
         with self.threads():
             current = self.export_cfg.minimum_deployment_target
             base = self._export(student, current, f"student-{self.cfg.precision}")
@@ -526,6 +531,22 @@ class DistillationRun(DownstreamRun):
                 f"{vs.p_value:.3g}. The uncompressed student ({plain.name}, {plain.size_bytes / 1e3:.1f} kB) scores "
                 f"{plain.top1:.2f}%, so compression with `{self.shipped['choice']['recipe']}` costs "
                 f"{v.top1 - plain.top1:+.2f} points. Recipe: {self.shipped['choice']['why']}.")
+
+    # ---- chart data
+    def chart_variants(self) -> list[VariantRecord]:
+        """What the accuracy-versus-size chart plots: the baseline's packages, the compressed teachers of
+        ``quantization.json`` when that record is usable (same smoke setting, inputs unchanged), and this stage's
+        students, so a distilled student is seen next to the compressed teacher of about the same size."""
+        compressed: list[VariantRecord] = []
+        root = self.model_dir
+        if (root / "quantization.json").exists():
+            try:
+                record = read_stage_record(root, "quantization")
+                if record.smoke == self.cfg.smoke and not stale_inputs(root, record):
+                    compressed = list(record.variants)
+            except RecordError:
+                compressed = []
+        return [*self.baseline_variants, *compressed, *self.variants]
 
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:
