@@ -378,3 +378,16 @@ def _digits_of(cfg):
     from playbook.records import read_stage_record
 
     return load_dataset(DatasetConfig.from_dict(read_stage_record(cfg.model_dir(), "baseline")["dataset_config"]))
+
+
+def test_explanation_reports_the_gap_to_the_teacher_and_survives_a_single_seed(smoke_stage):
+    cfg, _, root = smoke_stage
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        run = DistillationRun(cfg.replace(seeds=[3]))
+    run.seed_results = [{"seed": 3, "scratch_top1": 40.0, "distilled_top1": 45.0, "gain": 5.0, "ci_low": 1.0,
+                         "ci_high": 9.0, "mcnemar_p": 0.01}]
+    run.seed_stats = {**paired_seed_test([40.0], [45.0]), "teacher_top1": 60.0}
+    text = run.explain_seeds()
+    assert "one seed: no test over seeds" in text and "gain +5.00 points" in text
+    assert "20.00 points above the scratch student: distillation recovered 25% of that gap" in text

@@ -372,6 +372,10 @@ class DistillationRun(DownstreamRun):
                                       "scratch_seconds": scratch.seconds, "distilled_seconds": distilled.seconds})
         self.seed_stats = paired_seed_test([r["scratch_top1"] for r in self.seed_results],
                                            [r["distilled_top1"] for r in self.seed_results])
+        teacher_top1 = float(self.reference.correct.mean() * 100.0)
+        gap = teacher_top1 - self.seed_stats["scratch_mean"]
+        self.seed_stats.update(teacher_top1=teacher_top1, teacher_gap=gap,
+                               recovered_share=self.seed_stats["gain_mean"] / gap if gap > 0 else None)
         self.timings["compare_seeds"] = time.perf_counter() - start
         return self.seed_table()
 
@@ -384,15 +388,26 @@ class DistillationRun(DownstreamRun):
         s = self.seed_stats
         if not s:
             return "The seed comparison has not run yet."
-        t = "" if s["p_value"] is None else (f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, "
-                                              f"two-sided p = {s['p_value']:.3g}")
+
+        def pm(mean: float, std: float | None) -> str:
+            return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+        t = ("one seed: no test over seeds" if s["p_value"] is None else
+             f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, two-sided p = {s['p_value']:.3g}")
         mc = max(r["mcnemar_p"] for r in self.seed_results)
         images = len(subset(self.dataset, self.cfg.train_images).train)
-        return (f"Over {s['n']} seeds ({self.cfg.epochs()} epochs, {images} training images, T = "
-                f"{self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}):"
-                f" scratch {s['scratch_mean']:.2f} ± {s['scratch_std']:.2f}%, distilled {s['distilled_mean']:.2f} ± "
-                f"{s['distilled_std']:.2f}%, gain {s['gain_mean']:+.2f} ± {s['gain_std']:.2f} points; {t}. "
+        text = (f"Over {s['n']} seed(s) ({self.cfg.epochs()} epochs, {images} training images, T = "
+                f"{self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}, augment = "
+                f"{self.cfg.augment}): scratch {pm(s['scratch_mean'], s['scratch_std'])}%, distilled "
+                f"{pm(s['distilled_mean'], s['distilled_std'])}%, gain {s['gain_mean']:+.2f}"
+                + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}") + f" points; {t}. "
                 f"Distillation won in {s['wins']} of {s['n']} seeds; the largest per-seed McNemar p is {mc:.3g}.")
+        gap = s["teacher_top1"] - s["scratch_mean"]
+        if gap > 0:
+            text += (f" The teacher's FP32 package scores {s['teacher_top1']:.2f}%, {gap:.2f} points above the scratch "
+                     f"student: distillation recovered {100 * s['gain_mean'] / gap:.0f}% of that gap, which bounds "
+                     "what any teacher of this accuracy can add.")
+        return text
 
     # ---- ship: export, compress, measure
     def choose_recipe(self) -> dict[str, Any]:
