@@ -167,10 +167,6 @@ class StudentResult:
     model: nn.Module | None = None
     correct: np.ndarray | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seed": self.seed, "temperature": self.temperature, "alpha": self.alpha,
-                "split": self.split, "top1": self.top1, "seconds": self.seconds, "final_loss": self.final_loss}
-
 
 class DistillationRun(DownstreamRun):
     """Stage 03's steps: ``architectures()``, ``soft_label_examples()``, ``cache_teacher_logits()``,
