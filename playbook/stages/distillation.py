@@ -1,0 +1,646 @@
+"""Stage 03, knowledge distillation: the baseline teaches a compact student, which is then compressed and shipped.
+
+``DistillationConfig`` is the parameter list of ``notebooks/03_distillation.ipynb``; ``DistillationRun`` holds the
+notebook's steps in order (teacher and student, soft labels, cached teacher logits, temperature and alpha sweeps,
+distilled-versus-scratch over seeds, ship); ``run_distillation`` runs them all and writes ``distillation.json``.
+
+The technique (loss, cached logits, feature term) lives in ``playbook.distill`` and knows nothing of this stage.
+The teacher is the baseline, rebuilt from ``baseline.json`` (``stages.common.load_baseline``), or the user's own
+``checkpoint``.  The compression recipe is read from ``quantization.json`` when that record exists (never by
+importing stage 02), else int8 weights.
+
+Fairness of the comparison: for each seed the student is built from the same initial weights and trained on the
+same images in the same order with the same optimiser, schedule and budget, once with plain cross-entropy
+(*scratch*) and once with the distillation loss (*distilled*); only the loss differs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from playbook.compress import CompressionError, compress_package, compress_torch, get_recipe, required_target
+from playbook.config import ConfigError, check_choice, check_range
+from playbook.coreml import ExportConfig, export_model
+from playbook.data import Dataset
+from playbook.distill import (DistillConfig, Distiller, TeacherLogits, check_temperature, feature_shape, file_sha256,
+                              paired_seed_test, soft_targets, teacher_logits)
+from playbook.metrics import compare_paired
+from playbook.models import check_model_name, count_parameters
+from playbook.paths import default_cache_dir
+from playbook.records import RecordError, StageRecord, VariantRecord, read_stage_record, relative, sha256_path, \
+    stale_inputs
+from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
+from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
+from playbook.views import Table, distillation_seed_table, distillation_sweep_table
+
+FALLBACK_RECIPE = "int8-weights"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig(MeasuredStageConfig):
+    """The parameters of ``03_distillation`` (see the notebook's parameters cell for each one's meaning)."""
+
+    dataset: str = ""
+    checkpoint: str = ""
+    student: str = "resnet"
+    student_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 8})
+    temperature: float = 4.0
+    alpha: float = 0.5
+    beta: float = 0.0
+    feature_layer: str = "stages"
+    student_epochs: int = 3
+    student_lr: float = 0.1
+    batch_size: int = 128
+    train_images: int = 0
+    augment: bool = False
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    sweep_temperatures: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    sweep_alphas: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.5, 0.9])
+    sweep_train_images: int = 10000
+    sweep_epochs: int = 2
+    recipe: str = "auto"
+    precision: str = "fp16"
+    weight_threshold: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_model_name(self.student)
+        self.distill_config()  # validates temperature (> 0), alpha ([0, 1]), beta (>= 0), feature_layer
+        check_range("student_epochs", self.student_epochs, 1)
+        check_range("student_lr", self.student_lr, 0.0)
+        if not self.student_lr > 0:
+            raise ConfigError(f"student_lr={self.student_lr!r} must be > 0")
+        check_range("batch_size", self.batch_size, 1)
+        check_range("train_images", self.train_images, 0)
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds={self.seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={self.seeds!r} must not repeat a seed (a repeat is the same run twice)")
+        for t in self.sweep_temperatures:
+            check_temperature("sweep_temperatures", t)
+        for a in self.sweep_alphas:
+            check_range("sweep_alphas", a, 0.0, 1.0)
+        check_range("sweep_train_images", self.sweep_train_images, 1)
+        check_range("sweep_epochs", self.sweep_epochs, 1)
+        if self.recipe != "auto":
+            recipe = get_recipe(self.recipe)  # unknown names raise ConfigError listing the catalogue
+            if recipe.name == "fp16":
+                raise ConfigError("recipe='fp16' compresses nothing (the student is exported in `precision` anyway); "
+                                  "choose a compression recipe or 'auto'")
+        check_choice("precision", self.precision, ["fp16", "fp32"])
+        check_range("weight_threshold", self.weight_threshold, 0)
+
+    def distill_config(self, temperature: float | None = None, alpha: float | None = None) -> DistillConfig:
+        """The objective (``temperature``/``alpha`` override the configured ones, for the sweeps)."""
+        return DistillConfig(temperature=self.temperature if temperature is None else float(temperature),
+                             alpha=self.alpha if alpha is None else float(alpha), beta=self.beta,
+                             feature_layer=self.feature_layer)
+
+    def student_config(self) -> ModelConfig:
+        return ModelConfig(self.student, dict(self.student_options))
+
+    def epochs(self) -> int:
+        """Epochs of the seed comparison (the smoke policy caps them)."""
+        return SMOKE.epochs(self.student_epochs) if self.smoke else self.student_epochs
+
+    def sweep_epoch_count(self) -> int:
+        return SMOKE.epochs(self.sweep_epochs) if self.smoke else self.sweep_epochs
+
+    def train_config(self, seed: int, sweep: bool = False) -> TrainConfig:
+        """One student training run: identical for scratch and distilled students of the same ``seed``."""
+        return TrainConfig(epochs=self.sweep_epoch_count() if sweep else self.epochs(), batch_size=self.batch_size,
+                           lr=self.student_lr, augment=self.augment, validate=False, seed=seed, threads=self.threads)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system): unlike wall time, it does not grow
+    when other processes compete for the cores, so it is the figure to compare across runs on a shared machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def forward_flops(model: nn.Module, dataset: Dataset) -> int:
+    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter`` (0 if it cannot count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(dataset.input_shape))
+        return int(counter.get_total_flops())
+    except Exception:  # a user model with ops the counter does not know: the count is optional
+        return 0
+    finally:
+        model.train(was_training)
+
+
+def subset(dataset: Dataset, n: int) -> Dataset:
+    """``dataset`` with only the first ``n`` training images (the split is already a seeded permutation, so this is
+    a random subset; positions are unchanged, so cached teacher logits still line up).  ``n = 0``: all of them."""
+    if n <= 0 or n >= len(dataset.train):
+        return dataset
+    return dataclasses.replace(dataset, train=dataset.train.head(n))
+
+
+@dataclasses.dataclass
+class StudentResult:
+    """One trained student: how it was trained and what it scored (``top1`` on ``split``)."""
+
+    kind: str  # "scratch" or "distilled"
+    seed: int
+    temperature: float | None
+    alpha: float | None
+    split: str
+    top1: float
+    seconds: float
+    final_loss: float
+    model: nn.Module | None = None
+    correct: np.ndarray | None = None
+
+
+class DistillationRun(DownstreamRun):
+    """Stage 03's steps: ``architectures()``, ``soft_label_examples()``, ``cache_teacher_logits()``,
+    ``sweep_temperature()``, ``sweep_alpha()``, ``compare_seeds()``, ``ship()``, then ``finish()``."""
+
+    stage = "distillation"
+
+    def __init__(self, cfg: DistillationConfig) -> None:
+        self._cpu_start = cpu_seconds()
+        super().__init__(cfg)
+        self.cfg: DistillationConfig = cfg
+        record = self.baseline.record
+        self.export_cfg = ExportConfig.from_dict(record["exports"]["fp32"]["config"])
+        self.teacher_checkpoint = Path(cfg.checkpoint or record["training"]["checkpoint"])
+        if cfg.checkpoint:
+            self.teacher = copy.deepcopy(self.model)
+            with self.threads():
+                load_checkpoint(self.teacher, self.teacher_checkpoint)
+            self.teacher.eval()
+            baseline_ckpt = Path(record["training"]["checkpoint"])
+            if not baseline_ckpt.exists() or file_sha256(baseline_ckpt) != file_sha256(self.teacher_checkpoint):
+                self.warnings.append(
+                    f"the teacher is checkpoint={cfg.checkpoint!r}, not the checkpoint 01_baseline exported "
+                    f"({baseline_ckpt}); every change below is still measured against the baseline's FP32 package")
+        else:
+            self.teacher = self.model
+        self.teacher_sha256 = file_sha256(self.teacher_checkpoint)
+        self.teacher_params = count_parameters(self.teacher)
+        with self.threads():
+            probe = self.build_student(cfg.seeds[0])
+        self.student_params = count_parameters(probe)
+        self.teacher_flops = forward_flops(self.teacher, self.dataset)
+        self.student_flops = forward_flops(probe, self.dataset)
+        self.example = self.dataset.to_tensor(self.dataset.calib.images[:2])
+        if cfg.beta > 0:  # fail early, with the field's name, when the feature layer does not fit
+            self.feature_shapes = {"student": list(feature_shape(probe, cfg.feature_layer, self.example)[1:]),
+                                   "teacher": list(feature_shape(self.teacher, cfg.feature_layer, self.example)[1:])}
+        else:
+            self.feature_shapes = None
+        self.logits: TeacherLogits | None = None
+        self.sweeps: dict[str, list[dict[str, Any]]] = {"temperature": [], "alpha": []}
+        self.sweep_scratch: StudentResult | None = None
+        self._sweep_memo: dict[tuple[float, float], StudentResult] = {}
+        self.seed_results: list[dict[str, Any]] = []
+        self.seed_stats: dict[str, Any] | None = None
+        self.students: dict[int, dict[str, StudentResult]] = {}
+        self.shipped: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}
+
+    # ---- the two networks
+    def build_student(self, seed: int) -> nn.Module:
+        """A freshly initialised student: the initial weights depend only on ``seed``."""
+        torch.manual_seed(seed)
+        return build_model(self.cfg.student_config(), self.dataset)
+
+    @property
+    def param_ratio(self) -> float:
+        return self.student_params / self.teacher_params
+
+    def architectures(self) -> Table:
+        """Teacher and student side by side: architecture, knobs, parameters, share of the teacher."""
+        teacher_cfg = self.baseline.record["model_config"]
+        rows = [{"role": "teacher", "architecture": teacher_cfg["name"], "options": teacher_cfg.get("knobs") or {},
+                 "parameters": self.teacher_params, "share of teacher": 1.0, "FLOPs per image": self.teacher_flops,
+                 "weights": f"{self.teacher_checkpoint.name} (sha256 {self.teacher_sha256[:12]})"},
+                {"role": "student", "architecture": self.cfg.student, "options": dict(self.cfg.student_options),
+                 "parameters": self.student_params, "share of teacher": self.param_ratio,
+                 "FLOPs per image": self.student_flops, "weights": "trained here"}]
+        if self.feature_shapes:
+            rows[0]["feature map"] = "x".join(map(str, self.feature_shapes["teacher"]))
+            rows[1]["feature map"] = "x".join(map(str, self.feature_shapes["student"]))
+        return Table(rows)
+
+    # ---- what the teacher says
+    def soft_label_examples(self, count: int = 3) -> dict[str, Any]:
+        """The teacher's logits on the first test image of ``count`` different classes, for the soft-label plot."""
+        labels = self.dataset.test.labels
+        picks: list[int] = []
+        for i, y in enumerate(labels):
+            if int(y) not in {int(labels[j]) for j in picks}:
+                picks.append(i)
+            if len(picks) == count:
+                break
+        with self.threads(), torch.inference_mode():
+            logits = self.teacher.eval()(self.dataset.to_tensor(self.dataset.test.images[picks])).numpy()
+        temps = sorted(set(self.cfg.sweep_temperatures) | {1.0, self.cfg.temperature})
+        return {"images": self.dataset.test.images[picks], "labels": [int(labels[i]) for i in picks],
+                "logits": logits, "temperatures": temps, "class_names": list(self.dataset.class_names),
+                "probabilities": {t: soft_targets(logits, t) for t in temps}}
+
+    def cache_teacher_logits(self, progress: bool = True) -> TeacherLogits:
+        """The teacher's logits on every training image, from the on-disk cache or computed once now."""
+        start = time.perf_counter()
+        with self.threads():
+            self.logits = teacher_logits(self.teacher, self.dataset, self.teacher_sha256,
+                                         default_cache_dir(), progress=progress)
+        self.timings["teacher_logits"] = time.perf_counter() - start
+        return self.logits
+
+    # ---- training one student
+    def train_student(self, seed: int, distill: bool, temperature: float | None = None, alpha: float | None = None,
+                      sweep: bool = False) -> StudentResult:
+        """Train one student (``distill=False``: plain cross-entropy) and score it: on the validation split for the
+        sweeps (the test split stays out of every choice), on the test split for the seed comparison."""
+        data = subset(self.dataset, self.cfg.sweep_train_images if sweep else self.cfg.train_images)
+        train_cfg = self.cfg.train_config(seed, sweep)
+        start = time.perf_counter()
+        with self.threads():
+            student = self.build_student(seed)
+            if distill:
+                if self.logits is None and not self.cfg.augment:
+                    self.cache_teacher_logits(progress=False)
+                dcfg = self.cfg.distill_config(temperature, alpha)
+                cached = None if self.cfg.augment else self.logits.logits  # augmented images: the teacher runs live
+                distiller = Distiller(student, self.teacher, dcfg, self.example, cached_logits=cached)
+                result = fit(distiller, data, train_cfg, progress=False, loss_fn=distiller.loss)
+            else:
+                result = fit(student, data, train_cfg, progress=False)
+            split = self.dataset.val if sweep and len(self.dataset.val) else self.dataset.test
+            metrics = evaluate(student, self.dataset, split)
+        return StudentResult(
+            kind="distilled" if distill else "scratch", seed=seed,
+            temperature=(temperature if temperature is not None else self.cfg.temperature) if distill else None,
+            alpha=(alpha if alpha is not None else self.cfg.alpha) if distill else None,
+            split="val" if split is self.dataset.val else "test", top1=metrics.top1,
+            seconds=time.perf_counter() - start, final_loss=float(np.mean(result.losses[-20:])), model=student.eval(),
+            correct=np.asarray(metrics.correct, dtype=bool))
+
+    # ---- sweeps (one seed, a training subset, validation split)
+    def _sweep_point(self, temperature: float, alpha: float) -> StudentResult:
+        key = (float(temperature), float(alpha))
+        if key not in self._sweep_memo:
+            self._sweep_memo[key] = self.train_student(self.cfg.seeds[0], True, temperature, alpha, sweep=True)
+        return self._sweep_memo[key]
+
+    def _sweep_reference(self) -> StudentResult:
+        if self.sweep_scratch is None:
+            self.sweep_scratch = self.train_student(self.cfg.seeds[0], False, sweep=True)
+        return self.sweep_scratch
+
+    def sweep_temperature(self) -> Table:
+        """Validation top-1 of students distilled at each of ``sweep_temperatures`` (``alpha`` fixed), one seed,
+        ``sweep_train_images`` training images, ``sweep_epochs`` epochs; the scratch student is the reference."""
+        start = time.perf_counter()
+        scratch = self._sweep_reference()
+        self.sweeps["temperature"] = [self._sweep_row(self._sweep_point(t, self.cfg.alpha), scratch)
+                                      for t in self.cfg.sweep_temperatures]
+        self.timings["sweep_temperature"] = time.perf_counter() - start
+        return self.sweep_table("temperature")
+
+    def sweep_alpha(self) -> Table:
+        """Validation top-1 of students distilled with each of ``sweep_alphas`` at the configured ``temperature``."""
+        start = time.perf_counter()
+        scratch = self._sweep_reference()
+        self.sweeps["alpha"] = [self._sweep_row(self._sweep_point(self.cfg.temperature, a), scratch)
+                                for a in self.cfg.sweep_alphas]
+        self.timings["sweep_alpha"] = time.perf_counter() - start
+        return self.sweep_table("alpha")
+
+    def _sweep_row(self, r: StudentResult, scratch: StudentResult) -> dict[str, Any]:
+        return {"temperature": r.temperature, "alpha": r.alpha, "val_top1": r.top1, "scratch_val_top1": scratch.top1,
+                "gain": r.top1 - scratch.top1, "seconds": r.seconds, "final_loss": r.final_loss}
+
+    def sweep_table(self, which: str) -> Table:
+        """One sweep (``temperature`` or ``alpha``) as a table."""
+        return distillation_sweep_table(self.sweeps[which])
+
+    def sweep_summary(self) -> dict[str, Any]:
+        """What the sweeps say (for the narrative and the record), with the measured figures."""
+        out: dict[str, Any] = {"seed": self.cfg.seeds[0], "epochs": self.cfg.sweep_epoch_count(),
+                               "train_images": len(subset(self.dataset, self.cfg.sweep_train_images).train),
+                               "split": "val" if len(self.dataset.val) else "test",
+                               "scratch_val_top1": self.sweep_scratch.top1 if self.sweep_scratch else None}
+        for which in ("temperature", "alpha"):
+            rows = self.sweeps[which]
+            if rows:
+                best = max(rows, key=lambda r: r["val_top1"])
+                worst = min(rows, key=lambda r: r["val_top1"])
+                out[which] = {"best": best[which], "best_val_top1": best["val_top1"], "worst": worst[which],
+                              "worst_val_top1": worst["val_top1"], "spread": best["val_top1"] - worst["val_top1"]}
+        return out
+
+    # ---- the fair comparison
+    def compare_seeds(self) -> Table:
+        """For each seed, the same student from the same initial weights and data order, trained with plain
+        cross-entropy and with distillation; test top-1, McNemar's exact test per seed, paired t-test over seeds."""
+        start = time.perf_counter()
+        self.seed_results = []
+        for seed in self.cfg.seeds:
+            scratch = self.train_student(seed, distill=False)
+            distilled = self.train_student(seed, distill=True)
+            self.students[seed] = {"scratch": scratch, "distilled": distilled}
+            paired = compare_paired(scratch.correct, distilled.correct, resamples=self.mcfg.bootstrap_resamples)
+            self.seed_results.append({"seed": seed, "scratch_top1": scratch.top1, "distilled_top1": distilled.top1,
+                                      "gain": distilled.top1 - scratch.top1, "ci_low": paired.ci_low,
+                                      "ci_high": paired.ci_high, "mcnemar_p": paired.p_value,
+                                      "only_scratch_correct": paired.only_reference_correct,
+                                      "only_distilled_correct": paired.only_variant_correct,
+                                      "scratch_seconds": scratch.seconds, "distilled_seconds": distilled.seconds})
+        self.seed_stats = paired_seed_test([r["scratch_top1"] for r in self.seed_results],
+                                           [r["distilled_top1"] for r in self.seed_results])
+        teacher_top1 = float(self.reference.correct.mean() * 100.0)
+        gap = teacher_top1 - self.seed_stats["scratch_mean"]
+        self.seed_stats.update(teacher_top1=teacher_top1, teacher_gap=gap,
+                               recovered_share=self.seed_stats["gain_mean"] / gap if gap > 0 else None)
+        self.timings["compare_seeds"] = time.perf_counter() - start
+        return self.seed_table()
+
+    def seed_table(self) -> Table:
+        """Per-seed test top-1 of both students, the gains, and mean ± std with the paired t-test."""
+        return distillation_seed_table(self.seed_results, self.seed_stats)
+
+    def explain_seeds(self) -> str:
+        """One paragraph with the measured comparison (for the notebook's markdown)."""
+        s = self.seed_stats
+        if not s:
+            return "The seed comparison has not run yet."
+
+        def pm(mean: float, std: float | None) -> str:
+            return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+        t = ("one seed: no test over seeds" if s["p_value"] is None else
+             f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, two-sided p = {s['p_value']:.3g}")
+        mc = max(r["mcnemar_p"] for r in self.seed_results)
+        images = len(subset(self.dataset, self.cfg.train_images).train)
+        text = (f"Over {s['n']} seed(s) ({self.cfg.epochs()} epochs, {images} training images, T = "
+                f"{self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}, augment = "
+                f"{self.cfg.augment}): scratch {pm(s['scratch_mean'], s['scratch_std'])}%, distilled "
+                f"{pm(s['distilled_mean'], s['distilled_std'])}%, gain {s['gain_mean']:+.2f}"
+                + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}") + f" points; {t}. "
+                f"Distillation won in {s['wins']} of {s['n']} seeds; the largest per-seed McNemar p is {mc:.3g}.")
+        gap = s["teacher_top1"] - s["scratch_mean"]
+        if gap > 0:
+            text += (f" The teacher's FP32 package scores {s['teacher_top1']:.2f}%, {gap:.2f} points above the scratch "
+                     f"student: distillation recovered {100 * s['gain_mean'] / gap:.0f}% of that gap, which bounds "
+                     "what any teacher of this accuracy can add.")
+        return text
+
+    # ---- ship: export, compress, measure
+    def choose_recipe(self) -> dict[str, Any]:
+        """The compression recipe: ``recipe``, or for ``auto`` the smallest variant of ``quantization.json`` that
+        met that stage's accuracy budget (a recipe name as run there, not a ``-keep`` variant, whose exceptions
+        name the teacher's layers); ``int8-weights`` when there is no usable record."""
+        if self.cfg.recipe != "auto":
+            return {"recipe": self.cfg.recipe, "why": "set by the `recipe` parameter", "source": None}
+        root = self.model_dir
+        if not (root / "quantization.json").exists():
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": "no quantization.json (stage 02 has not run): int8 weights, the recipe coremltools "
+                           "documents as nearly lossless"}
+        try:
+            record = read_stage_record(root, "quantization")
+        except RecordError as exc:
+            return {"recipe": FALLBACK_RECIPE, "source": None, "why": f"quantization.json unreadable ({exc})"}
+        if record.smoke != self.cfg.smoke:
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": f"quantization.json was made with smoke={record.smoke}, this run has smoke={self.cfg.smoke}"}
+        stale = stale_inputs(root, record)
+        if stale:
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": f"quantization.json is stale (inputs changed: {', '.join(stale)}); re-run 02"}
+        candidates = [v for v in record.variants if v.get("within_budget") and isinstance(v.get("recipe"), dict)
+                      and v.name == v.get("recipe").get("name") and v.get("recipe")["name"] != "fp16"]
+        if not candidates:
+            return {"recipe": FALLBACK_RECIPE, "source": "quantization.json",
+                    "why": "no recipe of quantization.json met its accuracy budget"}
+        best = min(candidates, key=lambda v: (v.size_bytes or 0, -(v.top1 or 0.0)))
+        self.lineage["quantization.json"] = sha256_path(root / "quantization.json")
+        qcfg = record.config
+        measured = ", ".join(([f"{best.size_mb:.3f} MB"] if best.size_mb is not None else [])
+                             + ([f"{best.delta_top1:+.2f} points on the teacher"] if best.delta_top1 is not None
+                                else []))
+        return {"recipe": best.name, "source": "quantization.json",
+                "why": f"the smallest package of quantization.json within its {record.get('accuracy_budget')}-point "
+                       f"budget" + (f": {measured}" if measured else ""),
+                "teacher_delta_top1": best.delta_top1, "teacher_size_bytes": best.size_bytes,
+                "finetune": {"steps": int(qcfg.get("finetune_steps", 200)),
+                             "lr": float(qcfg.get("finetune_lr", 0.002)),
+                             "batch_size": int(qcfg.get("batch_size", 64)), "seed": int(qcfg.get("seed", 0))}}
+
+    def ship(self) -> list[VariantRecord]:
+        """Export the distilled student of the first seed (fixed in advance: no choice on the test split), compress
+        it with the chosen recipe, and measure both packages like every other variant."""
+        if not self.students:
+            raise RuntimeError("DistillationRun: call compare_seeds() before ship()")
+        start = time.perf_counter()
+        seed = self.cfg.seeds[0]
+        student = self.students[seed]["distilled"].model
+        choice = self.choose_recipe()
+        recipe = get_recipe(choice["recipe"])
+        facts = {"technique": "distillation", "teacher": self.baseline.record["model_config"],
+                 "teacher_parameters": self.teacher_params, "student": self.cfg.student,
+                 "student_options": dict(self.cfg.student_options), "student_parameters": self.student_params,
+                 "parameter_ratio": self.param_ratio, "temperature": self.cfg.temperature, "alpha": self.cfg.alpha,
+                 "beta": self.cfg.beta, "seed": seed, "epochs": self.cfg.epochs(),
+                 "train_images": len(subset(self.dataset, self.cfg.train_images).train),
+                 "pytorch_test_top1": self.students[seed]["distilled"].top1}
+        weights = self.out_dir / "student.pt"  # the shipped student's weights: reload with train.load_checkpoint
+        save_checkpoint(student, weights, {"model": self.cfg.student_config().to_dict(), **{
+            k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
+            "teacher_checkpoint_sha256": self.teacher_sha256})
+        facts["student_checkpoint"] = relative(weights, self.model_dir)
+        with self.threads():
+            current = self.export_cfg.minimum_deployment_target
+            base = self._export(student, current, f"student-{self.cfg.precision}")
+        plain = self.measure(f"student-{self.cfg.precision}", base,
+                             f"distilled {self.cfg.student} student ({self.student_params:,} parameters, "
+                             f"{self.param_ratio:.0%} of the teacher), {self.cfg.precision.upper()}, uncompressed",
+                             **facts, recipe=None, precision=self.cfg.precision, deployment_target=current,
+                             size_ratio_vs_fp32=self.fp32_bytes / max(1, self._size(base)))
+        target = required_target(current, recipe.min_target)
+        name = f"student-{recipe.name}"
+        try:
+            with self.threads():
+                path, compress_details = self._compress(student, recipe, target, base if target == current else None,
+                                                        choice, name)
+        except CompressionError as exc:
+            self.add_pitfall(f"{recipe.name} refused on the student", f"{exc.coremltools_message} -- {exc.hint}")
+            self.shipped = {"choice": choice, "variants": [plain.name], "refused": exc.to_dict()}
+            return [plain]
+        packed = self.measure(name, path, f"distilled {self.cfg.student} student compressed with {recipe.name}: "
+                                          f"{recipe.description}",
+                              **facts, recipe=recipe.to_dict(), precision=recipe.precision or self.cfg.precision,
+                              deployment_target=target, weight_threshold=self.cfg.weight_threshold,
+                              size_ratio_vs_fp32=self.fp32_bytes / max(1, self._size(path)), details=compress_details)
+        self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
+                        "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
+                        "delta_top1_vs_teacher_fp32": packed.delta_top1,
+                        "compression_delta_top1": packed.top1 - plain.top1}
+        self.timings["ship"] = time.perf_counter() - start
+        return [plain, packed]
+
+    def _export(self, student: nn.Module, target: str, stem: str, precision: str | None = None,
+                folder: Path | None = None) -> Path:
+        cfg = self.export_cfg.replace(precision=precision or self.cfg.precision, minimum_deployment_target=target)
+        return export_model(student, self.dataset, cfg, folder or self.out_dir, stem,
+                            metadata={"playbook.stage": "distillation", "playbook.model": self.cfg.model,
+                                      "playbook.student": self.cfg.student, "playbook.variant": stem}).path
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+    def _compress(self, student: nn.Module, recipe: Any, target: str, base: Path | None, choice: dict[str, Any],
+                  name: str) -> tuple[Path, dict[str, Any]]:
+        precision = recipe.precision or self.cfg.precision
+        if recipe.side == "coreml":
+            if base is None or precision != self.cfg.precision:
+                base = self._export(student, target, f"{precision}-{target}", precision, self.out_dir / "_base")
+            made = compress_package(recipe, base, self.out_dir, name, self.cfg.weight_threshold)
+            return made.path, {"messages": list(made.messages), "compress_seconds": made.seconds}
+        ft = choice.get("finetune") or {"steps": 200, "lr": 0.002, "batch_size": 64, "seed": 0}
+        steps = SMOKE.steps(ft["steps"]) if self.cfg.smoke else ft["steps"]
+        tc = compress_torch(recipe, student, self.dataset, steps, ft["lr"], ft["batch_size"],
+                            self.cfg.weight_threshold, ft["seed"])
+        with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+            path = self._export(tc.model, target, name, precision)
+        return path, {**tc.details, "compress_seconds": tc.seconds, "finetune_steps": tc.finetune_steps}
+
+    def explain_shipped(self) -> str:
+        """The stacked result in one paragraph: size against the FP32 teacher, accuracy against it."""
+        if not self.shipped or "shipped" not in self.shipped:
+            return "No compressed student was measured (see the pitfalls)."
+        v = self.variant(self.shipped["shipped"])
+        plain = self.variant(self.shipped["variants"][0])
+        vs = v.vs_reference
+        return (f"`{v.name}`: {v.size_bytes / 1e3:.1f} kB against the FP32 teacher's {self.fp32_bytes / 1e3:.1f} kB "
+                f"(**{self.fp32_bytes / v.size_bytes:.1f}x smaller**), test top-1 {v.top1:.2f}% "
+                f"[{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}] against the teacher's "
+                f"{self.reference.correct.mean() * 100:.2f}%: "
+                f"**{vs.delta_top1:+.2f} points**, paired 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
+                f"{vs.p_value:.3g}. The uncompressed student ({plain.name}, {plain.size_bytes / 1e3:.1f} kB) scores "
+                f"{plain.top1:.2f}%, so compression with `{self.shipped['choice']['recipe']}` costs "
+                f"{v.top1 - plain.top1:+.2f} points. Recipe: {self.shipped['choice']['why']}.")
+
+    # ---- chart data
+    def chart_variants(self) -> list[VariantRecord]:
+        """What the accuracy-versus-size chart plots: the baseline's packages, the compressed teachers of
+        ``quantization.json`` when that record is usable (same smoke setting, inputs unchanged), and this stage's
+        students, so a distilled student is seen next to the compressed teacher of about the same size."""
+        compressed: list[VariantRecord] = []
+        root = self.model_dir
+        if (root / "quantization.json").exists():
+            try:
+                record = read_stage_record(root, "quantization")
+                if record.smoke == self.cfg.smoke and not stale_inputs(root, record):
+                    compressed = list(record.variants)
+            except RecordError:
+                compressed = []
+        return [*self.baseline_variants, *compressed, *self.variants]
+
+    # ---- pitfalls and the record
+    def collect_pitfalls(self) -> list[dict[str, str]]:
+        """Pitfalls this run met, each with the measured numbers."""
+        rows = self.sweeps["temperature"]
+        if len(rows) >= 2:
+            best = max(rows, key=lambda r: r["val_top1"])
+            worst = min(rows, key=lambda r: r["val_top1"])
+            if best["val_top1"] - worst["val_top1"] >= 0.5:
+                self.add_pitfall(
+                    f"wrong temperature: T = {worst['temperature']:g} costs {best['val_top1'] - worst['val_top1']:.2f} "
+                    f"points against T = {best['temperature']:g}",
+                    f"validation top-1 {worst['val_top1']:.2f}% at T = {worst['temperature']:g} vs "
+                    f"{best['val_top1']:.2f}% at T = {best['temperature']:g} "
+                    f"(scratch {worst['scratch_val_top1']:.2f}%; "
+                    f"alpha = {worst['alpha']:g}, one seed, {self.sweep_summary()['train_images']} training images): "
+                    "sweep T on validation data for each teacher-student pair")
+        s = self.seed_stats
+        if s and (s["gain_mean"] < 1.0 or s["p_value"] is None or s["p_value"] >= 0.01):
+            self.add_pitfall(
+                "distillation's gain is small or not established over seeds",
+                f"gain {s['gain_mean']:+.2f} ± {s['gain_std']:.2f} points over {s['n']} seeds, paired t-test p = "
+                f"{s['p_value'] if s['p_value'] is None else format(s['p_value'], '.3g')}: more seeds, more epochs, "
+                "another temperature or the feature term (beta) before concluding")
+        if self.param_ratio > 0.2:
+            self.add_pitfall("the student is more than 1/5 of the teacher",
+                             f"{self.student_params:,} vs {self.teacher_params:,} parameters ({self.param_ratio:.0%}): "
+                             "the size gain comes mostly from compression, not from distillation")
+        if self.shipped and "shipped" in self.shipped:
+            choice = self.shipped["choice"]
+            student_cost = self.shipped["compression_delta_top1"]
+            teacher_cost = choice.get("teacher_delta_top1")
+            if teacher_cost is not None and student_cost < teacher_cost - 0.5:
+                self.add_pitfall(
+                    f"{choice['recipe']} hurts the small student more than the teacher",
+                    f"{student_cost:+.2f} points on the student against {teacher_cost:+.2f} on the teacher: small "
+                    "networks have less redundancy; try int8 weights (recipe='int8-weights') for the student")
+        return self.pitfalls
+
+    def details(self) -> dict[str, Any]:
+        teacher_cfg = self.baseline.record["model_config"]
+        return {
+            "dataset": self.dataset.summary(),
+            "baseline": {"record": "baseline.json", "fp32_package": relative(self.baseline.fp32_package,
+                                                                              self.model_dir),
+                         "fp32_size_bytes": self.fp32_bytes, "fp32_top1": self.reference.correct.mean() * 100.0},
+            "reference_variant": self.reference.name,
+            "teacher": {"architecture": teacher_cfg, "parameters": self.teacher_params,
+                        "checkpoint": str(self.teacher_checkpoint), "checkpoint_sha256": self.teacher_sha256,
+                        "user_checkpoint": bool(self.cfg.checkpoint)},
+            "student": {"architecture": self.cfg.student_config().to_dict(), "parameters": self.student_params,
+                        "parameter_ratio": self.param_ratio, "feature_shapes": self.feature_shapes,
+                        "flops": self.student_flops, "teacher_flops": self.teacher_flops},
+            "objective": {**self.cfg.distill_config().to_dict(),
+                          "loss": "alpha*CE(student, labels) + (1-alpha)*T^2*KL(softmax(teacher/T) || "
+                                  "softmax(student/T))" + (" + beta*MSE(adapter(student features), teacher features)"
+                                                           if self.cfg.beta else "")},
+            "training": {**self.cfg.train_config(self.cfg.seeds[0]).to_dict(),
+                         "train_images": len(subset(self.dataset, self.cfg.train_images).train),
+                         "same_for": "scratch and distilled students of a seed: initial weights, data order, "
+                                     "optimiser, schedule, epochs"},
+            "teacher_logits": self.logits.to_dict() if self.logits else None,
+            "sweeps": {**self.sweeps, "summary": self.sweep_summary()},
+            "seeds": self.seed_results,
+            "seed_statistics": self.seed_stats,
+            "shipped": self.shipped,
+            "timings": self.timings,
+            "cpu_seconds": cpu_seconds() - self._cpu_start,
+            "threads": self.cfg.work_threads() or torch.get_num_threads(),
+        }
+
+    def finish(self) -> StageRecord:
+        self.collect_pitfalls()
+        return super().finish()
+
+
+def run_distillation(cfg: DistillationConfig) -> StageRecord:
+    """The whole stage without the notebook, the same steps in the same order as ``03_distillation``."""
+    run = DistillationRun(cfg)
+    run.soft_label_examples()
+    run.cache_teacher_logits(progress=False)
+    run.sweep_temperature()
+    run.sweep_alpha()
+    run.compare_seeds()
+    run.ship()
+    return run.finish()
