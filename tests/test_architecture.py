@@ -14,7 +14,8 @@ from playbook.architectures import (FEATURES, RULES, ComputePlanUnavailable, OpF
 from playbook.config import ConfigError
 from playbook.coreml import ct
 from playbook.records import read_stage_record
-from playbook.stages.architecture import ArchitectureConfig, ArchitectureRun, parse_family, run_architecture
+from playbook.stages.architecture import (ArchitectureConfig, ArchitectureRun, parse_family, run_architecture,
+                                          train_families)
 from playbook.stages.baseline import BaselineConfig, run_baseline
 from playbook.views import scan_findings_table, scan_overview_table
 
@@ -251,13 +252,33 @@ def test_stage_trains_measures_and_scans_every_family(stage):
         assert not record["compute_plans"]["available"] and "macOS" in record["compute_plans"]["reason"]
 
 
-def test_stage_trains_in_worker_processes_then_reads_the_cache(stage):
+def test_stage_trains_in_process_in_smoke_runs_then_reads_the_cache(stage):
     cfg, record = stage
-    processes = {name: fam["training"]["process"] for name, fam in record["families"].items()}
-    assert processes == {"squeezenet-w8": "worker", "resnet-w4": "worker"}
+    assert {name: fam["training"]["process"] for name, fam in record["families"].items()} == {
+        "squeezenet-w8": "main", "resnet-w4": "main"}
     again = ArchitectureRun(cfg)  # same config, same cache: nothing is trained again
     again.train(progress=False)
     assert all(t["from_cache"] and t["process"] == "main" for t in again.training.values())
+
+
+def test_families_train_in_worker_processes_into_the_cache(tmp_path, monkeypatch):
+    from playbook.data import DatasetConfig, load_dataset
+    from playbook.train import TrainConfig
+
+    monkeypatch.setenv("PLAYBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    families = [parse_family("squeezenet:width=8"), parse_family("mobilenetv2:width=4")]
+    data_cfg = DatasetConfig(name="digits", calib_size=32, limit_train=512)
+    small = load_dataset(data_cfg)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    first = train_families(families, small, data_cfg.to_dict(), cfg, jobs=2)
+    assert {name: facts["process"] for name, (_, facts) in first.items()} == {
+        "squeezenet-w8": "worker", "mobilenetv2-w4": "worker"}
+    assert all(not facts["from_cache"] for _, facts in first.values())
+    again = train_families(families, small, data_cfg.to_dict(), cfg, jobs=2)
+    assert all(facts["from_cache"] and facts["process"] == "main" for _, facts in again.values())
+    for name in first:  # the worker's weights are the ones the parent loads
+        a, b = first[name][0].state_dict(), again[name][0].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stage_record_is_written_and_readable(stage):

@@ -53,7 +53,8 @@ FAMILY_NAMES = ("resnet", "mobilenetv2", "squeezenet", "efficientnet")
 DEFAULT_FAMILIES = ("resnet:width=11", "mobilenetv2:width=8", "mobilenetv2:width=11", "squeezenet:width=12",
                     "squeezenet:width=16", "efficientnet:width=8", "efficientnet:width=10")
 # What smoke=True shrinks here (the shared SMOKE policy shrinks data, epochs and repeats): one small width per
-# family, efficientnet-lite0 at 64 px on 4 photos with the first recipe only.  Every step still runs.
+# family, trained in this process, efficientnet-lite0 at 64 px on 4 photos with the first recipe only.  Every step
+# still runs (the worker-process path is exercised by tests/test_architecture.py).
 SMOKE_FAMILIES = ("resnet:width=8", "mobilenetv2:width=8", "squeezenet:width=8", "efficientnet:width=8")
 SMOKE_LITE0_IMAGE_SIZE = 64
 SMOKE_LITE0_PHOTOS = 4
@@ -118,7 +119,7 @@ class ArchitectureConfig(MeasuredStageConfig):
     max_param_ratio: float = 0.25
     lite0: bool = True
     lite0_recipes: list[str] = dataclasses.field(
-        default_factory=lambda: ["int8-weights", "palettize-4bit", "palettize-6bit"])
+        default_factory=lambda: ["int8-weights", "palettize-4bit"])
     photos_dir: str = ""
     compute_units: str = "CPU_AND_NE"
 
@@ -137,7 +138,7 @@ class ArchitectureConfig(MeasuredStageConfig):
             raise ConfigError(f"max_param_ratio={self.max_param_ratio!r} must be above 0 (e.g. 0.25 for a quarter)")
         for name in self.lite0_recipes:
             recipe = get_recipe(name)
-            if recipe.side != "coreml" or recipe.min_target not in ("", "iOS15", "iOS16", "iOS17"):
+            if recipe.side != "coreml" or not recipe.steps or recipe.min_target not in ("iOS15", "iOS16", "iOS17"):
                 raise ConfigError(f"lite0_recipes entry {name!r} must be a Core ML-side recipe that works on an iOS17 "
                                   "program (e.g. int8-weights, palettize-4bit, palettize-6bit, prune-50)")
         if self.photos_dir and not Path(self.photos_dir).expanduser().is_dir():
@@ -172,6 +173,43 @@ def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_
     data = _load_dataset(_DatasetConfig.from_dict(dataset_cfg))
     _, result = train_or_load(ModelConfig.from_dict(model_cfg), data, TrainConfig.from_dict(train_cfg), progress=False)
     return dataclasses.asdict(result)
+
+
+def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[str, Any], train_cfg: Any, jobs: int = 2,
+                   threads: int = 0, progress: bool = False) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every family trained with ``train_cfg`` through the checkpoint cache: ``{name: (model, training facts)}``.
+
+    Families not yet in the cache train ``jobs`` at a time in worker processes (``spawn``), one torch thread each,
+    when ``jobs`` >= 2 and at least two need training; then every model is loaded here (from the cache, or trained
+    here with ``threads`` torch threads).  The per-epoch validation pass is skipped: it changes neither the weights
+    nor the cache key.  ``training facts`` is ``TrainResult`` as a dict plus ``process``: ``worker`` or ``main``.
+    """
+    from tqdm.auto import tqdm
+
+    from playbook.env import torch_threads
+    from playbook.paths import default_cache_dir
+    from playbook.train import ModelConfig, cache_key, train_or_load
+
+    cfg = train_cfg.replace(validate=False)
+    configs = {f.name: ModelConfig(f.family, dict(f.knobs)) for f in families}
+    uncached = [f for f in families if not (default_cache_dir() / f"{cache_key(configs[f.name], dataset, cfg)}.pt")
+                .exists()]
+    facts: dict[str, dict[str, Any]] = {}
+    workers = min(jobs, len(uncached))
+    if workers >= 2:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
+                                   cfg.replace(threads=1).to_dict()): f for f in uncached}
+            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
+                               disable=not progress):
+                facts[futures[future].name] = {**future.result(), "process": "worker"}
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    with torch_threads(threads):
+        for f in families:
+            model, result = train_or_load(configs[f.name], dataset, cfg.replace(threads=threads), progress=progress)
+            out[f.name] = (model, facts.get(f.name) or {**dataclasses.asdict(result), "process": "main"})
+    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -249,7 +287,8 @@ class ArchitectureRun(DownstreamRun):
 
         With ``train_jobs`` >= 2 families train side by side, each in its own process with one torch thread
         (small networks use two processes better than two threads); the models are then read back from the cache.
-        Families already in the cache are loaded without starting any process.
+        Families already in the cache are loaded without starting any process.  The per-epoch validation pass is
+        skipped (it does not change the weights, nor the cache key): the test split measures every family.
         """
         if not self.facts:
             self.plan()
@@ -258,36 +297,13 @@ class ArchitectureRun(DownstreamRun):
         return self.training_table()
 
     def _train(self, progress: bool) -> None:
-        from tqdm.auto import tqdm
-
-        from playbook.paths import default_cache_dir
-        from playbook.train import ModelConfig, cache_key, train_or_load
-
-        dataset_cfg = self.baseline.record["dataset_config"]
-
-        def cached(f: Family) -> bool:
-            key = cache_key(ModelConfig(f.family, dict(f.knobs)), self.dataset, self.train_cfg)
-            return (default_cache_dir() / f"{key}.pt").exists()
-
-        uncached = [f for f in self.families if not cached(f)]
-        jobs = min(self.cfg.train_jobs, len(uncached))
-        if jobs >= 2:
-            worker_cfg = self.train_cfg.replace(threads=1).to_dict()
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                futures = {pool.submit(_train_worker, ModelConfig(f.family, dict(f.knobs)).to_dict(), dataset_cfg,
-                                       worker_cfg): f for f in uncached}
-                for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
-                                   disable=not progress):
-                    fam = futures[future]
-                    self.training[fam.name] = {**future.result(), "process": "worker"}
-        with self.threads():
-            for fam in self.families:
-                model, result = train_or_load(ModelConfig(fam.family, dict(fam.knobs)), self.dataset, self.train_cfg
-                                              .replace(threads=self.cfg.work_threads()), progress=progress)
-                self.models[fam.name] = model
-                if fam.name not in self.training:  # trained (or found cached) right here
-                    self.training[fam.name] = {**dataclasses.asdict(result), "process": "main"}
+        # Smoke runs train their tiny models in this process: starting workers would cost more than the training.
+        jobs = 1 if self.cfg.smoke else self.cfg.train_jobs
+        trained = train_families(self.families, self.dataset, self.baseline.record["dataset_config"], self.train_cfg,
+                                 jobs=jobs, threads=self.cfg.work_threads(), progress=progress)
+        for name, (model, result) in trained.items():
+            self.models[name] = model
+            self.training[name] = result
 
     def training_table(self) -> Table:
         rows = []
@@ -297,8 +313,8 @@ class ArchitectureRun(DownstreamRun):
                 continue
             last = t["history"][-1] if t["history"] else {}
             rows.append({"variant": fam.name, "parameters": t["parameters"], "epochs": self.train_cfg.epochs,
-                         "from cache": t["from_cache"], "train s": t["seconds"],
-                         "last val top-1": last.get("val_top1")})
+                         "from cache": t["from_cache"], "train s (wall)": t["seconds"],
+                         "last epoch loss": last.get("loss")})
         return Table(rows)
 
     # ---- 3. export, scan and measure
@@ -363,7 +379,7 @@ class ArchitectureRun(DownstreamRun):
         """The compact-family check: at most ``max_param_ratio`` of the baseline's parameters and within
         ``max_top1_drop`` points of the FP32 baseline (paired change, measured on the same test images)."""
         met = [v for v in self.variants if v.get("meets_criterion")]
-        compact = [v for v in met if v.get("family") != "resnet"]
+        compact = [v for v in met if v.get("family") != self.cfg.model]  # another family than the baseline's
         best = max(compact or met, key=lambda v: (v.top1, -v.get("parameters")), default=None)
         return {"max_param_ratio": self.cfg.max_param_ratio, "max_top1_drop": self.cfg.max_top1_drop,
                 "baseline_parameters": self.baseline_facts.parameters,
@@ -381,10 +397,13 @@ class ArchitectureRun(DownstreamRun):
         limit = f"at most {c['max_param_ratio']:.0%} of the baseline's {c['baseline_parameters']:,} parameters"
         if c["best"] is not None:
             b = c["best"]
-            return (f"`{b['variant']}` meets it: {b['parameters']:,} parameters ({b['param_ratio']:.1%} of the "
+            who = ("a compact family" if c["compact_families_meeting_it"] else
+                   f"only the baseline's own family ({self.cfg.model}) meets it, no other family")
+            return (f"`{b['variant']}` ({who}): {b['parameters']:,} parameters ({b['param_ratio']:.1%} of the "
                     f"baseline), top-1 {b['top1']:.2f}% [{b['top1_ci'][0]:.2f}, {b['top1_ci'][1]:.2f}], change vs FP32 "
                     f"{b['delta_top1']:+.2f} points (95% CI [{b['delta_ci'][0]:+.2f}, {b['delta_ci'][1]:+.2f}], "
-                    f"McNemar p = {b['p_value']:.3g}) -- within {c['max_top1_drop']:g} points with {limit}.")
+                    f"McNemar p = {b['p_value']:.3g}) -- within {c['max_top1_drop']:g} points with {limit}. "
+                    f"All variants meeting it: {', '.join(f'`{n}`' for n in c['met_by'])}.")
         small = [v for v in self.variants if v.get("param_ratio", 1) <= self.cfg.max_param_ratio]
         if not small:
             return f"No family in this run has {limit}; nothing to check."
@@ -579,8 +598,6 @@ class ArchitectureRun(DownstreamRun):
                                      f"{costly.latency_ms:.2f} ms, reference executor on this CPU); on a device the "
                                      "ranking can differ again: measure on the target")
                     break
-        if not self.demo and self.mobile is None and not self.variants:
-            return self.pitfalls
         if self.mobile:
             macs = self.mobile["macs"]
             self.add_pitfall("a pretrained ImageNet network is not a free swap for a small-image task",
