@@ -200,12 +200,24 @@ def test_family_specs_parse_and_name_variants():
     ({"lite0_recipes": ["no-such-recipe"]}, "no-such-recipe"),
     ({"photos_dir": "/no/such/folder"}, "photos_dir"),
     ({"compute_units": "NE_ONLY"}, "compute_units"),
+    ({"family_lr": {"vgg": 0.01}}, "family_lr"),
+    ({"family_lr": {"squeezenet": 0.0}}, "family_lr"),
     ({"families": "mobilenetv2:width=8"}, "families"),
     ({"lite": True}, "unknown"),
 ])
 def test_config_rejects_bad_values_naming_the_field(values, says):
     with pytest.raises(ConfigError, match=says):
         ArchitectureConfig.from_dict(values)
+
+
+def test_family_lr_changes_only_that_familys_learning_rate(stage):
+    cfg, record = stage
+    run = ArchitectureRun(cfg.replace(family_lr={"squeezenet": 0.01}))
+    lrs = {f.name: run.train_cfg_for(f) for f in run.families}
+    assert lrs["squeezenet-w8"].lr == 0.01 and lrs["resnet-w4"].lr == run.train_cfg.lr
+    assert lrs["squeezenet-w8"].replace(lr=run.train_cfg.lr) == run.train_cfg  # nothing else differs
+    assert "squeezenet (0.01 instead of" in run.matched_budget()["note"]
+    assert record["matched_budget"]["lr"]["squeezenet-w8"] == ArchitectureConfig().family_lr["squeezenet"]
 
 
 def test_default_families_cover_every_family_at_two_widths():
@@ -270,11 +282,12 @@ def test_families_train_in_worker_processes_into_the_cache(tmp_path, monkeypatch
     data_cfg = DatasetConfig(name="digits", calib_size=32, limit_train=512)
     small = load_dataset(data_cfg)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
-    first = train_families(families, small, data_cfg.to_dict(), cfg, jobs=2)
+    cfgs = {f.name: cfg for f in families}
+    first = train_families(families, small, data_cfg.to_dict(), cfgs, jobs=2)
     assert {name: facts["process"] for name, (_, facts) in first.items()} == {
         "squeezenet-w8": "worker", "mobilenetv2-w4": "worker"}
     assert all(not facts["from_cache"] for _, facts in first.values())
-    again = train_families(families, small, data_cfg.to_dict(), cfg, jobs=2)
+    again = train_families(families, small, data_cfg.to_dict(), cfgs, jobs=2)
     assert all(facts["from_cache"] and facts["process"] == "main" for _, facts in again.values())
     for name in first:  # the worker's weights are the ones the parent loads
         a, b = first[name][0].state_dict(), again[name][0].state_dict()

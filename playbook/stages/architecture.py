@@ -46,15 +46,17 @@ from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 from playbook.views import Table, architecture_table, scan_findings_table, scan_overview_table
 
 FAMILY_NAMES = ("resnet", "mobilenetv2", "squeezenet", "efficientnet")
-# Two widths per family at the matched budget (the baseline is the ResNet at its own width): every one of these
-# has at most a quarter of the default baseline's 174,466 parameters, so the comparison is "which family
-# spends a small parameter budget best".  Sized so that training all seven on 2 CPU cores fits the stage's
-# 10-minute budget (see the notebook for the measured wall time).
-DEFAULT_FAMILIES = ("resnet:width=11", "mobilenetv2:width=8", "mobilenetv2:width=11", "squeezenet:width=12",
-                    "squeezenet:width=16", "efficientnet:width=8", "efficientnet:width=10")
-# What smoke=True shrinks here (the shared SMOKE policy shrinks data, epochs and repeats): one small width per
-# family, trained in this process, efficientnet-lite0 at 64 px on 4 photos with the first recipe only.  Every step
-# still runs (the worker-process path is exercised by tests/test_architecture.py).
+# Two widths per family at the matched budget (the baseline is the ResNet at its own width): for each family the
+# largest width under a quarter of the default baseline's 174,466 parameters, and a small one that shows the curve
+# (the ResNet's other width is the baseline itself).  Training all seven costs about 950 CPU seconds, measured:
+# about 8-9 minutes on two free cores with two workers (see the notebook and benchmarks/bench_architecture.py).
+DEFAULT_FAMILIES = ("resnet:width=11", "mobilenetv2:width=4", "mobilenetv2:width=11", "squeezenet:width=8",
+                    "squeezenet:width=16", "efficientnet:width=4", "efficientnet:width=10")
+# The one exception to "the baseline's training config": the registry's SqueezeNet has no BatchNorm, and at the
+# default baseline's peak learning rate of 0.1 its training diverged to chance level (measured: squeezenet-w12 and
+# -w16, loss back at ln 10 = 2.30, top-1 10.00%); of 0.05 and 0.02, 0.05 trained best (squeezenet-w16: 84.84% vs
+# 78.92% test top-1 after 6 epochs).  The stage reports any family whose training ends at chance level.
+DEFAULT_FAMILY_LR = {"squeezenet": 0.05}
 SMOKE_FAMILIES = ("resnet:width=8", "mobilenetv2:width=8", "squeezenet:width=8", "efficientnet:width=8")
 SMOKE_LITE0_IMAGE_SIZE = 64
 SMOKE_LITE0_PHOTOS = 4
@@ -113,6 +115,7 @@ class ArchitectureConfig(MeasuredStageConfig):
     dataset: str = ""
     families: list[str] = dataclasses.field(default_factory=list)
     epochs: int = 0
+    family_lr: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAMILY_LR))
     train_jobs: int = 2
     precision: str = "fp16"
     max_top1_drop: float = 1.5
@@ -130,6 +133,10 @@ class ArchitectureConfig(MeasuredStageConfig):
         if len(set(names)) != len(names):
             raise ConfigError(f"families={self.families!r} names the same architecture twice ({names})")
         check_range("epochs", self.epochs, 0)
+        for family, lr in self.family_lr.items():
+            if family not in FAMILY_NAMES:
+                raise ConfigError(f"family_lr key {family!r} is not one of {list(FAMILY_NAMES)}")
+            check_range(f"family_lr[{family!r}]", lr, 1e-6, 10.0)
         check_range("train_jobs", self.train_jobs, 1, 16)
         check_choice("precision", self.precision, ["fp16", "fp32"])
         check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
@@ -175,9 +182,10 @@ def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_
     return dataclasses.asdict(result)
 
 
-def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[str, Any], train_cfg: Any, jobs: int = 2,
-                   threads: int = 0, progress: bool = False) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """Every family trained with ``train_cfg`` through the checkpoint cache: ``{name: (model, training facts)}``.
+def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[str, Any], train_cfgs: dict[str, Any],
+                   jobs: int = 2, threads: int = 0, progress: bool = False) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every family trained with its config (``train_cfgs[family.name]``, a ``TrainConfig``) through the checkpoint
+    cache: ``{name: (model, training facts)}``.
 
     Families not yet in the cache train ``jobs`` at a time in worker processes (``spawn``), one torch thread each,
     when ``jobs`` >= 2 and at least two need training; then every model is loaded here (from the cache, or trained
@@ -190,24 +198,25 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
     from playbook.paths import default_cache_dir
     from playbook.train import ModelConfig, cache_key, train_or_load
 
-    cfg = train_cfg.replace(validate=False)
+    cfgs = {f.name: train_cfgs[f.name].replace(validate=False) for f in families}
     configs = {f.name: ModelConfig(f.family, dict(f.knobs)) for f in families}
-    uncached = [f for f in families if not (default_cache_dir() / f"{cache_key(configs[f.name], dataset, cfg)}.pt")
-                .exists()]
+    uncached = [f for f in families
+                if not (default_cache_dir() / f"{cache_key(configs[f.name], dataset, cfgs[f.name])}.pt").exists()]
     facts: dict[str, dict[str, Any]] = {}
     workers = min(jobs, len(uncached))
     if workers >= 2:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
-                                   cfg.replace(threads=1).to_dict()): f for f in uncached}
+                                   cfgs[f.name].replace(threads=1).to_dict()): f for f in uncached}
             for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
                                disable=not progress):
                 facts[futures[future].name] = {**future.result(), "process": "worker"}
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
     with torch_threads(threads):
         for f in families:
-            model, result = train_or_load(configs[f.name], dataset, cfg.replace(threads=threads), progress=progress)
+            model, result = train_or_load(configs[f.name], dataset, cfgs[f.name].replace(threads=threads),
+                                          progress=progress)
             out[f.name] = (model, facts.get(f.name) or {**dataclasses.asdict(result), "process": "main"})
     return out
 
@@ -273,14 +282,23 @@ class ArchitectureRun(DownstreamRun):
                 "MACs": facts.macs, "MACs vs baseline": facts.macs / max(base.macs, 1)}
 
     # ---- 2. train at the matched budget
+    def train_cfg_for(self, fam: Family) -> Any:
+        """The family's training config: the matched one, with its own peak learning rate if ``family_lr`` sets one."""
+        return self.train_cfg.replace(lr=float(self.cfg.family_lr.get(fam.family, self.train_cfg.lr)))
+
     def matched_budget(self) -> dict[str, Any]:
         """The training config every family gets, and whether it matches the baseline's."""
         same = self.train_cfg == self.baseline_train
+        lrs = {f.name: self.train_cfg_for(f).lr for f in self.families}
+        own = {f.family: self.train_cfg_for(f).lr for f in self.families if self.train_cfg_for(f).lr != self.train_cfg.lr}
         return {"train_config": self.train_cfg.to_dict(), "epochs": self.train_cfg.epochs,
-                "baseline_epochs": self.baseline_train.epochs, "matches_baseline": same,
+                "baseline_epochs": self.baseline_train.epochs, "matches_baseline": same, "lr": lrs,
+                "family_lr": own,
                 "note": "the baseline's own training config (optimiser, schedule, batch, lr, augmentation, seed)"
                         + ("" if same else f", with epochs={self.train_cfg.epochs} instead of the baseline's "
-                                           f"{self.baseline_train.epochs}")}
+                                           f"{self.baseline_train.epochs}")
+                        + ("" if not own else "; own peak learning rate for " + ", ".join(
+                            f"{k} ({v:g} instead of {self.train_cfg.lr:g})" for k, v in own.items()))}
 
     def train(self, progress: bool = True) -> Table:
         """Train every family with the matched config (or load it from the checkpoint cache).
@@ -299,11 +317,25 @@ class ArchitectureRun(DownstreamRun):
     def _train(self, progress: bool) -> None:
         # Smoke runs train their tiny models in this process: starting workers would cost more than the training.
         jobs = 1 if self.cfg.smoke else self.cfg.train_jobs
-        trained = train_families(self.families, self.dataset, self.baseline.record["dataset_config"], self.train_cfg,
-                                 jobs=jobs, threads=self.cfg.work_threads(), progress=progress)
+        # Largest first (by MACs), so that two workers finish together rather than waiting on one late big family.
+        order = sorted(self.families, key=lambda f: -self.facts[f.name].macs)
+        trained = train_families(order, self.dataset, self.baseline.record["dataset_config"],
+                                 {f.name: self.train_cfg_for(f) for f in self.families}, jobs=jobs,
+                                 threads=self.cfg.work_threads(), progress=progress)
         for name, (model, result) in trained.items():
             self.models[name] = model
             self.training[name] = result
+
+    def batchnorm_counts(self) -> dict[str, int]:
+        """BatchNorm layers in each family's network (a network without any trains less forgivingly)."""
+        from torch import nn
+
+        counts = {}
+        for fam in self.families:
+            net = create_model(fam.family, self.dataset.num_classes, self.dataset.in_channels, self.dataset.image_size,
+                               **fam.knobs)
+            counts[fam.name] = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        return counts
 
     def training_table(self) -> Table:
         rows = []
@@ -313,8 +345,8 @@ class ArchitectureRun(DownstreamRun):
                 continue
             last = t["history"][-1] if t["history"] else {}
             rows.append({"variant": fam.name, "parameters": t["parameters"], "epochs": self.train_cfg.epochs,
-                         "from cache": t["from_cache"], "train s (wall)": t["seconds"],
-                         "last epoch loss": last.get("loss")})
+                         "peak lr": self.train_cfg_for(fam).lr, "from cache": t["from_cache"],
+                         "train s (wall)": t["seconds"], "last epoch loss": last.get("loss")})
         return Table(rows)
 
     # ---- 3. export, scan and measure
@@ -342,12 +374,15 @@ class ArchitectureRun(DownstreamRun):
             record = self.measure(
                 fam.name, export.path,
                 f"{fam.family} ({', '.join(f'{k}={v}' for k, v in fam.knobs.items())}) trained with the baseline's "
-                f"config for {self.train_cfg.epochs} epoch(s), {self.cfg.precision.upper()} ML program",
+                f"config for {self.train_cfg.epochs} epoch(s)"
+                + (f" at peak lr {self.train_cfg_for(fam).lr:g}" if self.train_cfg_for(fam).lr != self.train_cfg.lr
+                   else "") + f", {self.cfg.precision.upper()} ML program",
                 technique="architecture", family=fam.family, knobs=dict(fam.knobs), parameters=facts.parameters,
                 macs=facts.macs, param_ratio=facts.parameters / self.baseline_facts.parameters,
                 macs_ratio=facts.macs / max(self.baseline_facts.macs, 1), precision=self.cfg.precision,
                 deployment_target=self.export_cfg.minimum_deployment_target, export_seconds=export.seconds,
-                training={"epochs": self.train_cfg.epochs, "seconds": t["seconds"], "from_cache": t["from_cache"],
+                training={"epochs": self.train_cfg.epochs, "lr": self.train_cfg_for(fam).lr, "seconds": t["seconds"],
+                          "from_cache": t["from_cache"],
                           "checkpoint": t["checkpoint"], "history": t["history"]},
                 scan={"verdict": scan.verdict(), "passed": scan.passed, "counts": scan.counts()})
             record.extra["meets_criterion"] = self._meets(record)
@@ -581,6 +616,24 @@ class ArchitectureRun(DownstreamRun):
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:
         """Pitfalls this run met, each with its measured numbers."""
+        import math
+
+        from torch import nn
+
+        chance_loss = math.log(self.dataset.num_classes)
+        for fam in self.families:
+            t, v = self.training.get(fam.name), self.variant(fam.name)
+            last = (t or {}).get("history") or [{}]
+            loss = last[-1].get("loss")
+            if loss is not None and loss >= 0.95 * chance_loss:
+                norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.models[fam.name].modules())
+                self.add_pitfall(
+                    f"{fam.name}: training diverged at peak lr {self.train_cfg_for(fam).lr:g}",
+                    f"training loss per epoch {[round(h['loss'], 3) for h in t['history']]} ends at chance "
+                    f"(ln {self.dataset.num_classes} = {chance_loss:.3f})"
+                    + (f", test top-1 {v.top1:.2f}%" if v else "") + f"; the network has {norms} BatchNorm layer(s). "
+                    f"A matched budget shares the optimiser settings: give this family its own peak learning rate "
+                    f"(family_lr={{'{fam.family}': ...}}) and re-run")
         if self.variants:
             best = max(v.top1 for v in self.variants)
             for v in self.variants:
