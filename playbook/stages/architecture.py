@@ -171,14 +171,23 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _quiet(progress: bool) -> dict[str, bool]:
+    """tqdm arguments: off when ``progress`` is False; otherwise left to tqdm (``TQDM_DISABLE=1`` still silences it)."""
+    return {} if progress else {"disable": True}
+
+
 # --------------------------------------------------------------------------- training in worker processes
 def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Train one family (or find it in the cache) in a worker process; the parent loads it from the cache."""
     from playbook.data import DatasetConfig as _DatasetConfig, load_dataset as _load_dataset
     from playbook.train import ModelConfig, TrainConfig, train_or_load
 
+    import torch
+
     data = _load_dataset(_DatasetConfig.from_dict(dataset_cfg))
-    _, result = train_or_load(ModelConfig.from_dict(model_cfg), data, TrainConfig.from_dict(train_cfg), progress=False)
+    cfg = TrainConfig.from_dict(train_cfg)
+    torch.manual_seed(cfg.seed)  # the initial weights must not depend on which job this worker ran before
+    _, result = train_or_load(ModelConfig.from_dict(model_cfg), data, cfg, progress=False)
     return dataclasses.asdict(result)
 
 
@@ -190,7 +199,8 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
     Families not yet in the cache train ``jobs`` at a time in worker processes (``spawn``), one torch thread each,
     when ``jobs`` >= 2 and at least two need training; then every model is loaded here (from the cache, or trained
     here with ``threads`` torch threads).  The per-epoch validation pass is skipped: it changes neither the weights
-    nor the cache key.  ``training facts`` is ``TrainResult`` as a dict plus ``process``: ``worker`` or ``main``.
+    nor the cache key.  The global torch seed is set to the config's seed before each model is built, so a family's
+    initial weights do not depend on the process or on the order of the jobs.  ``training facts`` is ``TrainResult`` as a dict plus ``process``: ``worker`` or ``main``.
     """
     from tqdm.auto import tqdm
 
@@ -210,11 +220,14 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
             futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
                                    cfgs[f.name].replace(threads=1).to_dict()): f for f in uncached}
             for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
-                               disable=not progress):
+                               **_quiet(progress)):
                 facts[futures[future].name] = {**future.result(), "process": "worker"}
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    import torch
+
     with torch_threads(threads):
         for f in families:
+            torch.manual_seed(cfgs[f.name].seed)  # train_or_load builds the model before seeding: seed the init here
             model, result = train_or_load(configs[f.name], dataset, cfgs[f.name].replace(threads=threads),
                                           progress=progress)
             out[f.name] = (model, facts.get(f.name) or {**dataclasses.asdict(result), "process": "main"})
@@ -559,7 +572,7 @@ class ArchitectureRun(DownstreamRun):
                               metadata={"playbook.stage": "architecture", "playbook.model": LITE0})
         packages: dict[str, dict[str, Any]] = {"fp16": {"path": export.path, "recipe": None,
                                                         "seconds": export.seconds}}
-        for name in tqdm(self.cfg.recipes(), desc="lite0 recipes", disable=not progress):
+        for name in tqdm(self.cfg.recipes(), desc="lite0 recipes", **_quiet(progress)):
             made = compress_package(name, export.path, out_dir, f"efficientnet-lite0-{name}")
             packages[name] = {"path": made.path, "recipe": get_recipe(name).to_dict(), "seconds": made.seconds}
         split = Split(photos.images, photos.labels)
