@@ -85,9 +85,10 @@ def index_html(reports_root: Path) -> str:
         if r["status"] == "ok":
             state = '<span class="pb-ok">ok</span>' + ("" if s.get("meets_budget", True) else
                                                        ' <span class="pb-miss">no variant meets budget</span>')
-        elif r["status"] == "failed":
+        elif r["status"] in ("failed", "interrupted"):
             where = f" in {r['failed_stage']}" if r.get("failed_stage") else ""
-            state = f'<span class="pb-miss">FAILED{esc(where)}</span><div class="pb-desc">{esc(r.get("error"))}</div>'
+            state = (f'<span class="pb-miss">{r["status"].upper()}{esc(where)}</span>'
+                     f'<div class="pb-desc">{esc(r.get("error"))}</div>')
         else:
             state = f'<span class="pb-miss">{esc(r["status"])}</span>'
         trs.append(
@@ -100,7 +101,9 @@ def index_html(reports_root: Path) -> str:
              "<th>Top-1 %</th><th>Size MB</th><th>Latency ms</th><th>Dataset</th><th>Finished (UTC)</th></tr></thead>"
              f"<tbody>{''.join(trs) or '<tr><td colspan=8>no model has been run yet</td></tr>'}</tbody></table>")
     n_failed = sum(r["status"] == "failed" for r in rows)
-    head = (f"<h1>Core ML optimization playbook: reports</h1><p>{len(rows)} model(s), {n_failed} failed. "
+    n_interrupted = sum(r["status"] == "interrupted" for r in rows)
+    head = (f"<h1>Core ML optimization playbook: reports</h1><p>{len(rows)} model(s), {n_failed} failed, "
+            f"{n_interrupted} interrupted. "
             "Top-1, size and latency are those of each model's recommended variant (or, when none meets the "
             "budget, the closest one); open a report for intervals and provenance.</p>")
     return _page("Core ML playbook reports", head + table)
