@@ -178,13 +178,19 @@ def describe_exit(rc: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- outcomes and failure pages
+def batch_command(spec: "RunSpec") -> str:
+    """The ``playbook run`` command a batch runs for ``spec``, as records and pages show it (this reports folder)."""
+    return spec.command.replace(reports_dir=str(Path(spec.reports_root).resolve())).shell()
+
+
 def settle(spec: "RunSpec", rc: int | None, status: dict[str, Any] | None, tail: str, seconds: float, *,
            status_in_place: bool = True, interrupted: bool = False) -> "RunOutcome":
     """A finished child's outcome from its exit status and its fresh ``run.json`` (``status``, or ``None``).
 
-    When the child could not write its own failure page (it died, or its page lives elsewhere:
-    ``status_in_place=False``), the page is written here with ``record_failure``, the one way failures are
-    recorded; ``interrupted`` says the batch stopped it.
+    When the child could not write its own failure page here (it died, or it ran elsewhere and its page names
+    that folder: ``status_in_place=False``), the page is written with ``record_failure``, the one way failures are
+    recorded, from what the child's status says (error, stage, completed stages, log tail); ``interrupted`` says
+    the batch stopped it.
     """
     from playbook.pipeline import RunOutcome, record_failure
 
@@ -198,11 +204,14 @@ def settle(spec: "RunSpec", rc: int | None, status: dict[str, Any] | None, tail:
         "the batch was stopped while this model ran" if stopped else describe_exit(rc))
     stage = (status or {}).get("failed_stage")
     if not (status_in_place and state in ("failed", "interrupted")):
+        command = batch_command(spec)
         completed = [s.get("stage") for s in (status or {}).get("stages", []) if isinstance(s, dict)]
         base = {k: v for k, v in (status or {}).items() if k not in ("status", "error", "failed_stage", "log_tail")}
-        record_failure(model_dir, spec.model, error, spec.command.shell(), stage=stage, completed=completed,
+        notebook = f"notebooks/{stage}.ipynb" if stage and (model_dir / "notebooks" / f"{stage}.ipynb").exists() \
+            else None
+        record_failure(model_dir, spec.model, error, command, stage=stage, completed=completed,
                        log_tail_text=(status or {}).get("log_tail") or tail, interrupted=stopped,
-                       status=base or None)
+                       notebook=notebook, status={**base, "command": command} if base else None)
     return RunOutcome(spec.model, False, report, [], [], ("interrupted: " if stopped else "") + error, stage, seconds)
 
 

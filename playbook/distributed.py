@@ -49,11 +49,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from playbook.batch import (STOP_GRACE_S, TAIL_LINES, BatchInterrupted, BatchProgress, child_argv, child_env,
-                            describe_exit, fresh_status, interruptible, record_unfinished, settle, start_child,
-                            stop_child, validate, write_index)
+from playbook.batch import (STOP_GRACE_S, TAIL_LINES, BatchInterrupted, BatchProgress, batch_command, child_argv,
+                            child_env, describe_exit, fresh_status, interruptible, record_unfinished, settle,
+                            start_child, stop_child, validate, write_index)
 from playbook.command import RunCommand
 from playbook.config import ConfigError
 from playbook.paths import PACKAGE_DIR, model_slug, notebooks_dir, repository_root
@@ -380,13 +380,15 @@ def _where(worker: dict[str, Any] | None) -> str:
     return f"{worker['host']} pid {worker['pid']} ({worker['address']})" if worker else ""
 
 
-def _note_worker(model_dir: Path, worker: dict[str, Any] | None, shared: bool | None) -> None:
-    """Add where the model ran to its ``run.json``: worker host, pid, address, how its reports came back."""
+def _note_worker(spec: "RunSpec", worker: dict[str, Any] | None, shared: bool | None) -> None:
+    """Add where the model ran to its ``run.json`` (worker host, pid, address, how its reports came back) and
+    name this reports folder in its command (a run on a worker's scratch folder names that one)."""
     from playbook.records import read_json, write_json
 
-    path = model_dir / "run.json"
+    path = spec.model_dir / "run.json"
     with contextlib.suppress(OSError, ValueError):
         status = read_json(path)
+        status["command"] = batch_command(spec)
         status["worker"] = {**(worker or {}), "reports": None if shared is None else
                             ("written to the shared reports folder" if shared else "returned as an archive")}
         write_json(path, status)
@@ -473,6 +475,7 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
     ``BatchInterrupted`` after a SIGINT/SIGTERM once every model has its page and the index is written.
     """
     from distributed import Event, as_completed
+    from distributed import wait as dask_wait
 
     from playbook.pipeline import RunOutcome, record_failure
 
@@ -491,7 +494,6 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
     token = secrets.token_hex(8)
     marker = root / f".playbook-batch-{token}"
     marker.write_text(token)
-    by_model = {spec.model: spec for spec in runnable}
     attempts: collections.Counter[str] = collections.Counter()
     last_worker: dict[str, dict[str, Any]] = {}
 
@@ -529,16 +531,16 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
             in_place = result["shared"]
             if result["archive"] and not stopped:
                 install_model_dir(root, model_dir.name, result["archive"])
-                in_place = True
+                in_place = status is not None and status.get("status") == "ok"  # a failure page names the scratch
             outcome = settle(spec, result["rc"], status, result["tail"], result["seconds"],
                              status_in_place=in_place, interrupted=stopped)
-            _note_worker(model_dir, result["worker"], result["shared"])
+            _note_worker(spec, result["worker"], result["shared"])
             return outcome
         error = (_task_error(future.exception()) if future.status == "error" else
                  f"the scheduler lost the task ({future.status}): the batch was stopped or its connection lost")
-        page = record_failure(model_dir, spec.model, error, spec.command.shell(), interrupted=stopped,
+        page = record_failure(model_dir, spec.model, error, batch_command(spec), interrupted=stopped,
                               log_tail_text=error)
-        _note_worker(model_dir, last_worker.get(spec.model), None)
+        _note_worker(spec, last_worker.get(spec.model), None)
         return RunOutcome(spec.model, False, page, [], [], ("interrupted: " if stopped else "") + error)
 
     try:
@@ -553,15 +555,30 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
                 client.subscribe_topic(f"playbook-batch-{token}", on_event)
                 progress.line(f"[batch] {len(runnable)} model(s) to run, one task each (retried once; reports "
                               f"in {root}, transfer: {transfer})")
-                for spec in runnable:
-                    future = client.submit(run_model_task, task_for(spec), key=f"playbook-{spec.model_dir.name}-"
-                                           f"{token}", retries=TASK_RETRIES, pure=False)
-                    futures[future] = spec
-                for future in as_completed(list(futures)):
-                    spec = futures[future]
-                    outcomes[spec.model] = collect(future, spec)
-                    write_index(root)
-                    progress.finished(outcomes[spec.model], _where(last_worker.get(spec.model)))
+                waiting, unsettled = list(runnable), set()
+
+                def submit_more() -> None:
+                    # no more models in flight than worker threads (workers may join or die): each task runs for
+                    # minutes, and a model the scheduler placed early behind another would wait while a worker idles
+                    while waiting and len(unsettled) < max(1, sum(client.nthreads().values())):
+                        spec = waiting.pop(0)
+                        future = client.submit(run_model_task, task_for(spec), key=f"playbook-{spec.model_dir.name}-"
+                                               f"{token}", retries=TASK_RETRIES, pure=False)
+                        futures[future] = spec
+                        unsettled.add(future)
+
+                while waiting or unsettled:
+                    submit_more()
+                    try:
+                        done = dask_wait(list(unsettled), timeout=POLL_S * 2, return_when="FIRST_COMPLETED").done
+                    except TimeoutError:
+                        continue
+                    for future in done:
+                        unsettled.discard(future)
+                        spec = futures[future]
+                        outcomes[spec.model] = collect(future, spec)
+                        write_index(root)
+                        progress.finished(outcomes[spec.model], _where(last_worker.get(spec.model)))
             except BatchInterrupted as exc:
                 unfinished = {f: s for f, s in futures.items() if s.model not in outcomes}
                 running = {f: s for f, s in unfinished.items() if attempts[s.model]}

@@ -206,11 +206,29 @@ def _parent_pid(pid: int) -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
-    return state != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _processes_of(env: dict[str, str], grace_s: float = 15.0) -> list[str]:
+    """Processes still alive (after up to ``grace_s``) whose environment carries this test's own cache folder:
+    the batch's children, their notebook kernels, Dask workers."""
+    marker = f"PLAYBOOK_CACHE_DIR={env['PLAYBOOK_CACHE_DIR']}".encode()
+    deadline = time.monotonic() + grace_s
+    while True:
+        found = []
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker in (proc_dir / "environ").read_bytes().split(b"\0") and _alive(int(proc_dir.name)):
+                    cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                    found.append(f"{proc_dir.name}: {cmdline.decode(errors='replace')}")
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
 
 
 # --------------------------------------------------------------------------- a worker dies mid-model
@@ -244,12 +262,13 @@ def test_a_worker_killed_mid_model_is_retried_on_the_other_worker(fake_notebooks
     assert "REPORT for resnet" in (reports / "resnet" / "report.html").read_text()
     run_log = (reports / "resnet" / "run.log").read_text()
     assert "interrupted in 01_baseline" in run_log and run_log.count("===== ") == 2  # the killed attempt, the retry
-    assert not _alive(child)
+    assert not _alive(child) and _processes_of(batch_env) == []
     index = (reports / "index.html").read_text()
     assert "1 model(s), 0 failed, 0 interrupted" in index and 'href="resnet/report.html"' in index
 
 
 # --------------------------------------------------------------------------- SIGTERM to a batch
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks for left-over processes through /proc")
 @pytest.mark.parametrize("mode", [["--jobs", "2"], ["--scheduler", "local:2", "--transfer", "archive"]],
                          ids=["jobs", "dask-archive"])
 def test_sigterm_leaves_interrupted_pages_and_an_index_that_agrees(fake_notebooks, batch_env, tmp_path, mode):
@@ -290,8 +309,7 @@ def test_sigterm_leaves_interrupted_pages_and_an_index_that_agrees(fake_notebook
     assert "old-variant" not in index and 'class="pb-ok"' not in index
     assert index.count("INTERRUPTED in 01_baseline") == 2  # the two that ran; the third never started
     assert "before this model finished" in index
-    leftovers = subprocess.run(["pgrep", "-f", str(reports)], capture_output=True, text=True).stdout.split()
-    assert leftovers == [], f"processes left running: {leftovers}"
+    assert _processes_of(batch_env) == []  # no child, kernel or worker left running
 
 
 # --------------------------------------------------------------------------- the cluster refuses other code
@@ -360,7 +378,11 @@ def test_a_cluster_batch_of_three_smoke_models_with_one_failing(tmp_path, batch_
     failed_dir = next(d for d in reports.iterdir() if d.name.endswith("broken"))
     page = (failed_dir / "report.html").read_text()
     assert "FAILED" in page and "broken on purpose" in page and "Log tail" in page
-    assert json.loads((failed_dir / "run.json").read_text())["status"] == "failed"
+    assert f"--reports-dir {reports.resolve()}" in page  # the command names this folder, not the worker's scratch
+    assert 'href="run.log"' in page and (failed_dir / "run.log").exists()  # the worker's log came back with it
+    failed_status = json.loads((failed_dir / "run.json").read_text())
+    assert failed_status["status"] == "failed" and failed_status["failed_stage"] == "01_baseline"
+    assert failed_status["worker"]["reports"] == "returned as an archive"
     index = (reports / "index.html").read_text()
     assert "3 model(s), 1 failed, 0 interrupted" in index
     assert 'href="resnet/report.html"' in index and 'href="squeezenet/report.html"' in index
