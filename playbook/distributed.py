@@ -419,14 +419,14 @@ def _dashboard(client: "Client") -> str | None:
 
 
 @contextlib.contextmanager
-def connect(scheduler: Scheduler, say: Callable[[str], None]) -> Iterator["Client"]:
+def connect(scheduler: Scheduler) -> Iterator["Client"]:
     """A Dask client for ``scheduler``: a ``LocalCluster`` of worker processes, or a running scheduler."""
     from distributed import Client, LocalCluster
 
     if scheduler.address is None:
-        dashboard = ":0" if importlib.util.find_spec("bokeh") else None
+        # a free port for the scheduler's HTTP server (the dashboard when bokeh is installed): 8787 may be taken
         with LocalCluster(n_workers=scheduler.local_workers, threads_per_worker=1, processes=True,
-                          dashboard_address=dashboard,
+                          dashboard_address=":0",
                           scheduler_kwargs={"allowed_failures": WORKER_DEATHS_ALLOWED}) as cluster, \
                 Client(cluster) as client:
             yield client
@@ -443,7 +443,21 @@ def connect(scheduler: Scheduler, say: Callable[[str], None]) -> Iterator["Clien
 
 def _check_workers(client: "Client", expected: dict[str, Any], notebooks: str | None,
                    progress: BatchProgress) -> None:
-    """Print every worker and whether it matches; refuse the batch when none does."""
+    """Print the scheduler and every worker and whether each matches; refuse the batch when the scheduler cannot
+    import the playbook (it unpickles every task) or no worker matches."""
+    try:
+        mine = client.run_on_scheduler(check_worker, expected, notebooks)
+    except Exception as exc:  # noqa: BLE001 - whatever it raised, no task could be submitted
+        raise ConfigError(f"the Dask scheduler cannot load the playbook's tasks ({type(exc).__name__}: {exc}); it "
+                          "unpickles every task, so start `dask scheduler` from the same checkout and virtual "
+                          "environment as the workers (README: 'Batches on a Dask cluster')") from None
+    try:  # a lambda travels by value: it needs nothing of the playbook on the scheduler
+        deaths = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+    except Exception:  # noqa: BLE001 - an older scheduler: say so rather than guess
+        deaths = "?"
+    progress.line(f"[batch] scheduler ({mine['host']} pid {mine['pid']}): " + (
+        "same code and environment" if not mine["differences"] else "differs: " + "; ".join(mine["differences"]))
+        + f"; a model whose worker dies is run again up to {deaths} time(s) (distributed.scheduler.allowed-failures)")
     answers = client.run(check_worker, expected, notebooks, on_error="return")
     if not answers:
         progress.line("[batch] no worker has joined the scheduler yet: the models wait until one does")
@@ -489,11 +503,8 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
         write_index(root)
         progress.close()
         return [outcomes[s.model] for s in specs]
-    root.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(root)
     token = secrets.token_hex(8)
-    marker = root / f".playbook-batch-{token}"
-    marker.write_text(token)
+    marker = root / f".playbook-batch-{token}"  # a worker that reads this token sees the reports folder
     attempts: collections.Counter[str] = collections.Counter()
     last_worker: dict[str, dict[str, Any]] = {}
 
@@ -544,8 +555,11 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
         return RunOutcome(spec.model, False, page, [], [], ("interrupted: " if stopped else "") + error)
 
     try:
-        with connect(scheduler, progress.line) as client, interruptible():
+        with connect(scheduler) as client, interruptible():
             futures: dict[Any, RunSpec] = {}
+            root.mkdir(parents=True, exist_ok=True)
+            _clean_leftovers(root)
+            marker.write_text(token)
             try:
                 dashboard = _dashboard(client)
                 progress.line(f"[batch] Dask scheduler {client.scheduler.address} ({scheduler.describe()}); "
