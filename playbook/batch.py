@@ -1,29 +1,45 @@
 """Batches: many models from a YAML file, each in its own ``playbook run`` process.
 
-``run_batch`` runs them ``jobs`` at a time on this machine; one model failing never stops the others, and its
-``report.html`` is a failure page with the log's tail.  ``reports/index.html`` is refreshed as each finishes.
+``run_batch`` runs them ``jobs`` at a time on this machine; ``playbook.distributed.run_batch_on_cluster`` runs
+them on a Dask cluster (``playbook batch --scheduler``).  Both share what is here: the batch file, the child
+command (``child_argv``), the child's environment, the progress lines and bar, how a finished child becomes the
+model's outcome (``settle``) and how a stopped batch is left (``record_unfinished``).
+
+One model failing never stops the others; its ``report.html`` is a failure page with the log's tail.
+``reports/index.html`` is refreshed as each model finishes.  SIGINT or SIGTERM to the batch stops every running
+model (each child gets SIGINT and writes its own INTERRUPTED page), gives every model that did not finish an
+INTERRUPTED page, and refreshes the index, so the index never shows an old "ok" beside a failure page.  Children
+also get SIGINT when the batch process dies (Linux ``PR_SET_PDEATHSIG``), so none is left orphaned.
+
+This module imports nothing heavy at import time: Dask workers import it (through ``playbook.distributed``) to
+build the child command, and must not pay for torch or papermill.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from playbook.command import RunCommand
 from playbook.config import ConfigError
 from playbook.paths import model_slug, notebooks_dir, repository_root
-from playbook.pipeline import LOG_TAIL_LINES, RunOutcome, RunSpec, plan, record_failure
-from playbook.records import read_json
-from playbook.report import pages
 
+if TYPE_CHECKING:
+    from playbook.pipeline import RunOutcome, RunSpec
 
 BATCH_ENTRY_KEYS = ("model", "dataset", "smoke", "params", "budget")
+STOP_GRACE_S = 60.0  # how long a stopped batch waits for its running models to write their INTERRUPTED pages
+RUN_STATUS = "run.json"  # = playbook.report.pages.RUN_STATUS (not imported: that module is heavy)
+TAIL_LINES = 40  # = playbook.pipeline.LOG_TAIL_LINES
 
 
 def load_batch(path: Path) -> list[dict[str, Any]]:
@@ -76,25 +92,144 @@ def load_batch(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def child_argv(spec: RunSpec) -> list[str]:
-    """The ``playbook run`` process a batch starts for one model (reports folder explicit, no index refresh)."""
+# --------------------------------------------------------------------------- the child process
+def child_argv(command: RunCommand, reports_root: Path, notebooks: Path | None = None) -> list[str]:
+    """The ``playbook run`` process a batch starts for one model: this interpreter, the reports folder explicit,
+    no index refresh (the batch writes the index); ``--notebooks-dir`` only when not the playbook's own."""
     extra = ["--no-index"]
-    if Path(spec.notebooks_dir).resolve() != notebooks_dir().resolve():
-        extra += ["--notebooks-dir", str(spec.notebooks_dir)]
-    cmd = spec.command.replace(reports_dir=str(Path(spec.reports_root).resolve()))
+    if notebooks is not None and Path(notebooks).resolve() != notebooks_dir().resolve():
+        extra += ["--notebooks-dir", str(notebooks)]
+    cmd = command.replace(reports_dir=str(Path(reports_root).resolve()))
     return cmd.argv(program=(sys.executable, "-m", "playbook"), extra=extra)
 
 
-def run_batch(specs: list[RunSpec], jobs: int = 2, reports_root: Path | None = None,
-              say: Callable[[str], None] | None = None) -> list[RunOutcome]:
-    """Run every spec in its own ``playbook run`` process, ``jobs`` at a time; failures are isolated."""
-    lock = threading.Lock()
-    root = Path(reports_root or specs[0].reports_root).resolve()
-    t_start = time.monotonic()
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: this one, unbuffered output, this checkout first on ``PYTHONPATH``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra or {}))
+    root_dir = repository_root()
+    if root_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(root_dir), env.get("PYTHONPATH", "")] if p)
+    return env
 
-    def out(msg: str) -> None:
-        with lock:
-            (say or (lambda m: print(m, flush=True)))(msg)
+
+def _child_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` so that SIGINT always stops the child: its disposition back to default (a batch started
+    in the background by a non-interactive shell inherits SIGINT ignored, and so would every child), and, on
+    Linux, SIGINT sent to it when the thread that started it dies (``prctl(PR_SET_PDEATHSIG)``): a batch or Dask
+    worker killed with -9 leaves no orphan running."""
+    if os.name != "posix":
+        return None
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None:
+            prctl(1, signal.SIGINT, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+            if os.getppid() != parent:  # the parent died before prctl: act as if the signal came
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return preexec
+
+
+def start_child(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a child in its own session (a terminal's Ctrl-C reaches only the batch, which forwards one SIGINT),
+    text output with stderr folded in, stopped with SIGINT if this process dies."""
+    return subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", env=env, cwd=os.getcwd(), start_new_session=True,
+                            preexec_fn=_child_preexec())
+
+
+def stop_child(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGINT to the child (``playbook run`` then writes its INTERRUPTED page and stops its kernel); after
+    ``grace_s`` seconds, SIGKILL to its whole process group.  Returns its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def fresh_status(model_dir: Path, since_epoch: float) -> dict[str, Any] | None:
+    """``run.json`` of the model if the run started at or after ``since_epoch`` (else ``None``: it is older)."""
+    try:
+        status = json.loads((Path(model_dir) / RUN_STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or float(status.get("started_epoch") or 0) < since_epoch - 1:
+        return None
+    return status
+
+
+def describe_exit(rc: int | None) -> str:
+    """``playbook run`` exited with status 1 / was killed by signal SIGKILL."""
+    if rc is not None and rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"playbook run was killed by signal {signal.Signals(-rc).name}"
+    return f"playbook run exited with status {rc}"
+
+
+# --------------------------------------------------------------------------- outcomes and failure pages
+def batch_command(spec: "RunSpec") -> str:
+    """The ``playbook run`` command a batch runs for ``spec``, as records and pages show it (this reports folder)."""
+    return spec.command.replace(reports_dir=str(Path(spec.reports_root).resolve())).shell()
+
+
+def settle(spec: "RunSpec", rc: int | None, status: dict[str, Any] | None, tail: str, seconds: float, *,
+           status_in_place: bool = True, interrupted: bool = False) -> "RunOutcome":
+    """A finished child's outcome from its exit status and its fresh ``run.json`` (``status``, or ``None``).
+
+    When the child could not write its own failure page here (it died, or it ran elsewhere and its page names
+    that folder: ``status_in_place=False``), the page is written with ``record_failure``, the one way failures are
+    recorded, from what the child's status says (error, stage, completed stages, log tail); ``interrupted`` says
+    the batch stopped it.
+    """
+    from playbook.pipeline import RunOutcome, record_failure
+
+    model_dir = spec.model_dir
+    report = model_dir / "report.html"
+    state = (status or {}).get("status")
+    if rc == 0 and state == "ok":
+        return RunOutcome(spec.model, True, report, [], [], seconds=seconds)
+    stopped = interrupted or state == "interrupted"
+    error = (status or {}).get("error") or (
+        "the batch was stopped while this model ran" if stopped else describe_exit(rc))
+    stage = (status or {}).get("failed_stage")
+    if not (status_in_place and state in ("failed", "interrupted")):
+        command = batch_command(spec)
+        completed = [s.get("stage") for s in (status or {}).get("stages", []) if isinstance(s, dict)]
+        base = {k: v for k, v in (status or {}).items() if k not in ("status", "error", "failed_stage", "log_tail")}
+        notebook = f"notebooks/{stage}.ipynb" if stage and (model_dir / "notebooks" / f"{stage}.ipynb").exists() \
+            else None
+        record_failure(model_dir, spec.model, error, command, stage=stage, completed=completed,
+                       log_tail_text=(status or {}).get("log_tail") or tail, interrupted=stopped,
+                       notebook=notebook, status={**base, "command": command} if base else None)
+    return RunOutcome(spec.model, False, report, [], [], ("interrupted: " if stopped else "") + error, stage, seconds)
+
+
+def record_unfinished(specs: Sequence["RunSpec"], outcomes: dict[str, "RunOutcome"], reason: str) -> None:
+    """Give every model of a stopped batch that has no outcome an INTERRUPTED page (and ``run.json``)."""
+    from playbook.pipeline import RunOutcome, record_failure
+
+    for spec in specs:
+        if spec.model in outcomes:
+            continue
+        page = record_failure(spec.model_dir, spec.model, reason, spec.command.shell(), interrupted=True,
+                              log_tail_text=f"(the batch stopped: {reason})")
+        outcomes[spec.model] = RunOutcome(spec.model, False, page, [], [], f"interrupted: {reason}")
+
+
+def validate(specs: Sequence["RunSpec"], progress: "BatchProgress") -> tuple[list["RunSpec"], dict[str, "RunOutcome"]]:
+    """Plan every model before anything runs; one that cannot run gets a failure page (stage "validation")."""
+    from playbook.pipeline import RunOutcome, plan, record_failure
 
     outcomes: dict[str, RunOutcome] = {}
     runnable = []
@@ -107,64 +242,173 @@ def run_batch(specs: list[RunSpec], jobs: int = 2, reports_root: Path | None = N
             page = record_failure(spec.model_dir, spec.model, error, spec.command.shell(), stage="validation",
                                   log_tail_text=f"(not run)\n{error}")
             outcomes[spec.model] = RunOutcome(spec.model, False, page, [], [], error, "validation")
-            out(f"[{spec.model}] FAILED before running: {error}")
-    total = len(specs)
+            progress.line(f"[{spec.model}] FAILED before running: {error}")
+            progress.finished(outcomes[spec.model])
+    return runnable, outcomes
 
-    def one(spec: RunSpec) -> RunOutcome:
-        model_dir = spec.model_dir
-        launched = time.time()
-        t0 = time.monotonic()
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        root_dir = repository_root()
-        if root_dir is not None:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(root_dir), env.get("PYTHONPATH", "")] if p)
-        proc = subprocess.Popen(child_argv(spec), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, cwd=os.getcwd())
+
+def write_index(root: Path) -> None:
+    """Refresh ``reports/index.html``; a failure to write it never stops the batch."""
+    from playbook.report import pages
+
+    with contextlib.suppress(Exception):
+        pages.write_index(root)
+
+
+# --------------------------------------------------------------------------- progress and signals
+class BatchProgress:
+    """One line per model start and finish, with elapsed times, and an overall progress bar (on a terminal).
+
+    ``say`` replaces printing (tests); the bar is tqdm's, shown only when stderr is a terminal and
+    ``TQDM_DISABLE`` is unset.  Safe to call from several threads.
+    """
+
+    def __init__(self, total: int, say: Callable[[str], None] | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.total, self.done = total, 0
+        self._say = say
+        self._lock = threading.RLock()
+        self._t0 = time.monotonic()
+        self._bar = tqdm(total=total, desc="batch", unit="model", disable=None if say is None else True,
+                         file=sys.stderr, dynamic_ncols=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def line(self, msg: str) -> None:
+        with self._lock:
+            if self._say is not None:
+                self._say(msg)
+            elif not self._bar.disable:
+                self._bar.write(msg, file=sys.stdout)
+            else:
+                print(msg, flush=True)
+
+    def started(self, model: str, where: str = "", attempt: int = 1) -> None:
+        again = f", attempt {attempt}" if attempt > 1 else ""
+        self.line(f"[batch] {model}: started{' on ' + where if where else ''}{again} (batch {self.elapsed():.0f}s)")
+
+    def finished(self, outcome: "RunOutcome", where: str = "") -> None:
+        with self._lock:
+            self.done += 1
+            self._bar.update(1)
+            state = "ok" if outcome.ok else ("INTERRUPTED" if (outcome.error or "").startswith("interrupted")
+                                             else "FAILED")
+            self.line(f"[batch] {self.done}/{self.total} done: {outcome.model} {state} in {outcome.seconds:.0f}s"
+                      f"{' on ' + where if where else ''} (batch {self.elapsed():.0f}s)")
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch received SIGINT or SIGTERM; ``signum`` says which (exit status 128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``BatchInterrupted`` in the main thread, once; later ones are ignored so the
+    clean-up (bounded by ``STOP_GRACE_S``) runs to the end.  The previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if not raised.is_set():
+            raised.set()
+            raise BatchInterrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- on this machine
+def run_batch(specs: list["RunSpec"], jobs: int = 2, reports_root: Path | None = None,
+              say: Callable[[str], None] | None = None, grace_s: float = STOP_GRACE_S) -> list["RunOutcome"]:
+    """Run every spec in its own ``playbook run`` process, ``jobs`` at a time; failures are isolated.
+
+    Raises ``BatchInterrupted`` after a SIGINT/SIGTERM once every model has its page and the index is written.
+    """
+    from playbook.pipeline import RunOutcome, record_failure
+
+    lock = threading.Lock()
+    stop = threading.Event()
+    running: dict[str, subprocess.Popen] = {}
+    root = Path(reports_root or specs[0].reports_root).resolve()
+    progress = BatchProgress(len(specs), say)
+    runnable, outcomes = validate(specs, progress)
+
+    def one(spec: "RunSpec") -> None:
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        with lock:
+            if stop.is_set():
+                return
+            launched, t0 = time.time(), time.monotonic()
+            proc = start_child(child_argv(spec.command, spec.reports_root, spec.notebooks_dir), child_env())
+            running[spec.model] = proc
+        progress.started(spec.model)
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            out(line if line.startswith(f"[{spec.model}]") else f"[{spec.model}] {line}")
+            progress.line(line if line.startswith(f"[{spec.model}]") else f"[{spec.model}] {line}")
         rc = proc.wait()
-        status = {}
-        with contextlib.suppress(Exception):
-            status = read_json(model_dir / pages.RUN_STATUS)
-        fresh = bool(status) and float(status.get("started_epoch", 0)) >= launched - 1
-        seconds = time.monotonic() - t0
-        if rc == 0 and fresh and status.get("status") == "ok":
-            outcome = RunOutcome(spec.model, True, model_dir / pages.REPORT_HTML, [], [], seconds=seconds)
-        else:
-            error = (status.get("error") if fresh else None) or f"playbook run exited with status {rc}"
-            stage = status.get("failed_stage") if fresh else None
-            if not (fresh and status.get("status") in ("failed", "interrupted")):
-                # the child died before it could write its own failure page (bad arguments, crash, killed)
-                record_failure(model_dir, spec.model, error, spec.command.shell(), stage=stage,
-                               log_tail_text="\n".join(tail))
-            outcome = RunOutcome(spec.model, False, model_dir / pages.REPORT_HTML, [], [], error, stage, seconds)
         with lock:
-            outcomes[spec.model] = outcome
-            done = len(outcomes)
-        with contextlib.suppress(Exception):
-            pages.write_index(root)
-        out(f"[batch] {done}/{total} done: {spec.model} {'ok' if outcome.ok else 'FAILED'} in {seconds:.0f}s "
-            f"(batch {time.monotonic() - t_start:.0f}s)")
-        return outcome
+            running.pop(spec.model, None)
+        outcome = settle(spec, rc, fresh_status(spec.model_dir, launched), "\n".join(tail),
+                         time.monotonic() - t0, interrupted=stop.is_set())
+        outcomes[spec.model] = outcome
+        write_index(root)
+        progress.finished(outcome)
 
-    def guarded(spec: RunSpec) -> RunOutcome:
+    def guarded(spec: "RunSpec") -> None:
         try:
-            return one(spec)
+            one(spec)
         except Exception as exc:  # noqa: BLE001 - e.g. the process could not be started: isolate it
             error = f"{type(exc).__name__}: {exc}"
             page = record_failure(spec.model_dir, spec.model, error, spec.command.shell(), log_tail_text=error)
-            with lock:
-                outcomes[spec.model] = RunOutcome(spec.model, False, page, [], [], error)
-            out(f"[{spec.model}] FAILED: {error}")
-            return outcomes[spec.model]
+            outcomes[spec.model] = RunOutcome(spec.model, False, page, [], [], error)
+            progress.line(f"[{spec.model}] FAILED: {error}")
+            progress.finished(outcomes[spec.model])
 
-    if runnable:
-        out(f"[batch] {len(runnable)} model(s) to run, {max(1, jobs)} at a time; reports in {root}")
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(guarded, runnable))
-    pages.write_index(root)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = []
+    with interruptible():  # around the clean-up too: a second signal must not cut it short
+        try:
+            if runnable:
+                progress.line(f"[batch] {len(runnable)} model(s) to run, {max(1, jobs)} at a time; reports in {root}")
+            futures = [pool.submit(guarded, spec) for spec in runnable]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BatchInterrupted as exc:
+            with lock:
+                stop.set()
+                procs = dict(running)
+            progress.line(f"[batch] {exc}: stopping {len(procs)} running model(s) {sorted(procs)}; each writes its "
+                          f"INTERRUPTED page (up to {grace_s:.0f}s)")
+            for proc in procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGINT)
+            _, late = wait(futures, timeout=grace_s)
+            if late:
+                for proc in procs.values():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                wait(futures, timeout=30)
+            record_unfinished(specs, outcomes, f"the batch was stopped ({exc}) before this model finished")
+            write_index(root)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            progress.close()
+    write_index(root)
     return [outcomes[s.model] for s in specs]

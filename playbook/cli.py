@@ -4,7 +4,8 @@
 
     playbook run --model resnet [--dataset digits] [--smoke] [-p epochs=3 lr=0.05] \\
                  [--budget max_top1_drop=0.5 max_size_mb=1] [--stages 01,06] [--reports-dir DIR] [--force]
-    playbook batch models.yaml [--jobs 2] [--reports-dir DIR] [--stages 01,06] [--force]
+    playbook batch models.yaml [--jobs 2 | --scheduler tcp://host:8786 | --scheduler local:2] [--reports-dir DIR] \\
+                 [--stages 01,06] [--force]
     playbook list-models
     playbook list-params
     playbook notebooks DIR [--force]
@@ -74,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", help="run many models from a YAML file, a few at a time")
     batch.add_argument("file", type=Path, help="YAML: a list of {model, dataset?, smoke?, params?, budget?}, "
                        "or {defaults: {...}, models: [...]}")
-    batch.add_argument("--jobs", "-j", type=int, default=2, help="models run at once (default 2)")
+    batch.add_argument("--jobs", "-j", type=int, default=None, help="models run at once on this machine (default 2)")
+    batch.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run on a Dask cluster, one task per model: tcp://HOST:8786 (a running `dask scheduler`) "
+                            "or local:N (N worker processes here)")
+    batch.add_argument("--transfer", choices=("auto", "archive", "shared"), default="auto",
+                       help="with --scheduler: how results come back; auto writes in place when workers see "
+                            "--reports-dir, else each model's folder returns as an archive (default auto)")
     batch.add_argument("--smoke", action="store_true", help="smoke mode for every model")
     common(batch)
 
@@ -147,9 +154,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from playbook.batch import load_batch, run_batch
+    from playbook.batch import BatchInterrupted, load_batch, run_batch
     from playbook.pipeline import check_parameter_names, declared_parameters
 
+    if args.scheduler and args.jobs is not None:
+        raise ConfigError("--jobs and --scheduler exclude each other: on a cluster each worker thread runs one model "
+                          "at a time (local:N starts N single-threaded workers)")
+    if args.transfer != "auto" and not args.scheduler:
+        raise ConfigError("--transfer applies only with --scheduler")
+    if args.scheduler:
+        from playbook.distributed import Scheduler, run_batch_on_cluster
+
+        scheduler = Scheduler.parse(args.scheduler)
     specs = [_spec(args, RunCommand(model=e["model"], dataset=e["dataset"] or "", smoke=e["smoke"] or args.smoke,
                                     params=dict(e["params"]), budget=parse_budget([f"{k}={v!r}" for k, v in
                                                                                    e["budget"].items()]),
@@ -162,7 +178,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             check_parameter_names(spec.command, declared)
         except ConfigError as exc:
             raise ConfigError(f"batch entry {spec.model!r}: {exc}") from exc
-    outcomes = run_batch(specs, jobs=args.jobs, reports_root=_reports_root(args))
+    try:
+        if args.scheduler:
+            outcomes = run_batch_on_cluster(specs, scheduler, reports_root=_reports_root(args),
+                                            transfer=args.transfer)
+        else:
+            outcomes = run_batch(specs, jobs=2 if args.jobs is None else args.jobs, reports_root=_reports_root(args))
+    except BatchInterrupted as exc:
+        print(f"playbook: batch stopped by {exc}; unfinished models have INTERRUPTED pages; index: "
+              f"{_reports_root(args) / 'index.html'}", file=sys.stderr)
+        return 128 + exc.signum
     width = max(len(o.model) for o in outcomes)
     print("\nbatch summary:")
     for o in outcomes:

@@ -101,4 +101,6 @@ def environment(compute_unit: str | None = None, runtime: str | None = None) -> 
         "playbook_version": playbook_version(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        # set by `playbook batch --scheduler` for the run it starts on a Dask worker: "host pid N (address)"
+        "worker": os.environ.get("PLAYBOOK_WORKER"),
     }

@@ -109,9 +109,10 @@ def index_html(reports_root: Path) -> str:
                                                        if s.get("provisional") else "")
             meets = ('<span class="pb-ok">yes</span>' if s.get("meets_budget", True)
                      else '<span class="pb-miss">no variant meets budget</span>')
-        elif r["status"] == "failed":
+        elif r["status"] in ("failed", "interrupted"):
             where = f" in {r['failed_stage']}" if r.get("failed_stage") else ""
-            state = f'<span class="pb-miss">FAILED{esc(where)}</span><div class="pb-desc">{esc(r.get("error"))}</div>'
+            state = (f'<span class="pb-miss">{r["status"].upper()}{esc(where)}</span>'
+                     f'<div class="pb-desc">{esc(r.get("error"))}</div>')
             meets = "—"
         else:
             state = f'<span class="pb-miss">{esc(r["status"])}</span>'
