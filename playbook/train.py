@@ -26,6 +26,7 @@ from playbook.config import ConfigError, StrictConfig, check_choice, check_range
 from playbook.data import Dataset, Split
 from playbook.env import torch_threads
 from playbook.paths import default_cache_dir
+from playbook.records import sha256_path
 from playbook.metrics import ClassificationMetrics, classification_metrics
 from playbook.models import count_parameters, create_model
 
@@ -130,6 +131,7 @@ class TrainResult:
     steps: int = 0
     stop_reason: str = "budget"
     warnings: tuple[str, ...] = ()
+    checkpoint_sha256: str = ""  # of the weights file as loaded or written: later stages check they get the same
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -218,17 +220,27 @@ def load_checkpoint(model: nn.Module, path: Path, user_file: bool = False) -> di
     return json.loads(meta) if isinstance(meta, str) else dict(meta)
 
 
-def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    """Write ``{"state_dict", "meta"}`` atomically (temp file, then rename)."""
+def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> bool:
+    """Write ``{"state_dict", "meta"}`` atomically, first writer wins; ``False`` when ``path`` already existed.
+
+    Concurrent runs may share a cache and train the same key at once.  The file is written under a unique
+    temporary name and then hard-linked into place, which fails if another run got there first: a checkpoint
+    that a finished stage already recorded (with its SHA-256) is never replaced under it.  Where the file
+    system has no hard links, an atomic rename is used instead (last writer wins there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique: concurrent runs may share a cache
     os.close(fd)
     try:
         torch.save({"state_dict": model.state_dict(), "meta": json.dumps(meta)}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FAT file systems)
+            os.replace(tmp, path)
+        return True
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _augment(x: torch.Tensor, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -434,16 +446,11 @@ def train_or_load(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConf
         start = time.perf_counter()
         load_checkpoint(model, Path(checkpoint), user_file=True)
         return model.eval(), TrainResult(str(checkpoint), True, time.perf_counter() - start, "cpu", n_params, (),
-                                         stop_reason="checkpoint")
+                                         stop_reason="checkpoint", checkpoint_sha256=sha256_path(Path(checkpoint)))
     key = cache_key(model_cfg, dataset, train_cfg, architecture_signature(model))
     path = (cache_dir or default_cache_dir()) / f"{key}.pt"
     if path.exists():
-        meta = load_checkpoint(model, path)
-        history = tuple(meta.get("history", ()))
-        steps = int(meta.get("steps", 0))
-        return model.eval(), TrainResult(str(path), True, float(meta.get("seconds", 0.0)), meta.get("device", "?"),
-                                         n_params, history, steps, str(meta.get("stop_reason", "cache")),
-                                         tuple(training_warnings(history, steps, dataset.num_classes)))
+        return _from_cache(model, path, n_params, dataset)
     start = time.perf_counter()
     if train_cfg.head:
         freeze_all_but(model, train_cfg.head)
@@ -457,8 +464,20 @@ def train_or_load(model_cfg: ModelConfig, dataset: Dataset, train_cfg: TrainConf
             f"training collapsed: {warnings[0]}. Nothing was cached. Check the learning rate (lr={train_cfg.lr:g}), "
             "the labels of the data, or train longer")
     device = str(pick_device(train_cfg.device))
-    save_checkpoint(model, path, {"history": result.history, "seconds": seconds, "device": device,
-                                  "steps": result.steps, "stop_reason": result.stop_reason,
-                                  "model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
+    written = save_checkpoint(model, path, {"history": result.history, "seconds": seconds, "device": device,
+                                            "steps": result.steps, "stop_reason": result.stop_reason,
+                                            "model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
+    if not written:  # another run cached this key while we trained: use its weights, so model == cache file
+        return _from_cache(model, path, n_params, dataset)
     return model.eval(), TrainResult(str(path), False, seconds, device, n_params, tuple(result.history), result.steps,
-                                     result.stop_reason, tuple(warnings))
+                                     result.stop_reason, tuple(warnings), sha256_path(path))
+
+
+def _from_cache(model: nn.Module, path: Path, n_params: int, dataset: Dataset) -> tuple[nn.Module, TrainResult]:
+    digest = sha256_path(path)  # before loading: the weights loaded are those of this digest
+    meta = load_checkpoint(model, path)
+    history = tuple(meta.get("history", ()))
+    steps = int(meta.get("steps", 0))
+    return model.eval(), TrainResult(str(path), True, float(meta.get("seconds", 0.0)), meta.get("device", "?"),
+                                     n_params, history, steps, str(meta.get("stop_reason", "cache")),
+                                     tuple(training_warnings(history, steps, dataset.num_classes)), digest)

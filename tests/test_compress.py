@@ -1,6 +1,7 @@
 """Stage 02: the recipe catalogue, coremltools' compressors on tiny models, sensitivity, the record, the widget."""
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,6 +314,52 @@ def test_stage_records_refused_recipes_without_a_traceback(stage, capsys):
     assert "skipped int4-block" in capsys.readouterr().out
     assert "refused by coremltools" in st.explain("int4-block")
     assert any("refused" in p["title"] for p in st.collect_pitfalls())
+
+
+def test_one_failing_recipe_is_recorded_and_the_stage_completes_with_the_others(stage, monkeypatch, capsys):
+    """Issue 18: a recipe that fails for any reason (here: the measurement raises, as when the executor meets an
+    op it cannot run) is recorded with its reason, shown in the report, and the other recipes are still measured."""
+    from playbook.stages.report import ReportConfig, run_report
+
+    st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights", "palettize-4bit"], sensitivity_recipe="none"))
+    real_measure = st.measure
+
+    def measure(name, *args, **kwargs):
+        if name == "palettize-4bit":
+            raise NotImplementedError("the reference executor has no kernel for op 'random_uniform'")
+        return real_measure(name, *args, **kwargs)
+
+    monkeypatch.setattr(st, "measure", measure)
+    st.run()
+    out = capsys.readouterr().out
+    assert "FAILED palettize-4bit (measure): NotImplementedError" in out and "Traceback" in out
+    assert [v.name for v in st.variants] == ["int8-weights"]
+    assert st.failed == [{"recipe": "palettize-4bit", "phase": "measure", "error": "NotImplementedError",
+                          "reason": "the reference executor has no kernel for op 'random_uniform'"}]
+    assert st.cost and st.cost["variants"] == 2 and st.cost["seconds_per_image"] > 0
+    st.finish()
+    record = json.loads(st.path.read_text())
+    assert record["failed"][0]["recipe"] == "palettize-4bit" and record["cost_estimate"]["variants"] == 2
+    assert any(p["title"] == "palettize-4bit failed (measure) and was left out" for p in record["pitfalls"])
+    run_report(ReportConfig(smoke=True, reports_dir=stage.cfg.reports_dir))
+    page = (st.model_dir / "report.html").read_text()
+    assert "palettize-4bit failed (measure) and was left out" in page and "random_uniform" in page
+
+
+def test_a_stage_refuses_a_baseline_whose_checkpoint_changed_since_it_was_measured(stage, tmp_path):
+    """Two runs sharing a checkpoint cache must never mix: 01 records the checkpoint's SHA-256, 02 checks it."""
+    import shutil
+
+    from playbook.records import RecordError, sha256_path
+
+    record = json.loads((stage.model_dir / "baseline.json").read_text())
+    assert record["training"]["checkpoint_sha256"] == sha256_path(Path(record["training"]["checkpoint"]))
+    copy = tmp_path / "reports"
+    shutil.copytree(stage.model_dir, copy / stage.model_dir.name)
+    record["training"]["checkpoint_sha256"] = "0" * 64
+    (copy / stage.model_dir.name / "baseline.json").write_text(json.dumps(record))
+    with pytest.raises(RecordError, match="is not the checkpoint .* was measured with .* re-run 01_baseline"):
+        QuantizationRun(stage.cfg.replace(reports_dir=str(copy)))
 
 
 def test_explorer_widget_shows_a_row_and_the_sensitivity(stage):

@@ -74,3 +74,24 @@ def build_model_for(digits):
 
     torch.manual_seed(0)
     return build_model(ModelConfig("resnet", {"width": 8}), digits)
+
+
+def test_the_first_checkpoint_written_wins_and_a_late_trainer_takes_its_weights(digits, tmp_path):
+    """Two runs sharing a cache train the same key at once: the file the first one wrote (and may already have
+    recorded by its SHA-256) is never replaced; the second one continues with the cached weights."""
+    from playbook.records import sha256_path
+    from playbook.train import build_model, save_checkpoint
+
+    m = ModelConfig("resnet", {"width": 8})
+    first, other = build_model(m, digits), build_model(m, digits)
+    torch.nn.init.constant_(next(other.parameters()), 0.5)
+    path = tmp_path / "key.pt"
+    assert save_checkpoint(first, path, {"history": []}) is True
+    digest = sha256_path(path)
+    assert save_checkpoint(other, path, {"history": []}) is False
+    assert sha256_path(path) == digest and sorted(p.name for p in tmp_path.iterdir()) == ["key.pt"]  # no temp left
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05)
+    model, result = train_or_load(m, digits, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert not result.from_cache and result.checkpoint_sha256 == sha256_path(result.checkpoint)
+    again, cached = train_or_load(m, digits, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert cached.from_cache and cached.checkpoint_sha256 == result.checkpoint_sha256

@@ -21,7 +21,7 @@ from playbook.env import environment, playbook_version, torch_threads
 from playbook.measure import MeasureConfig, Reference, measure_variant, reference_from
 from playbook.paths import model_dir
 from playbook.records import (RecordError, StageRecord, VariantRecord, lineage_of, missing_outputs,
-                              read_stage_record, write_stage_record)
+                              read_stage_record, sha256_path, write_stage_record)
 from playbook.stages import get_stage
 
 
@@ -167,7 +167,12 @@ def load_baseline(cfg: MeasuredStageConfig) -> Baseline:
         raise RecordError(f"{root / 'baseline.json'} names packages that no longer exist ({gone}); re-run 01_baseline")
     dataset = load_dataset(DatasetConfig.from_dict(record["dataset_config"]))
     net = build_model(ModelConfig.from_dict(record["model_config"]), dataset)
-    load_checkpoint(net, Path(record["training"]["checkpoint"]))
+    checkpoint = Path(record["training"]["checkpoint"])
+    recorded = record["training"].get("checkpoint_sha256")
+    if recorded and checkpoint.is_file() and sha256_path(checkpoint) != recorded:
+        raise RecordError(f"{checkpoint} is not the checkpoint {root / 'baseline.json'} was measured with (its "
+                          "SHA-256 changed: replaced by another run or by hand); re-run 01_baseline")
+    load_checkpoint(net, checkpoint)
     fp32 = record.variant(record["reference_variant"])
     fp32_package = fp32.package_path(root)
     scores, _ = predict_split(fp32_package, dataset, dataset.test, cfg.runtime)

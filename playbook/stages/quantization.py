@@ -16,6 +16,7 @@ import json
 import shutil
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -128,6 +129,7 @@ class QuantizationRun(DownstreamRun):
         self.fp32_weight_bytes = weight_file_bytes(self.baseline.fp32_package)
         self.recipes = cfg.recipe_names()
         self.skipped: list[dict[str, str]] = []
+        self.failed: list[dict[str, str]] = []
         self.retargeted: list[dict[str, str]] = []
         self.sensitivity: dict[str, Any] | None = None
         self.mixed: dict[str, dict[str, Any]] = {}
@@ -166,7 +168,24 @@ class QuantizationRun(DownstreamRun):
 
     # ---- one recipe
     def run_recipe(self, name: str) -> VariantRecord | None:
-        """Compress, save and measure one recipe; returns its record (``None`` if coremltools refused it)."""
+        """Compress, save and measure one recipe; returns its record, or ``None`` when it could not be made.
+
+        One recipe never stops the stage: coremltools refusing it is recorded in ``skipped`` (its message and a
+        hint); any other failure (conversion, an op the prediction interface cannot run, a bug) in ``failed``
+        with the error and the phase it happened in, the traceback goes to the log, and the stage goes on with
+        the next recipe.  Both lists are in the record and become pitfalls in the report."""
+        phase = {"name": "compress"}
+        try:
+            return self._run_recipe(name, phase)
+        except Exception as exc:  # noqa: BLE001 -- isolated per recipe, recorded with its reason (issue 18)
+            reason = " ".join(str(exc).split())[:600] or type(exc).__name__
+            self.failed.append({"recipe": name, "phase": phase["name"], "error": type(exc).__name__,
+                                "reason": reason})
+            print(f"FAILED {name} ({phase['name']}): {type(exc).__name__}: {reason}\n"
+                  f"{traceback.format_exc()}the stage goes on with the other recipes")
+            return None
+
+    def _run_recipe(self, name: str, phase: dict[str, str]) -> VariantRecord | None:
         with self.threads():
             recipe = get_recipe(name)
             target = self.target_for(recipe)
@@ -214,6 +233,7 @@ class QuantizationRun(DownstreamRun):
                 self.skipped.append(exc.to_dict())
                 print(f"skipped {recipe.name}: {exc}")
                 return None
+        phase["name"] = "measure"
         return self._measure_recipe(recipe.name, path, recipe, target, {**extra, "precision": precision}, details)
 
     def _measure_recipe(self, name: str, path: Path, recipe: Recipe, target: str, extra: dict[str, Any],
@@ -410,6 +430,8 @@ class QuantizationRun(DownstreamRun):
         if technique is not None:
             check_choice("technique", technique, TECHNIQUES)
         names = [n for n in self.recipes if technique is None or RECIPES[n].technique == technique]
+        if self.cost is None:  # once, before the first recipe: what measuring every selected recipe will cost
+            self.estimate_cost(len(self.recipes), self.baseline.fp32_package)
         for name in names:
             self.run_recipe(name)
         return self.table(names)
@@ -749,6 +771,10 @@ class QuantizationRun(DownstreamRun):
                              "require iOS 18 / macOS 15 to ship them")
         for s in self.skipped:
             self.add_pitfall(f"{s['recipe']} refused by coremltools", f"{s['coremltools_message']} -- {s['hint']}")
+        for f in self.failed:
+            self.add_pitfall(f"{f['recipe']} failed ({f['phase']}) and was left out",
+                             f"{f['error']}: {f['reason']} -- the other recipes were measured; the traceback is in "
+                             "the stage's output (for a CLI run, reports/<model>/run.log)")
         import platform
 
         if platform.system() != "Darwin":
@@ -778,6 +804,7 @@ class QuantizationRun(DownstreamRun):
             "recipes": {n: RECIPES[n].to_dict() for n in self.recipes},
             "retargeted": self.retargeted,
             "skipped": self.skipped,
+            "failed": self.failed,
             "pareto_front": self.pareto(),
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
