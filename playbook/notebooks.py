@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -117,6 +119,16 @@ def _kernel_manager_class(kernel_stderr: IO[str] | None = None) -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc" if os.name == "posix" else "tcp"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # jupyter_client's default IPC prefix is "kernel-ipc" in the working folder, the same for every kernel
+            # started there: two runs side by side (a batch with --jobs 2) would bind each other's sockets and
+            # one kernel never answers.  A prefix of its own per kernel, in the temp folder (Unix socket paths
+            # must stay under ~100 characters); jupyter_client removes the socket files at shutdown.
+            if self.transport != "ipc":
+                return super()._ip_default()
+            return str(Path(tempfile.gettempdir()) / f"pb-kernel-{uuid.uuid4().hex[:16]}")
 
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             if kernel_stderr is not None:

@@ -295,7 +295,7 @@ def test_families_train_in_worker_processes_into_the_cache(tmp_path, monkeypatch
     # Trained in this process instead (another cache): the same weights, whatever ran before in either process.
     monkeypatch.setenv("PLAYBOOK_CACHE_DIR", str(tmp_path / "cache-main"))
     torch.rand(1000)  # move the global generator on
-    here = train_families(families[::-1], small, data_cfg.to_dict(), cfgs, jobs=1)
+    here = train_families(families[::-1], small, data_cfg.to_dict(), cfgs, jobs=1, threads=1)  # one thread, as in the workers
     for name in first:
         a, b = first[name][0].state_dict(), here[name][0].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name

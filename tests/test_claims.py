@@ -65,8 +65,11 @@ def test_every_notebook_ends_with_a_sources_list_that_its_citations_use(path):
         for url in URL.findall(entry):
             parsed = urlparse(url.rstrip(".,;"))
             assert parsed.scheme == "https" and parsed.netloc and "." in parsed.netloc, (path.name, number, url)
-        assert URL.search(entry) or re.search(r"\b(19|20)\d\d\b|arXiv:\d{4}\.\d{4,5}", entry), \
-            f"{path.name} source {number} has neither a link nor a publication (year or arXiv id)"
+        own = [f for f in re.findall(r"`([\w./-]+\.(?:py|md|json))`", entry) if (REPO / f).exists()]
+        assert (URL.search(entry) or re.search(r"\b(19|20)\d\d\b|arXiv:\d{4}\.\d{4,5}", entry) or own
+                or re.search(r"measured in this run|manual page", entry, flags=re.I)), \
+            (f"{path.name} source {number} is none of: a link, a publication (year or arXiv id), a file of this "
+             "repository, this run's measurements, a manual page")
     cited = {int(n) for group in re.findall(r"\[(\d+(?:\]\[\d+)*)\]", body) for n in re.findall(r"\d+", group)}
     assert cited, f"{path.name} cites none of its sources"
     assert cited <= set(numbers), f"{path.name} cites {sorted(cited - set(numbers))}, which its Sources list lacks"

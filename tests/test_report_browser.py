@@ -158,12 +158,13 @@ def test_every_delivered_package_says_what_it_is(smoke_report):
             expected_precision = v.get("precision") or record.get("deploy_precision")
             assert meta["playbook.precision"] == expected_precision, (v.name, meta)
             if stage != "baseline":
-                recipe = (v.get("recipe") or {}).get("name")
+                recipe = (v.get("recipe") or {}).get("name") or "none (uncompressed export)"
                 assert meta["playbook.recipe"] == recipe, (v.name, meta)
-            sources.add(meta["playbook.source_model_sha256"])
+            if stage in ("baseline", "quantization"):  # 03 ships a student, 04 other families: their own models
+                sources.add(meta["playbook.source_model_sha256"])
             checked += 1
     assert checked >= 4
-    assert len(sources) == 1  # every variant names the same trained model
+    assert len(sources) == 1  # the baseline's variants and its compressed ones name the same trained model
 
 
 def test_the_report_pages_are_small_and_self_contained(smoke_report):

@@ -133,7 +133,7 @@ def index_html(reports_root: Path) -> str:
     n_failed = sum(r["status"] == "failed" for r in rows)
     n_interrupted = sum(r["status"] == "interrupted" for r in rows)
     head = (f"<h1>Core ML optimization playbook: reports</h1><p>{len(rows)} model(s), {n_failed} failed"
-            f"{f', {n_interrupted} interrupted' if n_interrupted else ''}. Top-1, size and latency are those of each "
+            f", {n_interrupted} interrupted. Top-1, size and latency are those of each "
             "model's recommended variant (or, when none meets the budget, the closest one); open a report for "
             "intervals and provenance. Latency measured by the reference executor is the cost of that executor on "
             "a Linux CPU, not a device's speed.</p>")
