@@ -500,11 +500,13 @@ class DistillationRun(DownstreamRun):
         return [plain, packed]
 
     def _export(self, student: nn.Module, target: str, stem: str, precision: str | None = None,
-                folder: Path | None = None) -> Path:
+                folder: Path | None = None, recipe: Any = None) -> Path:
         cfg = self.export_cfg.replace(precision=precision or self.cfg.precision, minimum_deployment_target=target)
+        made_by = {"playbook.recipe": recipe.name, "playbook.weights": recipe.description} if recipe else {}
         return export_model(student, self.dataset, cfg, folder or self.out_dir, stem,
                             metadata={"playbook.stage": "distillation", "playbook.model": self.cfg.model,
-                                      "playbook.student": self.cfg.student, "playbook.variant": stem}).path
+                                      "playbook.student": self.cfg.student, "playbook.variant": stem,
+                                      **made_by}).path
 
     @staticmethod
     def _size(path: Path) -> int:
@@ -516,7 +518,8 @@ class DistillationRun(DownstreamRun):
         if recipe.side == "coreml":
             if base is None or precision != self.cfg.precision:
                 base = self._export(student, target, f"{precision}-{target}", precision, self.out_dir / "_base")
-            made = compress_package(recipe, base, self.out_dir, name, self.cfg.weight_threshold)
+            made = compress_package(recipe, base, self.out_dir, name, self.cfg.weight_threshold,
+                                    metadata={"playbook.stage": "distillation"})
             return made.path, {"messages": list(made.messages), "compress_seconds": made.seconds}
         ft = choice.get("finetune") or {"steps": 200, "lr": 0.002, "batch_size": 64, "seed": 0}
         steps = SMOKE.steps(ft["steps"]) if self.cfg.smoke else ft["steps"]
@@ -524,7 +527,7 @@ class DistillationRun(DownstreamRun):
                             self.cfg.weight_threshold, ft["seed"])
         with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
             warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-            path = self._export(tc.model, target, name, precision)
+            path = self._export(tc.model, target, name, precision, recipe=recipe)
         return path, {**tc.details, "compress_seconds": tc.seconds, "finetune_steps": tc.finetune_steps}
 
     def explain_shipped(self) -> str:
