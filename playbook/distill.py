@@ -120,6 +120,14 @@ def training_split_id(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
+def subset(dataset: Dataset, n: int) -> Dataset:
+    """``dataset`` with only the first ``n`` training images (the split is already a seeded permutation, so this is
+    a random subset; positions are unchanged, so cached teacher logits still line up).  ``n = 0``: all of them."""
+    if n <= 0 or n >= len(dataset.train):
+        return dataset
+    return dataclasses.replace(dataset, train=dataset.train.head(n))
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherLogits:
     """The teacher's logits for every training image (row ``i`` = ``dataset.train`` image ``i``)."""

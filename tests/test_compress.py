@@ -563,8 +563,8 @@ def test_notebook_02_cites_its_sources_and_the_corrected_claims_stay_corrected()
             assert f"https://arxiv.org/abs/{arxiv}" in item
     cited = {int(n) for group in re.findall(r"\[(\d+(?:\]\[\d+)*)\]", body) for n in group.split("][")}
     assert cited == set(map(int, items)), (sorted(cited), sorted(map(int, items)))
-    stage_source = Path(__file__).resolve().parents[1] / "playbook" / "stages" / "quantization.py"
-    checked = text + stage_source.read_text()
+    stages_dir = Path(__file__).resolve().parents[1] / "playbook" / "stages"
+    checked = text + "".join(p.read_text() for p in sorted(stages_dir.glob("quantization*.py")))  # stage and mixins
     for phrase in ("lets int8 hardware paths run", "often faster", "shrinks the download and the memory",
                    "silently skips", "2-8x", "savings multiply", "what some toolkits call", "classic weak spots",
                    "usually costs a few kilobytes", "only where activations have outliers", "depthwise-heavy",
