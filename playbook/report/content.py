@@ -5,150 +5,25 @@ lays it out, escaping everything it inserts.
 ``build(data, rec, lang)`` returns a ``dict`` with one key per section (``cover``, ``alerts``, ``summary``,
 ``recommendation``, ``charts``, ``table``, ``per_class``, ``deliverables``, ``next_steps``, ``risks``,
 ``pitfalls``, ``methodology``, ``glossary``, ``sources``).  Reads records (and the delivered package's own
-metadata), never notebook outputs.
+metadata), never notebook outputs.  The facts several sections share are in ``facts.py``; the closing sections
+(next steps to sources) in ``closing.py``.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import re
-from pathlib import Path
 from typing import Any, Sequence
 
-from playbook.report.i18n import MESSAGES, REPORT_FILES, Locale
-from playbook.report.recommend import Recommendation, ReportData, Row, latency_rankable, latency_runtime
+from playbook.report.closing import SOURCES, _glossary, _methodology, _next_steps, _pitfalls, _risks
+from playbook.report.facts import (TARGET_OS, _baseline, _environment_line, _png_data_uri, _reference, _where,
+                                   deployment_target, describe, own_warnings, package_metadata, package_target)
+from playbook.report.i18n import REPORT_FILES, Locale
+from playbook.report.recommend import Recommendation, ReportData, Row, latency_runtime
 from playbook.report.swift import swift_snippet
-from playbook.stages import STAGES, get_stage
+from playbook.stages import STAGES
 
-# The numbered Sources list (issue 17): the report's text cites these as [n].
-SOURCES: tuple[dict[str, str], ...] = (
-    {"text": "This playbook's reference executor: playbook/mlprogram.py, and the README section \"The five axes, and "
-             "where each number comes from\" (it decompresses every constexpr weight once at load and runs the "
-             "program's ops with PyTorch in float32)", "url": ""},
-    {"text": "Apple, \"Analyzing a Core ML model's performance in Xcode\", Core ML documentation",
-     "url": "https://developer.apple.com/documentation/coreml/analyzing-a-core-ml-model-s-performance-in-xcode"},
-    {"text": "coremltools 9 guide, \"Optimization: Overview\"",
-     "url": "https://apple.github.io/coremltools/docs-guides/source/opt-overview.html"},
-    {"text": "coremltools 9 guide, \"Quantization: Performance\"",
-     "url": "https://apple.github.io/coremltools/docs-guides/source/opt-quantization-perf.html"},
-    {"text": "coremltools 9 guide, \"Palettization\"",
-     "url": "https://apple.github.io/coremltools/docs-guides/source/opt-palettization.html"},
-    {"text": "Q. McNemar, \"Note on the sampling error of the difference between correlated proportions or "
-             "percentages\", Psychometrika 12(2), 153-157, 1947, doi:10.1007/BF02295996", "url": ""},
-    {"text": "B. Efron and R. J. Tibshirani, An Introduction to the Bootstrap, Chapman & Hall, 1993", "url": ""},
-    {"text": "G. Hinton, O. Vinyals and J. Dean, \"Distilling the Knowledge in a Neural Network\", arXiv:1503.02531, 2015",
-     "url": "https://arxiv.org/abs/1503.02531"},
-    {"text": "B. Jacob et al., \"Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only "
-             "Inference\", arXiv:1712.05877, 2018", "url": "https://arxiv.org/abs/1712.05877"},
-    {"text": "coremltools 9 guide, \"optimize.coreml API Overview\" (weights are decompressed to float and all "
-             "computation uses float precision)",
-     "url": "https://apple.github.io/coremltools/docs-guides/source/optimizecoreml-api-overview.html"},
-)
-GLOSSARY_KEYS = ("g.pp", "g.top1", "g.ci", "g.mcnemar", "g.p90", "g.pareto", "g.quant", "g.w8a8", "g.pal", "g.prune",
-                 "g.qat", "g.distill", "g.ane", "g.ref", "g.target")
 SECTIONS = ("summary", "recommendation", "charts", "variants", "per_class", "deliverables", "next", "risks",
             "pitfalls", "methodology", "glossary", "sources")
-TARGET_OS = {"iOS15": "iOS 15 / macOS 12", "iOS16": "iOS 16 / macOS 13", "iOS17": "iOS 17 / macOS 14",
-             "iOS18": "iOS 18 / macOS 15"}
-TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
-_MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
-
-
-# --------------------------------------------------------------------------- small helpers
-def _baseline(data: ReportData) -> Any:
-    return data.records.get("baseline")
-
-
-def _reference(data: ReportData) -> Row | None:
-    return next((r for r in data.rows if r.is_reference), None)
-
-
-def deployment_target(row: Row) -> str | None:
-    """The variant's minimum deployment target: its record's, else the one its spec version implies."""
-    target = row.raw.get("deployment_target")
-    if target:
-        return str(target)
-    spec = (row.raw.io or {}).get("specification_version")
-    return TARGET_BY_SPEC.get(int(spec)) if spec else None
-
-
-def package_target(path: Path | None) -> str | None:
-    """The deployment target a saved package's specification version implies (``None`` without the package)."""
-    if path is None or not Path(path).exists():
-        return None
-    try:
-        import coremltools as ct
-
-        return TARGET_BY_SPEC.get(int(ct.utils.load_spec(str(path)).specificationVersion))
-    except Exception:  # noqa: BLE001 - a damaged package: no target shown
-        return None
-
-
-def package_metadata(path: Path | None) -> dict[str, str] | None:
-    """The delivered package's metadata as Xcode shows it (author, license, description, user metadata),
-    read from its spec; ``None`` when the package is not on this machine."""
-    if path is None or not Path(path).exists():
-        return None
-    try:
-        import logging
-
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        import coremltools as ct
-
-        spec = ct.utils.load_spec(str(path))
-    except Exception:  # noqa: BLE001 - a damaged package: the report says it cannot show the metadata
-        return None
-    meta = spec.description.metadata
-    out = {"author": meta.author, "license": meta.license, "shortDescription": meta.shortDescription,
-           "versionString": meta.versionString}
-    out.update({k: v for k, v in sorted(meta.userDefined.items()) if k != "playbook.classes"})
-    return {k: v for k, v in out.items() if v}
-
-
-def layer_names(data: ReportData) -> dict[str, str]:
-    """MIL constant names (``const_2_to_fp16``) -> the PyTorch layer they came from, from the records' layer tables."""
-    names: dict[str, str] = {}
-    for rec in data.records.values():
-        for table in ((rec.get("sensitivity") or {}).get("layers") or [], rec.get("layers") or []):
-            for layer in table:
-                if isinstance(layer, dict) and layer.get("name") and (layer.get("module") or layer.get("label")):
-                    names[str(layer["name"])] = str(layer.get("module") or layer.get("label"))
-    return names
-
-
-def readable(text: str, names: dict[str, str]) -> str:
-    """Record text made readable: MIL constant names replaced by PyTorch layer names, Python list syntax removed."""
-    text = str(text)
-    text = re.sub(r"\[\s*'([^']*)'\s*\]", r"\1", text)  # ['a [24, 1]'] -> a [24, 1]
-    text = re.sub(r"'([^']*)'(?=\s*[,\]])", r"\1", text)
-    if names:
-        text = _MIL_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), text)
-    return text
-
-
-def describe(row: Row, loc: Locale) -> str:
-    """What the variant is: the recipe's own description in English; in Japanese, written from its technique."""
-    if loc.lang == "en":
-        return row.description
-    technique = row.raw.get("technique")
-    bits = (row.raw.get("recipe") or {}).get("bits")
-    if row.stage == "baseline" or not technique:
-        precision = str(row.raw.get("precision") or "")
-        return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
-    key = f"tech.{technique}"
-    if key not in MESSAGES:
-        return row.description
-    values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
-    text = loc.t(key, bits=loc.num(bits, 0) if isinstance(bits, (int, float)) else "—", values=values)
-    keep = re.search(r"-keep(\d+)$", row.name)
-    if keep:
-        text += loc.t("tech.keep", n=keep.group(1))
-    return text
-
-
-def _png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 # --------------------------------------------------------------------------- sections
@@ -169,28 +44,6 @@ def _cover(data: ReportData, loc: Locale, client: str, when: dt.datetime) -> dic
                        (loc.t("cover.date"), loc.date(when)),
                        (loc.t("cover.version"), version + (f" ({commit})" if commit else "")),
                        (loc.t("cover.run"), loc.t("cover.run_smoke") if data.smoke else loc.t("cover.run_full"))]}
-
-
-def own_warnings(data: ReportData, loc: Locale) -> list[str]:
-    """The report's own checks of the baseline: near chance, still improving (used when the records carry none)."""
-    base = _baseline(data)
-    ref = _reference(data)
-    out = []
-    classes = len(((base.get("dataset") or {}).get("classes") or [])) if base else 0
-    if ref is not None and ref.top1 is not None and classes > 1:
-        chance = 100.0 / classes
-        if ref.top1 < 1.5 * chance + 5.0:
-            out.append(loc.t("alert.chance", top1=loc.pct(ref.top1, 1), chance=loc.pct(chance, 1), classes=classes))
-    history = ((base.get("training") or {}).get("history") or []) if base else []
-    schedule = ((base.get("train_config") or {}).get("schedule") if base else None) or ""
-    # A one-cycle schedule anneals the learning rate at the end, so a last-epoch jump is expected there: that case
-    # is left to the warnings the baseline stage itself records.
-    if len(history) >= 2 and schedule != "onecycle":
-        before, after = history[-2].get("val_top1"), history[-1].get("val_top1")
-        if before is not None and after is not None and after - before > 0.5 and \
-                after >= max(h.get("val_top1", 0) for h in history):
-            out.append(loc.t("alert.improving", before=loc.pct(before, 1), after=loc.pct(after, 1)))
-    return out
 
 
 def _alerts(data: ReportData, rec: Recommendation, loc: Locale) -> list[dict[str, Any]]:
@@ -218,21 +71,6 @@ def _alerts(data: ReportData, rec: Recommendation, loc: Locale) -> list[dict[str
 def provisional(data: ReportData, loc: Locale) -> bool:
     """The recommendation is tempered: a smoke run, or the baseline carries (or shows) a warning."""
     return data.smoke or bool(data.warnings) or bool(own_warnings(data, loc))
-
-
-def _where(row: Row, loc: Locale) -> str:
-    runtime = latency_runtime(row)
-    if row.latency_ms is None:
-        return loc.t("not_measured")
-    if runtime == "reference":
-        return loc.t("where.reference")
-    if runtime == "coreml":
-        prov = row.provenance.get("latency") or {}
-        units = f" ({prov.get('compute_units')})" if prov.get("compute_units") else ""
-        device = f", {prov.get('device')}" if prov.get("device") else ""
-        return loc.t("where.coreml", units=units, device=device)
-    prov = row.provenance.get("latency") or {}
-    return str(prov.get("device") or prov.get("note") or loc.t("where.unknown"))
 
 
 def _accuracy_phrase(row: Row, loc: Locale) -> str:
@@ -518,16 +356,6 @@ def _table(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]
                                            "col.target", "col.budget")]}
 
 
-def _environment_line(data: ReportData) -> str:
-    env = next((rec.environment for rec in data.records.values() if rec.environment), None)
-    if not isinstance(env, dict):
-        return ""
-    versions = env.get("versions") or {}
-    vtxt = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("torch", "coremltools"))
-    return ", ".join(str(p) for p in (env.get("os"), env.get("cpu"), f"Python {env.get('python')}" if env.get(
-        "python") else None, vtxt) if p)
-
-
 def _per_class(data: ReportData, loc: Locale) -> dict[str, Any]:
     base = _baseline(data)
     pytorch = (base.get("pytorch") or {}) if base else {}
@@ -571,114 +399,6 @@ def _deliverables(data: ReportData, rec: Recommendation, loc: Locale, folder: st
     out.update({"path": path, "where": loc.t("del.package_where", folder=folder), "outside": rec.chosen is None,
                 "facts": facts, "metadata": metadata, "swift": swift, "name": d.name})
     return out
-
-
-def _next_steps(data: ReportData, rec: Recommendation, loc: Locale, per_class: dict[str, Any]) -> list[str]:
-    from playbook.notebooks import stage_notebooks
-
-    steps = []
-    d = rec.deliverable
-    if data.smoke:
-        steps.append(loc.t("next.smoke", command=data.command().replace(smoke=False).shell()))
-    if data.warnings or own_warnings(data, loc):
-        steps.append(loc.t("next.warnings"))
-    if rec.chosen is None and rec.closest is not None:
-        steps.append(loc.t("next.relax"))
-    if d is not None and not any(latency_rankable(r) for r in data.rows):
-        steps.append(loc.t("next.device", name=d.name))
-    if d is not None and d.drop_ci is not None and d.drop_ci[1] > rec.budgets["top1_drop"] + 1e-9:
-        steps.append(loc.t("next.more_images", name=d.name, high=loc.num(d.drop_ci[1])))
-    try:
-        available = {s.name for s, _ in stage_notebooks()}
-    except Exception:  # noqa: BLE001 - an installed playbook without notebooks: suggest nothing
-        available = set()
-    for name in ("quantization", "distillation", "architecture", "benchmark"):
-        if name in available and name not in data.records:
-            stage = get_stage(name)
-            steps.append(loc.t("next.stage", number=stage.number, title=loc.stage(name), why=loc.t(f"why.{name}")))
-    if per_class.get("rows") and per_class["weak_value"] < 100.0:
-        steps.append(loc.t("next.weak_class", name=per_class["weak"], acc=loc.pct(per_class["weak_value"], 1)))
-    if d is not None and rec.chosen is not None:
-        steps.append(loc.t("next.ship", path=Path(d.package or d.name).name))
-    return steps
-
-
-def _risks(data: ReportData, rec: Recommendation, loc: Locale) -> list[str]:
-    d = rec.deliverable
-    risks = []
-    runtimes = {(r.provenance.get("accuracy") or {}).get("runtime") for r in data.rows}
-    if "reference" in runtimes or not runtimes - {None}:
-        risks.append(loc.t("risk.runtime"))
-    else:
-        device = next(((r.provenance.get("accuracy") or {}).get("device") for r in data.rows), "—")
-        risks.append(loc.t("risk.coreml", device=device))
-    if d is not None and d.top1_ci and d.raw.n_test:
-        risks.append(loc.t("risk.test_size", n=loc.num(d.raw.n_test, 0), ci=loc.interval(*d.top1_ci),
-                           half=loc.num((d.top1_ci[1] - d.top1_ci[0]) / 2, 1)))
-    base = _baseline(data)
-    dataset = ((base.get("dataset") or {}).get("name") if base else None) or "—"
-    risks.append(loc.t("risk.domain", dataset=dataset))
-    if d is not None and not d.is_reference and d.stage != "baseline":
-        risks.append(loc.t("risk.memory"))
-    if d is not None and deployment_target(d) in ("iOS18",):
-        target = deployment_target(d)
-        risks.append(loc.t("risk.target", name=d.name, target=target, os=TARGET_OS[target]))
-    if all(r.energy_mj is None for r in data.rows):
-        risks.append(loc.t("risk.energy"))
-    return risks
-
-
-def _pitfalls(data: ReportData, loc: Locale) -> list[dict[str, str]]:
-    names = layer_names(data)
-    seen, items = set(), []
-    for stage, rec in data.records.items():
-        for p in rec.pitfalls or []:
-            if not isinstance(p, dict):
-                p = {"title": str(p), "detail": ""}
-            key = (p.get("title"), p.get("detail"))
-            if key in seen:
-                continue
-            seen.add(key)
-            items.append({"stage": loc.stage(stage), "title": readable(p.get("title", ""), names),
-                          "detail": readable(p.get("detail", ""), names)})
-    return items
-
-
-def _methodology(data: ReportData, loc: Locale) -> list[str]:
-    base = _baseline(data)
-    ds = (base.get("dataset") or {}) if base else {}
-    ref = _reference(data) or (data.rows[0] if data.rows else None)
-    items = []
-    if ref is not None:
-        items.append(loc.t("m.test", n=loc.num(ref.raw.n_test, 0), dataset=ds.get("name", "—"),
-                           subset=loc.t("m.subset") if data.smoke else ""))
-    resamples = next((r.raw.vs_reference.resamples for r in data.rows if r.raw.vs_reference is not None), None)
-    items.append(loc.t("m.accuracy", resamples=loc.num(resamples, 0)))
-    items.append(loc.t("m.paired"))
-    if ds.get("calib"):
-        items.append(loc.t("m.calibration", n=loc.num(ds["calib"], 0)))
-    training = (base.get("training") or {}) if base else {}
-    train_cfg = (base.get("train_config") or {}) if base else {}
-    history = training.get("history") or []
-    if history:
-        items.append(loc.t("m.training", epochs=len(history), lr=train_cfg.get("lr", "—"),
-                           batch=train_cfg.get("batch_size", "—"), val=loc.pct(history[-1].get("val_top1"), 1)))
-    elif base is not None:
-        items.append(loc.t("m.training_loaded"))
-    timed = next((r for r in data.rows if r.raw.latency), None)
-    if timed is not None:
-        lat = timed.raw.latency
-        items.append(loc.t("m.latency", warmup=lat.get("warmup", "—"), repeats=lat.get("repeats", "—"),
-                           threads=lat.get("threads", "—"), where=_where(timed, loc)))
-    items += [loc.t("m.size"), loc.t("m.memory")]
-    env = _environment_line(data)
-    if env:
-        items.append(loc.t("m.environment", env=env))
-    return items
-
-
-def _glossary(loc: Locale) -> list[tuple[str, str]]:
-    return [tuple(loc.t(k).split("|", 1)) for k in GLOSSARY_KEYS]  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- the whole report

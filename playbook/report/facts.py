@@ -1,0 +1,162 @@
+"""Facts about the run and its variants that several report sections state: the baseline record and the reference
+row, a variant's deployment target and description, the delivered package's target and metadata, readable layer
+names, where a latency was measured, the baseline's own warnings and the environment line.  Read from records (and
+the delivered package's own metadata), never notebook outputs.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+from playbook.report.i18n import MESSAGES, Locale
+from playbook.report.recommend import ReportData, Row, latency_runtime
+
+TARGET_OS = {"iOS15": "iOS 15 / macOS 12", "iOS16": "iOS 16 / macOS 13", "iOS17": "iOS 17 / macOS 14",
+             "iOS18": "iOS 18 / macOS 15"}
+TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
+_MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
+
+
+# --------------------------------------------------------------------------- small helpers
+def _baseline(data: ReportData) -> Any:
+    return data.records.get("baseline")
+
+
+def _reference(data: ReportData) -> Row | None:
+    return next((r for r in data.rows if r.is_reference), None)
+
+
+def deployment_target(row: Row) -> str | None:
+    """The variant's minimum deployment target: its record's, else the one its spec version implies."""
+    target = row.raw.get("deployment_target")
+    if target:
+        return str(target)
+    spec = (row.raw.io or {}).get("specification_version")
+    return TARGET_BY_SPEC.get(int(spec)) if spec else None
+
+
+def package_target(path: Path | None) -> str | None:
+    """The deployment target a saved package's specification version implies (``None`` without the package)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        import coremltools as ct
+
+        return TARGET_BY_SPEC.get(int(ct.utils.load_spec(str(path)).specificationVersion))
+    except Exception:  # noqa: BLE001 - a damaged package: no target shown
+        return None
+
+
+def package_metadata(path: Path | None) -> dict[str, str] | None:
+    """The delivered package's metadata as Xcode shows it (author, license, description, user metadata),
+    read from its spec; ``None`` when the package is not on this machine."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        import logging
+
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
+        import coremltools as ct
+
+        spec = ct.utils.load_spec(str(path))
+    except Exception:  # noqa: BLE001 - a damaged package: the report says it cannot show the metadata
+        return None
+    meta = spec.description.metadata
+    out = {"author": meta.author, "license": meta.license, "shortDescription": meta.shortDescription,
+           "versionString": meta.versionString}
+    out.update({k: v for k, v in sorted(meta.userDefined.items()) if k != "playbook.classes"})
+    return {k: v for k, v in out.items() if v}
+
+
+def layer_names(data: ReportData) -> dict[str, str]:
+    """MIL constant names (``const_2_to_fp16``) -> the PyTorch layer they came from, from the records' layer tables."""
+    names: dict[str, str] = {}
+    for rec in data.records.values():
+        for table in ((rec.get("sensitivity") or {}).get("layers") or [], rec.get("layers") or []):
+            for layer in table:
+                if isinstance(layer, dict) and layer.get("name") and (layer.get("module") or layer.get("label")):
+                    names[str(layer["name"])] = str(layer.get("module") or layer.get("label"))
+    return names
+
+
+def readable(text: str, names: dict[str, str]) -> str:
+    """Record text made readable: MIL constant names replaced by PyTorch layer names, Python list syntax removed."""
+    text = str(text)
+    text = re.sub(r"\[\s*'([^']*)'\s*\]", r"\1", text)  # ['a [24, 1]'] -> a [24, 1]
+    text = re.sub(r"'([^']*)'(?=\s*[,\]])", r"\1", text)
+    if names:
+        text = _MIL_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), text)
+    return text
+
+
+def describe(row: Row, loc: Locale) -> str:
+    """What the variant is: the recipe's own description in English; in Japanese, written from its technique."""
+    if loc.lang == "en":
+        return row.description
+    technique = row.raw.get("technique")
+    bits = (row.raw.get("recipe") or {}).get("bits")
+    if row.stage == "baseline" or not technique:
+        precision = str(row.raw.get("precision") or "")
+        return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
+    key = f"tech.{technique}"
+    if key not in MESSAGES:
+        return row.description
+    values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
+    text = loc.t(key, bits=loc.num(bits, 0) if isinstance(bits, (int, float)) else "—", values=values)
+    keep = re.search(r"-keep(\d+)$", row.name)
+    if keep:
+        text += loc.t("tech.keep", n=keep.group(1))
+    return text
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def own_warnings(data: ReportData, loc: Locale) -> list[str]:
+    """The report's own checks of the baseline: near chance, still improving (used when the records carry none)."""
+    base = _baseline(data)
+    ref = _reference(data)
+    out = []
+    classes = len(((base.get("dataset") or {}).get("classes") or [])) if base else 0
+    if ref is not None and ref.top1 is not None and classes > 1:
+        chance = 100.0 / classes
+        if ref.top1 < 1.5 * chance + 5.0:
+            out.append(loc.t("alert.chance", top1=loc.pct(ref.top1, 1), chance=loc.pct(chance, 1), classes=classes))
+    history = ((base.get("training") or {}).get("history") or []) if base else []
+    schedule = ((base.get("train_config") or {}).get("schedule") if base else None) or ""
+    # A one-cycle schedule anneals the learning rate at the end, so a last-epoch jump is expected there: that case
+    # is left to the warnings the baseline stage itself records.
+    if len(history) >= 2 and schedule != "onecycle":
+        before, after = history[-2].get("val_top1"), history[-1].get("val_top1")
+        if before is not None and after is not None and after - before > 0.5 and \
+                after >= max(h.get("val_top1", 0) for h in history):
+            out.append(loc.t("alert.improving", before=loc.pct(before, 1), after=loc.pct(after, 1)))
+    return out
+
+
+def _where(row: Row, loc: Locale) -> str:
+    runtime = latency_runtime(row)
+    if row.latency_ms is None:
+        return loc.t("not_measured")
+    if runtime == "reference":
+        return loc.t("where.reference")
+    if runtime == "coreml":
+        prov = row.provenance.get("latency") or {}
+        units = f" ({prov.get('compute_units')})" if prov.get("compute_units") else ""
+        device = f", {prov.get('device')}" if prov.get("device") else ""
+        return loc.t("where.coreml", units=units, device=device)
+    prov = row.provenance.get("latency") or {}
+    return str(prov.get("device") or prov.get("note") or loc.t("where.unknown"))
+
+
+def _environment_line(data: ReportData) -> str:
+    env = next((rec.environment for rec in data.records.values() if rec.environment), None)
+    if not isinstance(env, dict):
+        return ""
+    versions = env.get("versions") or {}
+    vtxt = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("torch", "coremltools"))
+    return ", ".join(str(p) for p in (env.get("os"), env.get("cpu"), f"Python {env.get('python')}" if env.get(
+        "python") else None, vtxt) if p)
