@@ -1,0 +1,127 @@
+"""Stage 03 (distillation) views: the teacher's soft labels, the temperature and alpha sweeps, the per-seed
+comparison of scratch and distilled students."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from playbook.views.core import PALETTE, Chart, Table, _figure, _mpl_text
+
+
+# --------------------------------------------------------------------------- distillation (stage 03)
+def plot_soft_labels(examples: dict[str, Any]) -> Chart:
+    """The teacher's soft labels ``softmax(logits / T)`` for a few test images, one row per image, one column per
+    temperature; the true class's bar is highlighted.  ``examples`` is ``DistillationRun.soft_label_examples()``."""
+    images, labels, names = examples["images"], examples["labels"], examples["class_names"]
+    temps = list(examples["temperatures"])
+    probs = examples["probabilities"]
+    rows, cols = len(labels), len(temps) + 1
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.3 * cols, 1.9 * rows + 0.4), dpi=100)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for i, label in enumerate(labels):
+        ax = axes[i, 0]
+        img = np.asarray(images[i])
+        ax.imshow(img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1), cmap="gray")
+        ax.set_title(_mpl_text(f"true: {names[label]}"), fontsize=8)
+        ax.set_axis_off()
+        for j, t in enumerate(temps):
+            ax = axes[i, j + 1]
+            p = np.asarray(probs[t])[i]
+            colours = [PALETTE[3] if k == label else PALETTE[0] for k in range(len(p))]
+            ax.bar(range(len(p)), p, color=colours)
+            ax.set_ylim(0, 1)
+            ax.set_xticks(range(len(p)), [str(k) for k in range(len(p))], fontsize=6)
+            ax.tick_params(axis="y", labelsize=6)
+            entropy = float(-(p * np.log(np.clip(p, 1e-12, 1))).sum())
+            ax.set_title(f"T = {t:g}: top {p.max():.2f}, H = {entropy:.2f}", fontsize=7)
+    fig.suptitle("teacher's soft labels at several temperatures (bars: classes 0-9, red: true class; H: entropy, nats)",
+                 fontsize=9)
+    fig.tight_layout()
+    tops = ", ".join(f"T={t:g}: {np.mean(np.asarray(probs[t]).max(1)):.2f}" for t in temps)
+    return Chart(fig, f"teacher soft labels for {rows} test images at T = {', '.join(f'{t:g}' for t in temps)}; mean "
+                      f"top probability {tops}")
+
+
+def plot_distillation_sweeps(sweeps: dict[str, Any]) -> Chart:
+    """Validation top-1 against the temperature (log scale) and against alpha, with the scratch student as a line.
+    ``sweeps`` is ``DistillationRun.sweeps``: rows with ``temperature``, ``alpha``, ``val_top1`` and
+    ``scratch_val_top1``."""
+    fig, axes = _figure(10, 3.6, 2)
+    for ax, which, xlabel in ((axes[0], "temperature", "temperature T (log scale)"),
+                              (axes[1], "alpha", "alpha: weight of the hard-label loss")):
+        rows = sorted(sweeps.get(which) or [], key=lambda r: r[which])
+        if not rows:
+            ax.text(0.5, 0.5, f"no {which} sweep in this run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        xs, ys = [r[which] for r in rows], [r["val_top1"] for r in rows]
+        fixed = "alpha" if which == "temperature" else "temperature"
+        ax.plot(xs, ys, "o-", color=PALETTE[2], label=f"distilled ({fixed} = {rows[0][fixed]:g})")
+        ax.axhline(rows[0]["scratch_val_top1"], color="black", ls="--", lw=1, label="scratch (same seed and budget)")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2f}", (x, y), fontsize=7, xytext=(3, 4), textcoords="offset points")
+        if which == "temperature":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"accuracy vs {which}", fontsize=9)
+    fig.tight_layout()
+    parts = []
+    for which in ("temperature", "alpha"):
+        rows = sweeps.get(which) or []
+        if rows:
+            parts.append(f"{which}: " + ", ".join(f"{r[which]:g} -> {r['val_top1']:.2f}%" for r in rows))
+    return Chart(fig, "validation top-1 of distilled students; " + "; ".join(parts))
+
+
+def distillation_sweep_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """One sweep (``DistillationRun.sweeps["temperature"]`` or ``["alpha"]``) as a table."""
+    return Table([{"T": r["temperature"], "alpha": r["alpha"], "val top-1 %": r["val_top1"],
+                   "scratch val top-1 %": r["scratch_val_top1"], "gain (points)": r["gain"], "train s": r["seconds"]}
+                  for r in rows])
+
+
+def distillation_seed_table(results: Sequence[dict[str, Any]], stats: dict[str, Any] | None) -> Table:
+    """Scratch and distilled test top-1 per seed, the per-seed gain with its paired bootstrap interval and
+    McNemar's p, then mean ± std over seeds with the paired t-test."""
+    rows: list[dict[str, Any]] = [
+        {"seed": r["seed"], "scratch top-1 %": r["scratch_top1"], "distilled top-1 %": r["distilled_top1"],
+         "gain (points)": r["gain"], "gain 95% CI": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+         "McNemar p": r["mcnemar_p"]} for r in results]
+    if stats:
+        def pm(mean: float, std: float | None, sign: str = "") -> str:
+            return f"{mean:{sign}.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+        rows.append({"seed": f"mean ± std ({stats['n']} seeds)",
+                     "scratch top-1 %": pm(stats["scratch_mean"], stats["scratch_std"]),
+                     "distilled top-1 %": pm(stats["distilled_mean"], stats["distilled_std"]),
+                     "gain (points)": pm(stats["gain_mean"], stats["gain_std"], "+"),
+                     "gain 95% CI": "" if stats["ci_low"] is None
+                     else f"[{stats['ci_low']:+.2f}, {stats['ci_high']:+.2f}] (t)",
+                     "McNemar p": "" if stats["p_value"] is None else f"paired t-test p = {stats['p_value']:.3g}"})
+    return Table(rows)
+
+
+def plot_seed_comparison(results: Sequence[dict[str, Any]]) -> Chart:
+    """Scratch and distilled test top-1 of each seed, joined by a line (a paired design: the lines' slopes are the
+    gains the t-test looks at)."""
+    fig, ax = _figure(4.2, 3.4)
+    for r in results:
+        colour = PALETTE[2] if r["distilled_top1"] > r["scratch_top1"] else PALETTE[3]
+        ax.plot([0, 1], [r["scratch_top1"], r["distilled_top1"]], "o-", color=colour, lw=1)
+        ax.annotate(f"seed {r['seed']}", (1, r["distilled_top1"]), fontsize=7, xytext=(4, 0),
+                    textcoords="offset points", va="center")
+    ax.set_xticks([0, 1], ["scratch", "distilled"])
+    ax.set_xlim(-0.3, 1.5)
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("same student, same seed: scratch vs distilled", fontsize=9)
+    fig.tight_layout()
+    return Chart(fig, "test top-1 per seed, scratch vs distilled: " + "; ".join(
+        f"seed {r['seed']}: {r['scratch_top1']:.2f} -> {r['distilled_top1']:.2f}" for r in results))
