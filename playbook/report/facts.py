@@ -149,6 +149,11 @@ def _where(row: Row, loc: Locale) -> str:
         device = f", {prov.get('device')}" if prov.get("device") else ""
         return loc.t("where.coreml", units=units, device=device)
     prov = row.provenance.get("latency") or {}
+    if runtime == "torch":
+        threads = prov.get("threads")
+        return loc.t("where.torch", device=prov.get("device") or loc.t("where.unknown"),
+                     threads=f", {threads} thread{'s' if threads != 1 else ''}" if threads and loc.lang == "en"
+                     else (f"、{threads} スレッド" if threads else ""))
     return str(prov.get("device") or prov.get("note") or loc.t("where.unknown"))
 
 

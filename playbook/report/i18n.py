@@ -338,6 +338,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "where.reference": {"en": "reference executor, Linux CPU", "ja": "リファレンス実行系（Linux CPU）"},
     "where.coreml": {"en": "Core ML runtime{units}{device}", "ja": "Core ML ランタイム{units}{device}"},
     "where.unknown": {"en": "runtime not recorded", "ja": "実行環境の記録なし"},
+    "where.torch": {"en": "the package's program run as float32 PyTorch ops on this host's CPU{threads} ({device}): "
+                          "a host figure, not an Apple device",
+                    "ja": "このホスト CPU 上の PyTorch 演算（パッケージのプログラムを float32 で実行{threads}、{device}。"
+                          "Apple デバイスではなくホストの値）"},
     "table.delta_note": {
         "en": "Δ top-1 is the variant's top-1 minus the FP32 reference's on the same test images (negative = worse), "
               "with a paired bootstrap 95% interval and McNemar's exact test [6][7]. Provenance of each figure:",
