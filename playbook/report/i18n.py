@@ -309,10 +309,12 @@ MESSAGES: dict[str, dict[str, str]] = {
               "精度の許容範囲、丸印は推奨です。区間が重なっていても精度が同じとは限りません。2 つのバリアントの差は、"
               "下の表の対応のある差の信頼区間と McNemar 検定で判断してください [6]。"},
     "chart.latency.caption": {
-        "en": "Latency here was measured with the {where}. It is shown for completeness and did not rank the variants: "
-              "the reference executor computes every variant in float32, so its order says nothing about a device [1].",
-        "ja": "ここでのレイテンシは{where}で測定した値です。参考として示しており、順位付けには使っていません。リファレンス"
-              "実行系はどのバリアントも float32 で計算するため、その順序はデバイス上の速さを表しません [1]。"},
+        "en": "Latency here was measured with {where}. It is shown for completeness and did not rank the variants: "
+              "off a Mac both the reference executor and the host backend expand every weight at load and compute "
+              "every variant in float32, so their order says nothing about a device [1].",
+        "ja": "ここでのレイテンシは{where}で測定した値です。参考として示しており、順位付けには使っていません。Mac 以外では"
+              "リファレンス実行系もホストのバックエンドも重みをロード時にすべて展開し、どのバリアントも float32 で計算するため、"
+              "その順序はデバイス上の速さを表しません [1]。"},
 
     # ---- table
     "col.variant": {"en": "Variant", "ja": "バリアント"},
@@ -335,7 +337,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "yes": {"en": "yes", "ja": "満たす"},
     "no": {"en": "no", "ja": "満たさない"},
     "not_measured": {"en": "not measured", "ja": "未測定"},
-    "where.reference": {"en": "reference executor, Linux CPU", "ja": "リファレンス実行系（Linux CPU）"},
+    "where.reference": {"en": "the reference executor on a Linux CPU", "ja": "リファレンス実行系（Linux CPU）"},
     "where.coreml": {"en": "Core ML runtime{units}{device}", "ja": "Core ML ランタイム{units}{device}"},
     "where.unknown": {"en": "runtime not recorded", "ja": "実行環境の記録なし"},
     "where.torch": {"en": "the package's program run as float32 PyTorch ops on this host's CPU{threads} ({device}): "
