@@ -261,16 +261,24 @@ def _assert_complete_report(path: Path) -> str:
     return html
 
 
-@pytest.fixture(scope="module")
-def resnet_run(tmp_path_factory, cache_env):
-    """`playbook run --model resnet --dataset digits --smoke`: every stage notebook there is, as a user runs it."""
-    reports = tmp_path_factory.mktemp("run") / "reports"
+def _resnet_smoke_run(folder: Path, base_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Path, float]:
+    """`playbook run --model resnet --dataset digits --smoke`: every stage notebook there is, as a user runs it
+    (in the background from the session's first test: see conftest's ``background``)."""
+    env = dict(base_env, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="30", PLAYBOOK_CACHE_DIR=str(folder / "checkpoints"))
+    env.pop("PLAYBOOK_REPORTS_DIR", None)
+    reports = folder / "reports"
     start = time.monotonic()
     proc = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
-                     cache_env)
+                     env, timeout=1200)
     return proc, reports, time.monotonic() - start
 
 
+@pytest.fixture(scope="module")
+def resnet_run(background):
+    return background[_resnet_smoke_run].result(timeout=1800)
+
+
+@pytest.mark.background.with_args(_resnet_smoke_run)
 def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache_env):
     proc, reports, seconds = resnet_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -291,6 +299,7 @@ def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache
     assert ": running" not in again.stdout
 
 
+@pytest.mark.background.with_args(_resnet_smoke_run)
 def test_batch_isolates_a_failing_model(resnet_run, tmp_path, cache_env):
     """Three models, one of them broken: two complete reports, one failure page, an index of all three.
 

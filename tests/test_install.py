@@ -147,7 +147,7 @@ def _fresh_environment(venv: Path) -> Path:
 def _pip_env() -> dict[str, str]:
     """pip with only the sources named on its command line: no config file, find-links or constraints of the
     machine (with --no-index, every dependency must then be satisfied by what is already installed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # pip's own settings only
     return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
@@ -155,9 +155,9 @@ def _package_files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if "__pycache__" not in p.parts}
 
 
-def _user_env(tmp_path: Path, venv: Path) -> dict[str, str]:
+def _user_env(tmp_path: Path, venv: Path, base: dict[str, str]) -> dict[str, str]:
     """A user's shell: nothing pointing into the repository, the platform cache in a temp folder."""
-    env = {k: v for k, v in os.environ.items()
+    env = {k: v for k, v in base.items()
            if k not in ("PYTHONPATH", "PLAYBOOK_CACHE_DIR", "PLAYBOOK_REPORTS_DIR", "JUPYTER_PATH", "VIRTUAL_ENV",
                         "PYTHONHOME", "PYTHONSTARTUP")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", XDG_CACHE_HOME=str(tmp_path / "user-cache"),
@@ -165,9 +165,7 @@ def _user_env(tmp_path: Path, venv: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.skipif(not (REPO / ".git").exists(),
-                    reason="builds the wheel from a git checkout of the repository")
-def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path):
+def _wheel_check(tmp_path: Path, base_env: dict[str, str]) -> None:
     """`pip wheel .`, install it into a new virtual environment, then from an empty folder
     `playbook run --model resnet --dataset digits --smoke` writes ./reports/resnet/report.html (1-3 min)."""
     source = _source_tree(tmp_path / "source")
@@ -192,7 +190,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
 
     work = tmp_path / "client-project"
     work.mkdir()
-    env = _user_env(tmp_path, venv)
+    env = _user_env(tmp_path, venv, base_env)
     playbook_cmd = venv / "bin" / "playbook"
     version = subprocess.run([str(playbook_cmd), "--version"], cwd=work, env=env, capture_output=True, text=True,
                              timeout=120)
@@ -222,3 +220,11 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
     assert copied.returncode == 0, copied.stderr
     assert sorted(p.name for p in (work / "walkthrough").iterdir()) == sorted(
         p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(),
+                    reason="builds the wheel from a git checkout of the repository")
+@pytest.mark.background.with_args(_wheel_check)
+def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(background):
+    """The wheel, installed anywhere (``_wheel_check``, run in the background from the session's first test)."""
+    background[_wheel_check].result(timeout=1800)
