@@ -17,15 +17,15 @@ from playbook.stages.baseline import FINETUNE_DEFAULTS, BaselineConfig  # noqa: 
 
 def test_pretrained_models_get_a_transfer_learning_budget_and_your_values_win():
     lite = BaselineConfig(model="efficientnet-lite0", dataset="digits")
-    assert lite.training_mode() == "head"
+    assert lite.training_mode() == "finetune"  # every layer: frozen ImageNet features fit small grey images badly
     cfg = lite.train_config()
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.head, cfg.schedule) == (
-        FINETUNE_DEFAULTS["head"]["steps"], FINETUNE_DEFAULTS["head"]["lr"], 64, "_fc", "cosine")
-    assert lite.replace(lr=0.01).train_config().lr == 0.01  # a value you set yourself wins
+        FINETUNE_DEFAULTS["finetune"]["steps"], FINETUNE_DEFAULTS["finetune"]["lr"], 64, "", "cosine")
+    assert lite.replace(lr=0.003).train_config().lr == 0.003  # a value you set yourself wins
     mine = lite.replace(epochs=3).train_config()
     assert mine.epochs == 3 and mine.steps == 0
-    whole = lite.replace(training="finetune").train_config()
-    assert whole.head == "" and whole.steps == FINETUNE_DEFAULTS["finetune"]["steps"] and whole.lr == 0.01
+    head = lite.replace(training="head").train_config()
+    assert head.head == "_fc" and head.steps == FINETUNE_DEFAULTS["head"]["steps"] and head.lr == 0.05
     scratch = BaselineConfig(dataset="digits").train_config()
     assert BaselineConfig().training_mode() == "scratch" and scratch.epochs == 6 and scratch.min_steps == 2000
     assert lite.replace(smoke=True).train_config().steps == 20
@@ -79,7 +79,7 @@ def test_efficientnet_lite0_runs_the_baseline_stage_in_smoke_mode(tmp_path, monk
     monkeypatch.setenv("PLAYBOOK_CACHE_DIR", str(tmp_path / "cache"))
     record = run_baseline(BaselineConfig(model="efficientnet-lite0", dataset="digits", smoke=True, threads=2,
                                          reports_dir=str(tmp_path / "reports")))
-    assert record["training_mode"] == "head" and record["train_config"]["head"] == "_fc"
+    assert record["training_mode"] == "finetune" and record["train_config"]["head"] == ""
     assert record["dataset"]["input_shape"] == [1, 1, 56, 56] and record["dataset"]["native_image_size"] == 8
     assert [v.name for v in record.variants] == ["baseline-fp32", "baseline-fp16"]
     cost = record["cost_estimate"]

@@ -82,12 +82,17 @@ class BaselineConfig(MeasuredStageConfig):
                              min_image_size=minimum, seed=self.seed, **extra)
 
     def training_mode(self) -> str:
-        """``scratch``, ``finetune`` or ``head``: ``auto`` fine-tunes the classifier (head) of a model registered as
-        pretrained and trains the others from scratch.  (A user's ``checkpoint`` is used as it is: no training.)"""
+        """``scratch``, ``finetune`` or ``head``: ``auto`` fine-tunes every layer of a model registered as pretrained
+        and trains the others from scratch.  (A user's ``checkpoint`` is used as it is: no training.)
+
+        Whole-network fine-tuning is the default because a client's images rarely look like ImageNet's: measured on
+        Fashion-MNIST (upscaled to 56 px, 2,000 test images), efficientnet-lite0 reached 89.45% top-1 fine-tuned
+        (400 steps, 156 s on 2 CPU cores) but only 37.35% with its ImageNet features frozen and the classifier alone
+        trained (600 steps).  ``head`` stays available for data close to the pretraining set."""
         if self.training != "auto":
             return self.training
         entry = model_entry(self.model)
-        return "head" if entry is not None and entry.pretrained else "scratch"
+        return "finetune" if entry is not None and entry.pretrained else "scratch"
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(self.model, dict(self.model_options))
