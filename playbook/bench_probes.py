@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from playbook.env import rss_mb
+
 RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
 
@@ -41,18 +43,6 @@ def coreml_available() -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------- memory (fresh process)
-def _rss_mb(field: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource  # macOS: the peak only, in bytes
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)
-
-
 def _memory_child(package: str, setting: dict[str, Any], inputs: dict[str, np.ndarray]) -> tuple[float, float, str]:
     from playbook.bench import Setting, load
 
@@ -64,11 +54,11 @@ def _memory_child(package: str, setting: dict[str, Any], inputs: dict[str, np.nd
         loaded.predict(loaded.prepare(inputs))
         loaded.sync()
         return torch.cuda.max_memory_allocated() / 1e6, 0.0, "CUDA"
-    before = _rss_mb("VmRSS")
+    before = rss_mb("VmRSS")
     loaded = load(Path(package), s)
     loaded.predict(loaded.prepare(inputs))
     loaded.sync()
-    return _rss_mb("VmHWM") - before, before, "RSS"
+    return rss_mb("VmHWM") - before, before, "RSS"
 
 
 def peak_memory(package: Path, setting: Any, inputs: dict[str, np.ndarray]) -> dict[str, Any]:

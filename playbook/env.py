@@ -104,3 +104,16 @@ def environment(compute_unit: str | None = None, runtime: str | None = None) -> 
         # set by `playbook batch --scheduler` for the run it starts on a Dask worker: "host pid N (address)"
         "worker": os.environ.get("PLAYBOOK_WORKER"),
     }
+
+
+def rss_mb(field: str) -> float:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process, MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource  # macOS: only the peak is available, in bytes
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)

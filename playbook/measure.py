@@ -25,7 +25,7 @@ from scipy import stats
 from playbook.config import StrictConfig, check_choice, check_range
 from playbook.coreml import COMPUTE_UNITS, RUNTIMES, load_runtime, package_info, package_inputs, predict_split
 from playbook.data import Dataset
-from playbook.env import environment, torch_threads
+from playbook.env import environment, rss_mb, torch_threads
 from playbook.metrics import classification_metrics, compare_paired, fidelity
 from playbook.records import VariantRecord, relative, sha256_path
 
@@ -104,19 +104,6 @@ def time_latency(run: Any, warmup: int, repeats: int, threads: int, batch: int =
     return Latency(float(np.median(times)), float(np.percentile(times, 90)), batch, warmup, repeats, threads)
 
 
-def _rss_mb(field: str) -> float:
-    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process, MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource  # macOS: only the peak is available, in bytes
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)
-
-
 def _peak_memory_child(package: str, runtime: str, compute_units: str) -> tuple[float, float]:
     """In a freshly forked process: peak RSS rise while loading ``package`` and predicting once."""
     info = package_info(Path(package))
@@ -128,10 +115,10 @@ def _peak_memory_child(package: str, runtime: str, compute_units: str) -> tuple[
     else:
         sample = np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
     torch.set_num_threads(1)
-    before = _rss_mb("VmRSS")
+    before = rss_mb("VmRSS")
     rt = load_runtime(Path(package), runtime, compute_units)
     rt.predict({spec["name"]: sample})
-    return _rss_mb("VmHWM") - before, before
+    return rss_mb("VmHWM") - before, before
 
 
 def peak_memory_mb(package: Path, runtime: str, compute_units: str) -> tuple[float | None, str]:
