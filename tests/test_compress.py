@@ -482,7 +482,7 @@ def test_per_layer_overrides_give_each_weight_its_own_palette(tmp_path, packages
 def lowbit_stage(stage):
     """The below-4-bit recipes on the digits baseline of ``stage`` (weights over 2048 elements: fewer probes)."""
     cfg = stage.cfg.replace(recipes=["palettize-mixed", "torch-prune-75-ft+palettize-4bit"], weight_threshold=2048,
-                            sensitivity_recipe="none")
+                            sensitivity_recipe="none", search_images=60)
     st = QuantizationRun(cfg)
     st.run()
     return st
@@ -515,6 +515,27 @@ def test_mixed_bits_choose_on_validation_and_write_the_chosen_allocation(lowbit_
     chart = views.plot_bit_allocation(info)
     assert len(chart.figure.axes[0].patches) == len(eligible) and "bits" in chart.alt
     assert len(st.bit_search_table("palettize-mixed")) == len(checks)
+    assert info["val_images"] == 60 < len(st.dataset.val)  # search_images bounds the allocation checks
+
+
+def test_the_stage_counts_its_validation_work_and_fine_tunes_before_it_starts(lowbit_stage):
+    """Issue 18: the cost printed before the first recipe counts what the mixed bit-widths and fine-tunes will do,
+    and the count matches what the run then did."""
+    st, cost = lowbit_stage, lowbit_stage.cost
+    info = st.mixed["palettize-mixed"]
+    mixed = cost["validation"]["mixed"]
+    assert mixed["recipes"] == ["palettize-mixed"] and mixed["check_images"] == 60
+    assert mixed["probes"] == len(st._probes) == len(info["allocation"]) * (len(info["bit_choices"]) - 1)
+    assert mixed["probe_images"] == info["probe_images"]
+    assert len(info["checks"]) <= mixed["checks"] == int(np.ceil(np.log2(info["path_length"] + 1)))
+    assert cost["validation"]["sensitivity"]["probes"] == 0  # sensitivity_recipe="none"
+    assert cost["validation_seconds"] == pytest.approx(
+        (mixed["probes"] * mixed["probe_images"] + mixed["checks"] * 60) * cost["seconds_per_image"])
+    tuned = cost["finetune"]
+    assert tuned["recipes"] == ["torch-prune-75-ft+palettize-4bit"] and tuned["steps"] == st.cfg.steps()
+    assert tuned["seconds"] > 0
+    assert tuned["seconds"] == pytest.approx(tuned["steps"] * st.cfg.batch_size * tuned["seconds_per_image"])
+    assert cost["total_seconds"] > cost["accuracy_seconds"]
 
 
 def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):

@@ -125,7 +125,8 @@ class MixedBitsMixin:
         """Choose a recipe's per-layer palette sizes and write its package.
 
         The greedy path of ``compress.mixed.allocation_path`` runs from every layer at the widest choice to every
-        layer at the narrowest; points of it are palettized together and checked on the *whole* validation split:
+        layer at the narrowest; points of it are palettized together and checked on the validation split (its first
+        ``search_images`` images when that is set, else all of it):
         accepted when validation top-1 is within ``budget_share * max_top1_drop`` points of the FP32 package's.
         The smallest accepted point is written (or, if none is, the widest one, flagged ``within_budget=False``)."""
         start = time.perf_counter()
@@ -134,7 +135,7 @@ class MixedBitsMixin:
         layers = self.bit_sensitivity(recipe, target)
         path = allocation_path(layers, choices)
         budget = float(recipe.options.get("budget_share", 1.0)) * self.cfg.max_top1_drop
-        split = self.dataset.val if len(self.dataset.val) else self.dataset.calib
+        split = _val_subset(self.dataset, self.cfg.search_images or len(self.dataset.val) or len(self.dataset.calib))
         ref_scores, ref_top1 = self._val_reference(split)
         cache = self._path_checks.setdefault((target, tuple(choices)), {})
         self.out_dir.mkdir(parents=True, exist_ok=True)
