@@ -117,3 +117,9 @@ def rss_mb(field: str) -> float:
     import resource  # macOS: only the peak is available, in bytes
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0)
+
+
+def progress_options(progress: bool) -> dict[str, bool]:
+    """tqdm arguments for a progress bar: off when ``progress`` is False; otherwise left to tqdm, so that
+    ``TQDM_DISABLE=1`` in the environment still silences it."""
+    return {} if progress else {"disable": True}

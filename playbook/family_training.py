@@ -13,6 +13,7 @@ from typing import Any
 
 from playbook.config import ConfigError
 from playbook.data import Dataset
+from playbook.env import progress_options
 from playbook.models import ModelError, create_model
 
 FAMILY_NAMES = ("resnet", "mobilenetv2", "squeezenet", "efficientnet")
@@ -61,11 +62,6 @@ def parse_family(spec: str) -> Family:
     return Family(family, knobs)
 
 
-def _quiet(progress: bool) -> dict[str, bool]:
-    """tqdm arguments: off when ``progress`` is False; otherwise left to tqdm (``TQDM_DISABLE=1`` still silences it)."""
-    return {} if progress else {"disable": True}
-
-
 # --------------------------------------------------------------------------- training in worker processes
 def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Train one family (or find it in the cache) in a worker process; the parent loads it from the cache."""
@@ -110,7 +106,7 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
             futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
                                    cfgs[f.name].replace(threads=1).to_dict()): f for f in uncached}
             for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
-                               **_quiet(progress)):
+                               **progress_options(progress)):
                 facts[futures[future].name] = {**future.result(), "process": "worker"}
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
     import torch

@@ -20,16 +20,12 @@ from playbook.compress import get_recipe
 from playbook.config import ConfigError
 from playbook.coreml import ExportConfig, export_model, load_runtime, package_info, predict_split
 from playbook.data import Dataset, Split
+from playbook.env import progress_options
 from playbook.measure import time_latency
 from playbook.models import create_model
 from playbook.records import relative
 
 LITE0 = "efficientnet-lite0"
-
-
-def _quiet(progress: bool) -> dict[str, bool]:
-    """tqdm arguments: off when ``progress`` is False; otherwise left to tqdm (``TQDM_DISABLE=1`` still silences it)."""
-    return {} if progress else {"disable": True}
 
 
 def check_lite0_inputs(photos_dir: str) -> None:
@@ -93,7 +89,7 @@ def check_lite0(photos_dir: str | None, size: int, recipes: list[str], out_dir: 
                           metadata={"playbook.stage": "architecture", "playbook.model": LITE0})
     packages: dict[str, dict[str, Any]] = {"fp16": {"path": export.path, "recipe": None,
                                                     "seconds": export.seconds}}
-    for name in tqdm(recipes, desc="lite0 recipes", **_quiet(progress)):
+    for name in tqdm(recipes, desc="lite0 recipes", **progress_options(progress)):
         made = compress_package(name, export.path, out_dir, f"efficientnet-lite0-{name}")
         packages[name] = {"path": made.path, "recipe": get_recipe(name).to_dict(), "seconds": made.seconds}
     split = Split(photos.images, photos.labels)
