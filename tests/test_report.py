@@ -561,3 +561,45 @@ def test_the_report_and_its_notebook_cite_well_formed_sources_and_no_retired_cla
     corpus = markdown + template + json.dumps(MESSAGES, ensure_ascii=False)
     for phrase in RETIRED_PHRASES:
         assert phrase not in corpus, phrase
+
+
+def test_the_japanese_report_describes_every_recipe_student_and_family_in_japanese():
+    """Each variant's description in report.ja.html is written from its record (technique, algorithm, options), not
+    the catalogue's English line; a record without those facts keeps its English description."""
+    from types import SimpleNamespace
+
+    from playbook.compress import RECIPES
+    from playbook.report.facts import describe
+
+    ja, en = Locale("ja"), Locale("en")
+    japanese = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+    def row(name, stage, description, **raw):
+        return SimpleNamespace(name=name, stage=stage, description=description, raw=raw)
+
+    for recipe in RECIPES.values():
+        if recipe.technique == "precision":
+            continue
+        r = row(recipe.name, "quantization", recipe.description, technique=recipe.technique, recipe=recipe.to_dict())
+        text = describe(r, ja)
+        assert japanese.search(text) and text != recipe.description, recipe.name
+        assert describe(r, en) == recipe.description
+    mixed = describe(row("palettize-mixed-tight", "quantization", "", technique="mixed-bits",
+                         recipe=RECIPES["palettize-mixed-tight"].to_dict()), ja)
+    assert "2、3、4、6、8 ビット" in mixed and "精度予算の 30% 以内" in mixed
+    joint = describe(row("x", "quantization", "", technique="training-time",
+                         recipe=RECIPES["torch-prune-75-ft+palettize-4bit"].to_dict()), ja)
+    assert "75% まで" in joint and "4 ビットのパレット" in joint
+    assert "palettize-mixed が選んだ" in describe(row("x", "quantization", "", technique="training-time",
+                                                     recipe=RECIPES["torch-palettize-mixed-dkm"].to_dict()), ja)
+    student = row("student-fp16", "distillation", "distilled resnet student", technique="distillation",
+                  student="resnet", recipe=None, student_parameters=19890, parameter_ratio=0.114)
+    assert describe(student, ja) == "蒸留した resnet 生徒モデル（パラメータ 19,890、教師の 11%）、FP16、非圧縮"
+    dkm = RECIPES["torch-palettize-2bit-dkm"].to_dict()
+    assert describe(row("s", "distillation", "", technique="distillation", student="resnet", recipe=dkm), ja) == \
+        "蒸留した resnet 生徒モデルを torch-palettize-2bit-dkm で圧縮：微分可能 k-means（DKM）で再学習しながら学ぶ 2 ビットのパレット"
+    family = row("squeezenet-w8", "architecture", "squeezenet (width=8) ...", technique="architecture",
+                 family="squeezenet", knobs={"width": 8}, training={"epochs": 6, "lr": 0.05})
+    assert describe(family, ja) == "squeezenet（width=8）をベースラインの設定で 6 エポック学習（最大学習率 0.05）、FP16 の ML プログラム"
+    lite0 = row("efficientnet-lite0-fp16", "architecture", "efficientnet-lite0, ImageNet weights", technique="architecture")
+    assert describe(lite0, ja) == "efficientnet-lite0, ImageNet weights"  # no family facts: the English line stays

@@ -92,23 +92,79 @@ def readable(text: str, names: dict[str, str]) -> str:
 
 
 def describe(row: Row, loc: Locale) -> str:
-    """What the variant is: the recipe's own description in English; in Japanese, written from its technique."""
+    """What the variant is: the recipe's own description in English; in Japanese, written from the record's
+    technique, algorithm and options (the English description where the record lacks them)."""
     if loc.lang == "en":
         return row.description
-    technique = row.raw.get("technique")
-    bits = (row.raw.get("recipe") or {}).get("bits")
+    raw = row.raw
+    technique = raw.get("technique")
     if row.stage == "baseline" or not technique:
-        precision = str(row.raw.get("precision") or "")
+        precision = str(raw.get("precision") or "")
         return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
-    key = f"tech.{technique}"
-    if key not in MESSAGES:
+    if technique == "distillation":
+        return _describe_student(row, loc)
+    if technique == "architecture":
+        return _describe_family(row, loc)
+    text = _describe_recipe(raw.get("recipe") or {}, technique, loc)
+    if text is None:
         return row.description
-    values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
-    text = loc.t(key, bits=loc.num(bits, 0) if isinstance(bits, (int, float)) else "—", values=values)
     keep = re.search(r"-keep(\d+)$", row.name)
     if keep:
         text += loc.t("tech.keep", n=keep.group(1))
     return text
+
+
+def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str | None:
+    """A compression recipe in ``loc``'s words, from its technique, PyTorch algorithm and options; ``None`` when the
+    catalogue has no words for it."""
+    bits, options = recipe.get("bits"), recipe.get("options") or {}
+    algorithm = recipe.get("algorithm") or ""
+    if technique == "mixed-bits":
+        choices = options.get("bit_choices") or []
+        return loc.t("tech.mixed-bits", choices=("、" if loc.lang == "ja" else ", ").join(str(b) for b in choices),
+                     share=loc.num(100 * float(options.get("budget_share", 1.0)), 0))
+    if algorithm and f"tech.algo.{algorithm}" in MESSAGES:
+        if algorithm == "dkm" and options.get("allocation_from"):
+            text = loc.t("tech.algo.dkm-mixed", source=options["allocation_from"])
+        else:
+            n_bits = options.get("n_bits", bits)
+            text = loc.t(f"tech.algo.{algorithm}", bits=loc.num(n_bits, 0) if isinstance(n_bits, (int, float)) else "—",
+                         sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
+        palette = next((opts for kind, opts in recipe.get("steps") or [] if kind == "palettize"), None)
+        if palette is not None:
+            text += loc.t("tech.then-palette", bits=palette.get("nbits", "—"))
+        return text
+    if f"tech.{technique}" not in MESSAGES:
+        return None
+    values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
+    return loc.t(f"tech.{technique}", bits=loc.num(bits, 0) if isinstance(bits, (int, float)) else "—", values=values)
+
+
+def _describe_student(row: Row, loc: Locale) -> str:
+    """A distilled student, plain or compressed with a recipe."""
+    raw = row.raw
+    student, recipe = raw.get("student"), raw.get("recipe")
+    if not student:
+        return row.description
+    if recipe:
+        what = _describe_recipe(recipe, str(recipe.get("technique") or ""), loc)
+        return loc.t("tech.student-compressed", student=student, recipe=recipe.get("name", ""),
+                     what=what or recipe.get("description", ""))
+    params, ratio = raw.get("student_parameters"), raw.get("parameter_ratio")
+    if params is None or ratio is None:
+        return row.description
+    return loc.t("tech.student", student=student, params=loc.num(params, 0), ratio=loc.pct(100 * float(ratio), 0))
+
+
+def _describe_family(row: Row, loc: Locale) -> str:
+    """A model family trained for the architecture sweep."""
+    raw = row.raw
+    training = raw.get("training") or {}
+    family, knobs, epochs, lr = raw.get("family"), raw.get("knobs"), training.get("epochs"), training.get("lr")
+    if not family or knobs is None or epochs is None or lr is None:
+        return row.description
+    return loc.t("tech.family", family=family, knobs=", ".join(f"{k}={v}" for k, v in knobs.items()) or "—",
+                 epochs=epochs, lr=lr)
 
 
 def _png_data_uri(png: bytes) -> str:

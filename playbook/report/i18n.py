@@ -564,6 +564,32 @@ MESSAGES: dict[str, dict[str, str]] = {
     "tech.fp32": {"en": "FP32 ML program", "ja": "FP32 の ML プログラム（比較の基準）"},
     "tech.fp16": {"en": "FP16 ML program", "ja": "FP16 の ML プログラム（標準の Core ML 書き出し）"},
     "tech.keep": {"en": ", {n} most damaging layer(s) kept float", "ja": "、影響の大きい {n} 層は浮動小数点のまま"},
+    "tech.mixed-bits": {"en": "a palette size per layer (from {choices} bits), chosen on validation images from each "
+                               "layer's measured damage, within {share}% of the accuracy budget",
+                        "ja": "層ごとに異なるパレットサイズ（{choices} ビットから選択）。各層の測定した影響をもとに検証画像で選び、"
+                              "精度予算の {share}% 以内に収める"},
+    "tech.algo.w8a8-static": {"en": "8-bit weights and activations, calibrated after training (static W8A8)",
+                              "ja": "学習後にキャリブレーションした重みと活性化の 8 ビット量子化（静的 W8A8）"},
+    "tech.algo.qat": {"en": "8-bit weights and activations learned while fine-tuning (QAT)",
+                      "ja": "再学習しながら学ぶ重みと活性化の 8 ビット量子化（量子化認識学習、QAT）"},
+    "tech.algo.prune-finetune": {"en": "{sparsity}% magnitude pruning reached gradually while fine-tuning",
+                                 "ja": "再学習しながら段階的に {sparsity}% まで進める大きさ基準の枝刈り"},
+    "tech.algo.skm": {"en": "{bits}-bit palettes weighted by calibration-data sensitivity (SKM)",
+                      "ja": "キャリブレーションデータで測った感度で重み付けした {bits} ビットのパレット（SKM）"},
+    "tech.algo.dkm": {"en": "{bits}-bit palettes learned while fine-tuning with differentiable k-means (DKM)",
+                      "ja": "微分可能 k-means（DKM）で再学習しながら学ぶ {bits} ビットのパレット"},
+    "tech.algo.dkm-mixed": {"en": "the per-layer palette sizes {source} chose, learned while fine-tuning (DKM)",
+                            "ja": "{source} が選んだ層ごとのパレットサイズを、微分可能 k-means（DKM）で再学習しながら学ぶ"},
+    "tech.algo.ptq": {"en": "{bits}-bit integer weights quantized in PyTorch", "ja": "PyTorch 側での {bits} ビット整数への重みの量子化"},
+    "tech.then-palette": {"en": ", then the survivors on a {bits}-bit palette after conversion (joint compression)",
+                          "ja": "。変換後、残った重みを {bits} ビットのパレットで表現（複合圧縮）"},
+    "tech.student": {"en": "distilled {student} student ({params} parameters, {ratio} of the teacher), FP16, uncompressed",
+                     "ja": "蒸留した {student} 生徒モデル（パラメータ {params}、教師の {ratio}）、FP16、非圧縮"},
+    "tech.student-compressed": {"en": "distilled {student} student compressed with {recipe}: {what}",
+                                "ja": "蒸留した {student} 生徒モデルを {recipe} で圧縮：{what}"},
+    "tech.family": {"en": "{family} ({knobs}) trained with the baseline's config for {epochs} epoch(s) at peak lr {lr}, "
+                          "FP16 ML program",
+                    "ja": "{family}（{knobs}）をベースラインの設定で {epochs} エポック学習（最大学習率 {lr}）、FP16 の ML プログラム"},
 
     # ---- stage names
     "stage.baseline": {"en": "baseline", "ja": "ベースライン"},
