@@ -535,7 +535,11 @@ def test_the_stage_counts_its_validation_work_and_fine_tunes_before_it_starts(lo
     assert tuned["recipes"] == ["torch-prune-75-ft+palettize-4bit"] and tuned["steps"] == st.cfg.steps()
     assert tuned["seconds"] > 0
     assert tuned["seconds"] == pytest.approx(tuned["steps"] * st.cfg.batch_size * tuned["seconds_per_image"])
-    assert cost["total_seconds"] > cost["accuracy_seconds"]
+    compression = cost["compression"]
+    assert compression["programs"] == mixed["probes"] + mixed["checks"] + cost["variants"]
+    assert compression["seconds_per_program"] > 0
+    assert cost["total_seconds"] == pytest.approx(cost["accuracy_seconds"] + cost["validation_seconds"]
+                                                  + compression["seconds"] + tuned["seconds"])
 
 
 def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):

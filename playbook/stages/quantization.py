@@ -12,7 +12,6 @@ Recipes that need an iOS18 program get one: the stage re-exports the baseline mo
 from __future__ import annotations
 
 import dataclasses
-import math
 import traceback
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from playbook.metrics import compare_paired, pareto_front
 from playbook.records import StageRecord, VariantRecord, relative
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 from playbook.stages.quantization_bits import MixedBitsMixin
+from playbook.stages.quantization_cost import StageCostMixin
 from playbook.stages.quantization_sensitivity import LayerSensitivityMixin
 from playbook.views import Table, results_table
 
@@ -101,7 +101,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 
 
-class QuantizationRun(MixedBitsMixin, LayerSensitivityMixin, DownstreamRun):
+class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, DownstreamRun):
     """Stage 02's steps: ``run(technique)`` for each technique (or ``run()`` for all selected recipes),
     ``layer_sensitivity()``, then ``finish()``."""
 
@@ -151,75 +151,6 @@ class QuantizationRun(MixedBitsMixin, LayerSensitivityMixin, DownstreamRun):
         """The deployment target a recipe's package gets (raised to the recipe's minimum when ``retarget``)."""
         current = self.export_cfg.minimum_deployment_target
         return required_target(current, recipe.min_target) if self.cfg.retarget else current
-
-    # ---- what the stage will cost, said before it starts
-    def estimate_cost(self, n_variants: int, package: Path) -> dict[str, Any]:
-        """The test-split measuring cost (``StageRun.estimate_cost``) plus this stage's other work, counted before it
-        starts: prediction on validation images (layer sensitivity probes, mixed bit-width probes and allocation
-        checks) at the pace just measured, and fine-tune steps at the baseline training's pace.  Printed with the
-        parameter that bounds each part, and kept in the record.  Compression time (k-means palettes: seconds per
-        probe for a multi-megabyte network) comes on top and is not projected."""
-        cost = super().estimate_cost(n_variants, package)
-        work = self.validation_work()
-        per_image = cost["seconds_per_image"]
-        training = self.baseline.record.get("training") or {}
-        batch = int((self.baseline.record.get("train_config") or {}).get("batch_size") or 0)
-        pace = (float(training["seconds"]) / (int(training["steps"]) * batch)
-                if training.get("steps") and training.get("seconds") and batch else None)
-        tuned = [n for n in self.recipes if RECIPES[n].data == "training"]
-        steps = self.cfg.steps()
-        finetune = {"recipes": tuned, "steps": steps, "batch_size": self.cfg.batch_size,
-                    "seconds_per_image": pace,
-                    "seconds": len(tuned) * steps * self.cfg.batch_size * pace if pace is not None else None}
-        validation_seconds = work["images"] * per_image
-        cost.update(validation=work, validation_seconds=validation_seconds, finetune=finetune,
-                    total_seconds=cost["accuracy_seconds"] + validation_seconds + (finetune["seconds"] or 0.0))
-        parts = []
-        if work["sensitivity"]["probes"]:
-            w = work["sensitivity"]
-            parts.append(f"layer sensitivity: up to {w['probes']} probes x {w['images']:,} validation images "
-                         "(bound: sensitivity_images, or sensitivity_recipe=\"none\")")
-        if work["mixed"]["recipes"]:
-            w = work["mixed"]
-            parts.append(f"mixed bit-widths ({', '.join(w['recipes'])}): {w['probes']} per-layer probes x "
-                         f"{w['probe_images']:,} images (sensitivity_images) and about {w['checks']} allocation checks "
-                         f"x {w['check_images']:,} images (search_images)")
-        if tuned:
-            pace_text = (f"about {pace * self.cfg.batch_size:.2f} s per step at the baseline training's pace, "
-                         f"{finetune['seconds'] / 60:.1f} min" if pace is not None else "pace unknown")
-            parts.append(f"fine-tunes: {len(tuned)} recipe(s) x {steps} steps ({pace_text}; bound: finetune_steps, "
-                         "or leave recipes out)")
-        if parts:
-            print("then: " + "; ".join(parts) + f". Prediction on validation images: about "
-                  f"{validation_seconds / 60:.1f} min; in all about {cost['total_seconds'] / 60:.1f} min before "
-                  "compression time (k-means palettes take seconds per probe for a large network).")
-        return cost
-
-    def validation_work(self) -> dict[str, Any]:
-        """How many validation images the selected recipes will push through the prediction interface: the layer
-        sensitivity analysis (one probe per eligible layer, then the keep-k curve and its control), the mixed
-        bit-widths' per-layer probes (one per layer and palette size below the widest) and their allocation checks
-        (bisection: about log2 of the path length each).  Upper bounds: probes shared between analyses are counted
-        once per analysis, and ``sensitivity_recipe="auto"`` may choose no recipe."""
-        layers = sum(1 for layer in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold)
-                     if layer.eligible)
-        n_val = len(self.dataset.val) if len(self.dataset.val) else len(self.dataset.calib)
-        probe_images = min(self.cfg.sensitivity_images, n_val)
-        check_images = min(self.cfg.search_images, n_val) if self.cfg.search_images else n_val
-        sensitivity = {"probes": 0, "images": probe_images}
-        if self.cfg.sensitivity_recipe != "none":
-            sensitivity["probes"] = layers + min(self.cfg.max_exceptions, layers) + 2
-        mixed_names = {n for n in self.recipes if RECIPES[n].allocation}
-        mixed_names |= {RECIPES[n].options["allocation_from"] for n in self.recipes
-                        if RECIPES[n].options.get("allocation_from")}
-        mixed = sorted(mixed_names, key=list(RECIPES).index)
-        choice_sets = {self.bit_choices(RECIPES[n]) for n in mixed}
-        probes = sum(layers * (len(choices) - 1) for choices in choice_sets)
-        checks = sum(math.ceil(math.log2(2 + layers * (len(self.bit_choices(RECIPES[n])) - 1))) for n in mixed)
-        images = sensitivity["probes"] * probe_images + probes * probe_images + checks * check_images
-        return {"layers": layers, "sensitivity": sensitivity, "images": images,
-                "mixed": {"recipes": mixed, "probes": probes, "probe_images": probe_images, "checks": checks,
-                          "check_images": check_images}}
 
     # ---- one recipe
     def run_recipe(self, name: str) -> VariantRecord | None:
