@@ -241,11 +241,19 @@ def test_pareto_front_and_the_zoomed_labelled_chart(tmp_path, tiny_package):
     assert "int4-palettized (87.0%)" in labels  # the outlier sits on the bottom edge, labelled with its top-1
     assert "Below the axis (drawn on the bottom edge): int4-palettized" in chart.alt and \
         "Ringed, recommended: int8-linear" in chart.alt and "No description" not in chart.alt
-    chart.figure.canvas.draw()  # labels do not overlap each other (adjustText)
-    boxes = [t.get_window_extent() for t in ax.texts if t.get_text() in {v.name for v in variants} | {
-        "int4-palettized (87.0%)"}]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    renderer = FigureCanvasAgg(chart.figure).get_renderer()
+    notes = [t for t in ax.texts if t.get_text() in {v.name for v in variants} | {"int4-palettized (87.0%)"}]
+    for note in notes:
+        note.update_positions(renderer)
+    boxes = [Text.get_window_extent(note, renderer) for note in notes]  # the labels' text, without leader lines
     assert len(boxes) >= 4
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no label on another
+    floor = ax.get_ylim()[0]
+    points = ax.transData.transform([(v.size_mb, max(v.top1, floor)) for v in variants])
+    assert not any(box.contains(x, y) for box in boxes for x, y in points)  # nor on a point
     ja = views.accuracy_figure(variants, ("size_mb",), zooms=(2.0,), reference_top1=90.0, lang="ja")
     assert ja.png()[:8] == b"\x89PNG\r\n\x1a\n" and "パレートフロント" in ja.alt
     import matplotlib

@@ -56,7 +56,8 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
     ``highlight`` rings one variant (the recommendation).  ``zoom`` (points) limits the vertical axis to
     ``reference_top1 - zoom`` and up, so the candidates' intervals are readable; variants below are drawn as
     triangles on the bottom edge with their top-1 in the label.  ``label``: ``front`` names the front, the
-    reference, the highlight and the outliers; ``all`` every point.  Labels never overlap (``adjustText``).
+    reference, the highlight and the outliers; ``all`` every point; ``accuracy_figure`` places them
+    without overlaps (``_place_labels``).
     Colours are Okabe-Ito (safe for the common colour-vision deficiencies) and each stage also has its own
     marker shape.  ``lang``: ``en`` or ``ja`` (Japanese needs a CJK font: see ``japanese_font``).
 
@@ -113,21 +114,22 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
     if floor is not None and plotted:
         tops = [v.top1_ci[1] if v.top1_ci else v.top1 for v in plotted if v.top1 >= floor]
         top = max(tops + [reference_top1 if reference_top1 is not None else -math.inf])
-        ax.set_ylim(floor, top + 0.08 * max(top - floor, 0.5))
+        ax.set_ylim(floor, top + 0.2 * max(top - floor, 0.5))  # headroom for the labels above the top points
     named = {v.name for v in front} | {v.name for v in plotted if v.reference is None or v.stage == "baseline"} | \
         {highlight}
     shown = [(value(v), v.top1 if floor is None or v.top1 >= floor else floor,
               v.name if floor is None or v.top1 >= floor else f"{v.name} ({v.top1:.1f}%)")
              for v in plotted if (label == "all" or v.name in named or v in outliers)
              and not (v in outliers and len(outliers) > MAX_EDGE_LABELS)]
-    avoid = []  # the points and their interval bars: labels keep clear of both
+    shown.sort(key=lambda point: point[2] != highlight)  # the ringed variant's label is placed first, nearest
+    avoid, bars = [], []  # the points and their interval bars: labels keep clear of both
     for v in plotted:
         y = v.top1 if floor is None else max(v.top1, floor)
         avoid.append((value(v), y))
         if v.top1_ci and v.top1 >= (floor if floor is not None else -math.inf):
             low = max(v.top1_ci[0], floor) if floor is not None else v.top1_ci[0]
-            avoid += [(value(v), low + (v.top1_ci[1] - low) * k / 8) for k in range(9)]
-    _place_labels(ax, shown, avoid)
+            bars.append((value(v), low, v.top1_ci[1]))
+    ax.pending_labels = (shown, avoid, bars)  # placed by accuracy_figure once the layout is final
     ax.set_xlabel(text.get(x, AXIS_LABELS.get(x, x)) + (text["log"] if log_x else ""), fontsize=10)
     ax.set_ylabel(text["top1"], fontsize=10)
     ax.tick_params(labelsize=9)
@@ -212,4 +214,6 @@ def accuracy_figure(variants: Sequence[VariantRecord], xs: Sequence[str] = ("siz
         if title:
             fig.suptitle(_mpl_text(title), fontsize=10)
         fig.tight_layout()
+        for ax in axes:
+            _place_labels(ax, *ax.pending_labels)
     return Chart(fig, " ".join(alts), lang=lang)

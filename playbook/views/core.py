@@ -129,27 +129,73 @@ def _mpl_text(text: str) -> str:
 
 
 def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]],
-                  avoid: Sequence[tuple[float, float]] = ()) -> None:
-    """Label points with ``adjustText``: labels pushed apart from each other and from every point in ``avoid``,
-    kept inside the frame, each joined to its point by a thin line when it had to move."""
-    from adjustText import adjust_text
-
-    xmin, xmax = ax.get_xlim()
-    log = ax.get_xscale() == "log"
-
-    def right_half(x: float) -> bool:
-        if log and x > 0 and xmin > 0:
-            return math.log10(x) > (math.log10(xmin) + math.log10(xmax)) / 2
-        return x > (xmin + xmax) / 2
-
-    texts = [ax.text(x, y, _mpl_text(text), fontsize=8.5, zorder=6, ha="right" if right_half(x) else "left",
-                     va="bottom") for x, y, text in points]
-    if not texts:
+                  avoid: Sequence[tuple[float, float]] = (),
+                  bars: Sequence[tuple[float, float, float]] = ()) -> None:
+    """Label points without overlaps: each label tries places around its point, nearest first (beside it, towards
+    the middle of the plot, then above, below, the other side, and further out, joined by a thin line when it stands
+    off), and takes the first that overlaps no label placed before, no marker at a point of ``avoid``, no vertical bar
+    ``(x, y_low, y_high)`` of ``bars`` (intervals) and stays inside the frame; when none does, the one that overlaps least.  Deterministic, in display units: call
+    it once the figure's layout is final.  (``adjustText`` converged too slowly for the phone-width charts, leaving
+    labels on markers within its time limit, and its result depended on the machine's load.)"""
+    if not points:
         return
-    targets = list(avoid) or [(x, y) for x, y, _ in points]
-    adjust_text(texts, x=[p[0] for p in targets], y=[p[1] for p in targets], ax=ax, expand=(1.3, 1.8),
-                force_text=(0.6, 0.9), force_static=(0.3, 0.5), ensure_inside_axes=True, time_lim=1.5,
-                arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    radius = 4.5 * fig.dpi / 72.0  # a marker's half-width, pixels
+    centres = ax.transData.transform(list(avoid) or [(x, y) for x, y, _ in points])
+    obstacles = [(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+    for x, low, high in bars:
+        (bx, by0), (_, by1) = ax.transData.transform([(x, low), (x, high)])
+        obstacles.append((bx - 2.0, by0, bx + 2.0, by1))
+    placed: list[tuple[float, float, float, float]] = []
+    middle = (frame.x0 + frame.x1) / 2
+    for x, y, text in points:
+        towards = -1.0 if ax.transData.transform((x, y))[0] > middle else 1.0
+        best: tuple[float, Any, tuple[float, float, float, float]] | None = None
+        for dx, dy in _label_offsets(towards):
+            ha = "center" if dx == 0 else ("left" if dx > 0 else "right")
+            va = "center" if dy == 0 else ("bottom" if dy > 0 else "top")
+            far = math.hypot(dx, dy) > 12
+            note = ax.annotate(_mpl_text(text), (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                               fontsize=8.5, zorder=6,
+                               arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkA": 0,
+                                           "shrinkB": 3} if far else None)
+            note.update_positions(renderer)
+            e = Text.get_window_extent(note, renderer)  # the text alone (an Annotation's own extent adds its line)
+            box = (e.x0 - 1, e.y0 - 1, e.x1 + 1, e.y1 + 1)
+            outside = max(frame.x0 - box[0], 0) + max(box[2] - frame.x1, 0) + max(frame.y0 - box[1], 0) + \
+                max(box[3] - frame.y1, 0)
+            cost = sum(_overlap(box, other) for other in placed + obstacles) + 1e4 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, note, box)
+            else:
+                note.remove()
+            if cost == 0:
+                break
+        assert best is not None
+        placed.append(best[2])
+
+
+def _label_offsets(towards: float) -> list[tuple[float, float]]:
+    """Candidate label offsets from a point, in points, nearest first; ``towards`` is +1 when the middle of the plot is
+    to the right of the point, -1 when to its left."""
+    out = []
+    for d in (6.0, 14.0, 24.0, 36.0, 50.0, 66.0):
+        out += [(towards * d, 0.0), (towards * d * 0.7, d * 0.7), (0.0, d), (towards * d * 0.7, -d * 0.7), (0.0, -d),
+                (-towards * d * 0.7, d * 0.7), (-towards * d, 0.0), (-towards * d * 0.7, -d * 0.7)]
+    return out
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Area shared by two boxes ``(x0, y0, x1, y1)``."""
+    return max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
 
 
 def _plain_log_ticks(axis: Any) -> None:
