@@ -610,3 +610,63 @@ def test_dkm_takes_a_palette_size_per_module(digits):
     assert result.details["module_bits"] == bits and result.finetune_seconds > 0
     with pytest.raises(ConfigError, match="not modules of the model"):
         compress_torch("torch-palettize-mixed-dkm", small, digits, finetune_steps=1, module_bits={"conv99": 2})
+
+
+# --------------------------------------------------------------------------- channel ranges (issue 18)
+class _WideChannels(torch.nn.Module):
+    """A conv whose output channels span 100x, with one channel all zero (what folding a zero-scale BatchNorm
+    leaves), then a linear head: the pattern that collapses per-tensor palettes and pruning on efficientnet-lite0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(-1, 1, 72).reshape(8, 1, 3, 3))  # every channel |w| max = its end
+            scale = torch.tensor([100.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]).reshape(8, 1, 1, 1)
+            self.conv.weight.mul_(scale / self.conv.weight.abs().amax(dim=(1, 2, 3), keepdim=True))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_channel_ranges_measure_each_output_channel(tmp_path, digits):
+    package = export_model(_WideChannels().eval(), digits, ExportConfig(precision="fp32"), tmp_path, "wide").package
+    ranges = compress.channel_ranges(package.path, weight_threshold=64)
+    conv = next(r for r in ranges if r.shape == (8, 1, 3, 3))
+    assert conv.widest == pytest.approx(100.0) and conv.median == pytest.approx(1.0) and conv.narrowest == 0.0
+    assert conv.dead == 1 and conv.spread == pytest.approx(100.0)
+    assert ranges[0] is conv  # widest spread first
+    head = next(r for r in ranges if r.shape == (10, 512))
+    assert head.dead == 0 and head.spread < 10  # a default-initialised linear layer: channels alike
+
+
+def test_collapsed_data_free_recipes_are_explained_by_the_channel_ranges_or_not_at_all(stage, tmp_path, digits,
+                                                                                      monkeypatch):
+    """The pitfall fires only when a data-free palette or pruning collapsed *and* the weights show wide or dead
+    channels; its figures are the measured ones."""
+    import dataclasses as dc
+
+    from playbook.metrics import PairedComparison
+
+    st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights", "palettize-2bit"], sensitivity_recipe="none"))
+    st.variants = list(stage.variants)
+    pal2 = st.variant("palettize-2bit")
+    if pal2.vs_reference.delta_top1 >= -5 * st.cfg.max_top1_drop:  # make the measured variant a collapsed one
+        collapsed = dc.replace(pal2.vs_reference, delta_top1=-40.0, ci_low=-45.0, ci_high=-35.0)
+        assert isinstance(collapsed, PairedComparison)
+        st.variants = [v for v in st.variants if v.name != "palettize-2bit"] + [dc.replace(pal2, vs_reference=collapsed)]
+    st._channel_pitfall()
+    resnet = compress.channel_ranges(st.baseline.fp32_package, st.cfg.weight_threshold)
+    assert st.channel_ranges is not None and len(st.channel_ranges) == min(10, len(resnet))
+    assert all(r.spread < 10 and r.dead == 0 for r in resnet)  # the playbook's resnet: no wide channels
+    assert not any(p["title"].startswith("why the data-free") for p in st.pitfalls)
+
+    wide = export_model(_WideChannels().eval(), digits, ExportConfig(precision="fp32"), tmp_path, "wide").package
+    monkeypatch.setattr("playbook.stages.quantization.channel_ranges",
+                        lambda package, threshold: compress.channel_ranges(wide.path, 64))
+    st._channel_pitfall()
+    pitfall = next(p for p in st.pitfalls if p["title"].startswith("why the data-free"))
+    assert "1 of 2 compressed weight tensors have an output channel over 10x wider" in pitfall["detail"]
+    assert "100 against a median 1" in pitfall["detail"] and "1 channel(s) are all but zero" in pitfall["detail"]
+    assert f"palettize-2bit {st.variant('palettize-2bit').vs_reference.delta_top1:+.2f}" in pitfall["detail"]

@@ -10,6 +10,7 @@ the PyTorch module each came from, for per-layer configs and sensitivity tables.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -264,6 +265,51 @@ def weight_layers(package: Path | Any, weight_threshold: int = 256, model: nn.Mo
         size = int(np.prod(shape))
         layers.append(WeightLayer(name, shape, size, consumer, module, size > weight_threshold))
     return layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelRange:
+    """How far apart the output channels of one weight tensor are: each channel's largest absolute weight.
+
+    Attributes:
+        name: the const op's name.
+        shape: the tensor's shape.
+        widest: the largest channel's absolute maximum.
+        median: the median channel's absolute maximum.
+        narrowest: the smallest channel's absolute maximum.
+        dead: channels whose every weight is at most ``1e-6 * widest`` (folding a batch norm whose scale is near
+            zero into the convolution before it leaves such channels).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    widest: float
+    median: float
+    narrowest: float
+    dead: int
+
+    @property
+    def spread(self) -> float:
+        """``widest / median``: how much wider the widest channel is than a typical one."""
+        return self.widest / self.median if self.median > 0 else math.inf
+
+
+def channel_ranges(package: Path | Any, weight_threshold: int = 256) -> list[ChannelRange]:
+    """Per-output-channel weight ranges of the conv/linear weights above ``weight_threshold`` elements, widest spread
+    first.  One palette, one linear scale or one magnitude threshold per tensor has to serve every channel at once;
+    a spread of 100x or dead channels mean the narrow channels get a handful of levels or none (the effect of
+    batch-norm folding on depthwise convolutions that Nagel et al. describe, arXiv:1906.04721)."""
+    import coremltools.optimize.coreml as oc
+
+    out = []
+    for name, meta in oc.get_weights_metadata(load_mlmodel(package), weight_threshold=weight_threshold).items():
+        if not any(c.op_type in WEIGHT_CONSUMERS for c in meta.child_ops) or meta.val.ndim < 2:
+            continue
+        per_channel = np.abs(np.asarray(meta.val, dtype=np.float32).reshape(meta.val.shape[0], -1)).max(axis=1)
+        widest = float(per_channel.max())
+        out.append(ChannelRange(name, tuple(int(s) for s in meta.val.shape), widest, float(np.median(per_channel)),
+                                float(per_channel.min()), int((per_channel <= 1e-6 * widest).sum())))
+    return sorted(out, key=lambda r: (-r.spread, -r.dead, r.name))
 
 
 def weight_file_bytes(package: Path) -> int:

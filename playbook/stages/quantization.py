@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, compress_converted,
-                               compress_package, compress_torch, compressed_weight_count, get_recipe, recipe_rows,
-                               required_target, weight_file_bytes, weight_layers)
+from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, channel_ranges,
+                               compress_converted, compress_package, compress_torch, compressed_weight_count,
+                               get_recipe, recipe_rows, required_target, weight_file_bytes, weight_layers)
 from playbook.compress.recipes import TECHNIQUES
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, export_model, model_sha256, package_info
@@ -119,6 +119,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         self.retargeted: list[dict[str, str]] = []
         self.sensitivity: dict[str, Any] | None = None
         self.mixed: dict[str, dict[str, Any]] = {}
+        self.channel_ranges: list[dict[str, Any]] | None = None  # set when data-free recipes collapse
         self._bit_tables: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
         self._path_checks: dict[tuple[str, tuple[int, ...]], dict[tuple[tuple[str, int], ...], dict[str, Any]]] = {}
         self._val_refs: dict[str, np.ndarray] = {}
@@ -413,6 +414,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                     + ("without data this is too aggressive for this model: try the training-time recipes (DKM "
                        "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
                        "change" if data_free else "more fine-tuning steps, a lower target, or layer exceptions"))
+        self._channel_pitfall()
         layers = weight_layers(self.base_package(self.export_cfg.minimum_deployment_target), self.cfg.weight_threshold,
                                self.model, self._example)
         small = [x for x in layers if not x.eligible]
@@ -470,6 +472,42 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                              "side (LinearQuantizer) and convert")
         return self.pitfalls
 
+    def _channel_pitfall(self) -> None:
+        """When data-free palettes or pruning collapse, say whether the weights explain it: output channels of very
+        different widths in one tensor (``compress.channel_ranges``), with the measured figures (kept in
+        ``self.channel_ranges`` for the record)."""
+        budget = max(self.cfg.max_top1_drop, 0.1)
+        collapsed = [v for v in self.variants if v.get("technique") in ("palettization", "pruning", "joint")
+                     and v.get("recipe")["data"] == "none" and v.vs_reference is not None
+                     and v.vs_reference.delta_top1 < -5 * budget]
+        if not collapsed:
+            return
+        labels = {x.name: x.label for x in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold,
+                                                         self.model, self._example)}
+        ranges = channel_ranges(self.baseline.fp32_package, self.cfg.weight_threshold)
+        wide = [r for r in ranges if r.spread >= 10]
+        dead = sum(r.dead for r in ranges)
+        self.channel_ranges = [{"name": r.name, "label": labels.get(r.name, r.name), "shape": list(r.shape),
+                                "widest": r.widest, "median": r.median, "narrowest": r.narrowest, "dead": r.dead,
+                                "spread": r.spread} for r in ranges[:10]]
+        if not wide and not dead:
+            return
+        top = ranges[0]
+        held = [f"{v.name} {v.vs_reference.delta_top1:+.2f}" for v in self.variants
+                if v.get("technique") in ("quantization", "mixed-bits") and v.vs_reference is not None
+                and v.vs_reference.delta_top1 >= -5 * budget]
+        self.add_pitfall(
+            "why the data-free palettes and pruning collapse here: channels of very different widths in one tensor",
+            f"{len(wide)} of {len(ranges)} compressed weight tensors have an output channel over 10x wider than their "
+            f"median channel (the widest spread: {labels.get(top.name, top.name)} {list(top.shape)}, "
+            f"{top.widest:.3g} against a median {top.median:.3g}), and {dead} channel(s) are all but zero. One "
+            "palette or one magnitude threshold per tensor serves the wide channels and flattens the narrow ones; "
+            "batch-norm folding leaves such ranges in convolutions, depthwise ones above all (Nagel et al., ICCV "
+            "2019, arXiv:1906.04721). "
+            f"Collapsed: {', '.join(f'{v.name} {v.vs_reference.delta_top1:+.2f}' for v in collapsed)} points"
+            + (f"; one scale per channel or per block, or one palette size per layer, held: {', '.join(held)} points"
+               if held else "") + ".")
+
     def details(self) -> dict[str, Any]:
         comparisons = {}
         for a, b in COMPARISONS:
@@ -495,6 +533,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
             "mixed_bits": self.mixed,
+            "channel_ranges": self.channel_ranges,
         }
 
     def finish(self) -> StageRecord:
