@@ -670,3 +670,49 @@ def test_collapsed_data_free_recipes_are_explained_by_the_channel_ranges_or_not_
     assert "1 of 2 compressed weight tensors have an output channel over 10x wider" in pitfall["detail"]
     assert "100 against a median 1" in pitfall["detail"] and "1 channel(s) are all but zero" in pitfall["detail"]
     assert f"palettize-2bit {st.variant('palettize-2bit').vs_reference.delta_top1:+.2f}" in pitfall["detail"]
+
+
+# --------------------------------------------------------------------------- subclassed layers (issue 18)
+class _SamePadConv(torch.nn.Conv2d):
+    """An nn.Conv2d with its own padding step, as efficientnet_lite_pytorch's Conv2dStaticSamePadding."""
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+
+
+class _MixedLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = torch.nn.Conv2d(1, 32, 3, padding=1)  # 288 weights: above the 256-element threshold
+        self.padded = _SamePadConv(32, 16, 3)
+        self.fc = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.padded(torch.relu(self.plain(x)))).flatten(1))
+
+
+def test_dkm_leaves_subclassed_layers_float_and_the_stage_names_them(digits, stage):
+    """coremltools' DKMPalettizer finds modules by exact type: a subclass of nn.Conv2d stays float.  The playbook
+    counts such layers, and the stage names a PyTorch-side variant that compressed fewer weights than it should."""
+    import dataclasses as dc
+
+    torch.manual_seed(0)
+    model = _MixedLayers().eval()
+    assert {k.rsplit(".", 1)[-1]: c for k, c in compress.subclassed_layers(model).items()} == {"_SamePadConv": 1}
+    result = compress_torch("torch-palettize-2bit-dkm", model, digits, finetune_steps=2, batch_size=16)
+    modules = dict(result.model.named_modules())
+    assert len(torch.unique(modules["plain"].weight.detach())) <= 4  # palettized at 2 bits
+    assert len(torch.unique(modules["padded"].weight.detach())) > 4  # a subclass: left float
+
+    st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], sensitivity_recipe="none"))
+    real = stage.variant("int8-weights")
+    st.variants = [dc.replace(real, name="torch-partial", extra={**real.extra, "side": "torch", "compressed_weights": 1})]
+    st.model = model
+    st._coverage_pitfall()
+    eligible = sum(1 for x in compress.weight_layers(st.baseline.fp32_package, st.cfg.weight_threshold) if x.eligible)
+    pitfall = next(p for p in st.pitfalls if p["title"] == f"torch-partial compressed only 1 of {eligible} weights")
+    assert "_SamePadConv x1" in pitfall["detail"] and "find modules by exact type" in pitfall["detail"]
+    st.pitfalls.clear()
+    st.variants = [dc.replace(real, name="torch-full", extra={**real.extra, "side": "torch"})]
+    st._coverage_pitfall()
+    assert not st.pitfalls  # every eligible weight compressed: nothing to say

@@ -43,6 +43,23 @@ def finetune(model: nn.Module, dataset: Dataset, steps: int, lr: float, batch_si
     return losses
 
 
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+
+
+def subclassed_layers(model: nn.Module) -> dict[str, int]:
+    """The model's layers whose class derives from a torch layer type without being it, counted by qualified class
+    name (e.g. ``efficientnet_lite_pytorch.utils.Conv2dStaticSamePadding``, an ``nn.Conv2d`` with its own padding
+    step).  coremltools' ``DKMPalettizer`` finds the modules it palettizes by exact type
+    (``DKMPalettizerModulesRegistry.get_palettizer_module``: ``type(module) in REGISTRY``), so it leaves such layers
+    float without a word."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, LAYER_TYPES) and type(module) not in LAYER_TYPES:
+            name = f"{type(module).__module__}.{type(module).__qualname__}"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def _small_modules(model: nn.Module, weight_threshold: int) -> list[str]:
     return [n for n, m in model.named_modules()
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))

@@ -21,7 +21,8 @@ import numpy as np
 
 from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, channel_ranges,
                                compress_converted, compress_package, compress_torch, compressed_weight_count,
-                               get_recipe, recipe_rows, required_target, weight_file_bytes, weight_layers)
+                               get_recipe, recipe_rows, required_target, subclassed_layers, weight_file_bytes,
+                               weight_layers)
 from playbook.compress.recipes import TECHNIQUES
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, export_model, model_sha256, package_info
@@ -415,6 +416,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                        "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
                        "change" if data_free else "more fine-tuning steps, a lower target, or layer exceptions"))
         self._channel_pitfall()
+        self._coverage_pitfall()
         layers = weight_layers(self.base_package(self.export_cfg.minimum_deployment_target), self.cfg.weight_threshold,
                                self.model, self._example)
         small = [x for x in layers if not x.eligible]
@@ -507,6 +509,27 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
             f"Collapsed: {', '.join(f'{v.name} {v.vs_reference.delta_top1:+.2f}' for v in collapsed)} points"
             + (f"; one scale per channel or per block, or one palette size per layer, held: {', '.join(held)} points"
                if held else "") + ".")
+
+    def _coverage_pitfall(self) -> None:
+        """A PyTorch-side recipe that compressed fewer weights than the program holds above ``weight_threshold``
+        (layers it kept float aside) is named, with the figures and, when the model has them, the subclassed layer
+        types the compressor could not see (``compress.subclassed_layers``)."""
+        eligible = sum(1 for x in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold) if x.eligible)
+        subclassed = subclassed_layers(self.model)
+        for v in self.variants:
+            if v.get("side") != "torch":
+                continue
+            expected = eligible - len(v.get("kept_float") or v.get("details", {}).get("kept_float") or [])
+            done = int(v.get("compressed_weights") or 0)
+            if done >= expected:
+                continue
+            why = (f"; {sum(subclassed.values())} of the model's layers are subclasses of torch layer types "
+                   f"({', '.join(f'{n} x{c}' for n, c in subclassed.items())}), and coremltools' torch-side "
+                   "compressors that find modules by exact type leave them float" if subclassed else "")
+            self.add_pitfall(f"{v.name} compressed only {done} of {expected} weights",
+                             f"its package is {v.get('size_ratio_vs_fp32'):.2f}x smaller than FP32, not what its "
+                             f"recipe promises{why}; its size and accuracy are those of a model with only {done} "
+                             "weight(s) compressed")
 
     def details(self) -> dict[str, Any]:
         comparisons = {}
