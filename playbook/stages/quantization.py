@@ -403,18 +403,23 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
     def collect_pitfalls(self) -> list[dict[str, str]]:
         """Pitfalls this run actually met, each with the measured numbers."""
         budget = self.cfg.max_top1_drop
-        for v in self.variants:
-            vs = v.vs_reference
-            if vs.delta_top1 < -5 * max(budget, 0.1):
-                data_free = v.get("recipe")["data"] == "none"
-                self.add_pitfall(
-                    f"over-compression: {v.name} " + ("collapses without data" if data_free
-                                                     else "loses far more than the budget"),
-                    f"top-1 {v.top1:.2f}% ({vs.delta_top1:+.2f} points vs FP32, 95% CI [{vs.ci_low:+.2f}, "
-                    f"{vs.ci_high:+.2f}]) at {v.size_mb:.3f} MB; "
-                    + ("without data this is too aggressive for this model: try the training-time recipes (DKM "
-                       "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
-                       "change" if data_free else "more fine-tuning steps, a lower target, or layer exceptions"))
+        advice = {True: "without data this is too aggressive for this model: try the training-time recipes (DKM "
+                        "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
+                        "change",
+                  False: "more fine-tuning steps, a lower target, or layer exceptions"}
+        for data_free in (True, False):  # one pitfall per kind, listing every variant it hit
+            hit = [v for v in self.variants if v.vs_reference.delta_top1 < -5 * max(budget, 0.1)
+                   and (v.get("recipe")["data"] == "none") == data_free]
+            if not hit:
+                continue
+            what = "collapses without data" if data_free else "loses far more than the budget"
+            if len(hit) > 1:
+                what = ("collapse without data" if data_free else "lose far more than the budget")
+            figures = "; ".join(f"{v.name}: top-1 {v.top1:.2f}% ({v.vs_reference.delta_top1:+.2f} points vs FP32, "
+                                f"95% CI [{v.vs_reference.ci_low:+.2f}, {v.vs_reference.ci_high:+.2f}]) at "
+                                f"{v.size_mb:.3f} MB" for v in hit)
+            self.add_pitfall(f"over-compression: {', '.join(v.name for v in hit)} {what}",
+                             f"{figures}; {advice[data_free]}")
         self._channel_pitfall()
         self._coverage_pitfall()
         layers = weight_layers(self.base_package(self.export_cfg.minimum_deployment_target), self.cfg.weight_threshold,
@@ -434,13 +439,16 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                 seen.add(tuple(skipped))
                 self.add_pitfall(f"{v.name}: some weights were skipped or got an adapted block size",
                                  "; ".join(skipped[:3]) + f" ({v.get('compressed_weights')} weights compressed)")
-            bn = v.op_histogram.get("batch_norm", 0)
-            if bn:
-                self.add_pitfall(f"{v.name}: {bn} batch_norm op(s) left in the program",
-                                 "the converted program applies BatchNorm as separate ops after the compressed "
-                                 "convolutions instead of folding it into their weights (the FP32 and FP16 exports "
-                                 f"have {self.baseline_variants[0].op_histogram.get('batch_norm', 0)}): one more op "
-                                 "per layer at run time")
+        unfolded = [(v.name, v.op_histogram.get("batch_norm", 0)) for v in self.variants
+                    if v.op_histogram.get("batch_norm", 0)]
+        if unfolded:
+            self.add_pitfall("batch_norm op(s) left in " + (f"the program of {unfolded[0][0]}" if len(unfolded) == 1
+                                                             else f"{len(unfolded)} programs"),
+                             f"{', '.join(f'{name}: {n}' for name, n in unfolded)}; the converted program applies "
+                             "BatchNorm as separate ops after the compressed convolutions instead of folding it into "
+                             "their weights (the FP32 and FP16 exports have "
+                             f"{self.baseline_variants[0].op_histogram.get('batch_norm', 0)}): one more op per layer at "
+                             "run time")
         for name, info in self.mixed.items():
             if not info["met_budget"]:
                 self.add_pitfall(f"{name}: no allocation met {info['budget_points']:.2f} points on validation",
