@@ -148,8 +148,13 @@ def accuracy_chart(ax: Any, variants: Sequence[VariantRecord], x: str = "size_mb
         ax.text(0.5, 0.5, text["empty"], transform=ax.transAxes, ha="center")
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2,
-                  frameon=False, markerscale=0.7, labelspacing=1.1)
+        from matplotlib.transforms import ScaledTranslation
+
+        # below the tick labels and the axis label at a fixed distance (inches, not a share of the axes' height,
+        # which a long title shrinks until the legend covers the axis label)
+        below = ax.transAxes + ScaledTranslation(0, -0.5, ax.figure.dpi_scale_trans)
+        ax.legend(handles, labels, fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
+                  ncol=2, frameon=False, markerscale=0.7, labelspacing=1.1)
     return [v.name for v in outliers]
 
 
