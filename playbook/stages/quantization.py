@@ -12,6 +12,7 @@ Recipes that need an iOS18 program get one: the stage re-exports the baseline mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import traceback
 import warnings
 from pathlib import Path
@@ -19,10 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, channel_ranges,
-                               compress_converted, compress_package, compress_torch, compressed_weight_count,
-                               get_recipe, recipe_rows, required_target, subclassed_layers, weight_file_bytes,
-                               weight_layers)
+from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, WeightLayer,
+                               channel_ranges, compress_converted, compress_package, compress_torch,
+                               compressed_weight_count, get_recipe, recipe_rows, required_target, subclassed_layers,
+                               weight_file_bytes, weight_layers)
 from playbook.compress.recipes import TECHNIQUES
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, export_model, model_sha256, package_info
@@ -127,6 +128,19 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         self._probes: dict[tuple[str, ...], dict[str, float]] = {}
         self._bases: dict[tuple[str, str], Path] = {}
         self._example = self.dataset.to_tensor(self.dataset.calib.images[:1])
+
+    @functools.cached_property
+    def fp32_layers(self) -> list[WeightLayer]:
+        """The FP32 package's conv/linear weights with their PyTorch modules (``compress.weight_layers``), read once:
+        the cost estimate and the pitfalls share them."""
+        return weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold, self.model, self._example)
+
+    def _far_outside(self, data_free: bool) -> list[VariantRecord]:
+        """The variants that lost more than 5x the accuracy budget, with (``data_free``) or without a data-free
+        recipe."""
+        limit = -5 * max(self.cfg.max_top1_drop, 0.1)
+        return [v for v in self.variants if v.vs_reference is not None and v.vs_reference.delta_top1 < limit
+                and (v.get("recipe")["data"] == "none") == data_free]
 
     # ---- what the notebook shows first
     def recipe_table(self) -> Table:
@@ -402,14 +416,12 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
 
     def collect_pitfalls(self) -> list[dict[str, str]]:
         """Pitfalls this run actually met, each with the measured numbers."""
-        budget = self.cfg.max_top1_drop
         advice = {True: "without data this is too aggressive for this model: try the training-time recipes (DKM "
                         "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
                         "change",
                   False: "more fine-tuning steps, a lower target, or layer exceptions"}
         for data_free in (True, False):  # one pitfall per kind, listing every variant it hit
-            hit = [v for v in self.variants if v.vs_reference.delta_top1 < -5 * max(budget, 0.1)
-                   and (v.get("recipe")["data"] == "none") == data_free]
+            hit = self._far_outside(data_free)
             if not hit:
                 continue
             what = "collapses without data" if data_free else "loses far more than the budget"
@@ -486,14 +498,11 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         """When data-free palettes or pruning collapse, say whether the weights explain it: output channels of very
         different widths in one tensor (``compress.channel_ranges``), with the measured figures (kept in
         ``self.channel_ranges`` for the record)."""
-        budget = max(self.cfg.max_top1_drop, 0.1)
-        collapsed = [v for v in self.variants if v.get("technique") in ("palettization", "pruning", "joint")
-                     and v.get("recipe")["data"] == "none" and v.vs_reference is not None
-                     and v.vs_reference.delta_top1 < -5 * budget]
+        collapsed = [v for v in self._far_outside(data_free=True)
+                     if v.get("technique") in ("palettization", "pruning", "joint")]
         if not collapsed:
             return
-        labels = {x.name: x.label for x in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold,
-                                                         self.model, self._example)}
+        labels = {x.name: x.label for x in self.fp32_layers}
         ranges = channel_ranges(self.baseline.fp32_package, self.cfg.weight_threshold)
         wide = [r for r in ranges if r.spread >= 10]
         dead = sum(r.dead for r in ranges)
@@ -503,9 +512,10 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         if not wide and not dead:
             return
         top = ranges[0]
+        far = {v.name for v in self._far_outside(True) + self._far_outside(False)}
         held = [f"{v.name} {v.vs_reference.delta_top1:+.2f}" for v in self.variants
                 if v.get("technique") in ("quantization", "mixed-bits") and v.vs_reference is not None
-                and v.vs_reference.delta_top1 >= -5 * budget]
+                and v.name not in far]
         self.add_pitfall(
             "why the data-free palettes and pruning collapse here: channels of very different widths in one tensor",
             f"{len(wide)} of {len(ranges)} compressed weight tensors have an output channel over 10x wider than their "
@@ -522,7 +532,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         """A PyTorch-side recipe that compressed fewer weights than the program holds above ``weight_threshold``
         (layers it kept float aside) is named, with the figures and, when the model has them, the subclassed layer
         types the compressor could not see (``compress.subclassed_layers``)."""
-        eligible = sum(1 for x in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold) if x.eligible)
+        eligible = sum(1 for x in self.fp32_layers if x.eligible)
         subclassed = subclassed_layers(self.model)
         for v in self.variants:
             if v.get("side") != "torch":

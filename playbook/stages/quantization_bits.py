@@ -30,9 +30,10 @@ from playbook.stages.common import SMOKE
 from playbook.views import Table
 
 
-def _val_subset(dataset: Dataset, n: int) -> Split:
+def _val_subset(dataset: Dataset, n: int = 0) -> Split:
+    """The validation split (the calibration split when there is none), its first ``n`` images; ``n=0``: all."""
     split = dataset.val if len(dataset.val) else dataset.calib
-    return split.head(min(n, len(split)))
+    return split.head(min(n, len(split))) if n else split
 
 
 def _scores_summary(ref: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -135,7 +136,7 @@ class MixedBitsMixin:
         layers = self.bit_sensitivity(recipe, target)
         path = allocation_path(layers, choices)
         budget = float(recipe.options.get("budget_share", 1.0)) * self.cfg.max_top1_drop
-        split = _val_subset(self.dataset, self.cfg.search_images or len(self.dataset.val) or len(self.dataset.calib))
+        split = _val_subset(self.dataset, self.cfg.search_images)
         ref_scores, ref_top1 = self._val_reference(split)
         cache = self._path_checks.setdefault((target, tuple(choices)), {})
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Stage 02's cost, said before its first recipe: what measuring, probing, compressing and fine-tuning will take.
 
 ``StageCostMixin`` is part of ``QuantizationRun`` (``playbook.stages.quantization``).  It uses the run's ``cfg``,
-``dataset``, ``baseline``, ``recipes``, ``out_dir``, ``threads``, ``bit_choices`` (``MixedBitsMixin``) and
+``dataset``, ``baseline``, ``recipes``, ``fp32_layers``, ``out_dir``, ``threads``, ``bit_choices``
+(``MixedBitsMixin``) and
 ``StageRun.estimate_cost``, which it extends (issue 18: a 4.65 M-parameter network spends most of the stage outside
 the test-split measurement).
 """
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from playbook.compress import RECIPES, compress_package, get_recipe, weight_layers
+from playbook.compress import RECIPES, compress_package, get_recipe
+from playbook.stages.quantization_bits import _val_subset
 
 
 class StageCostMixin:
@@ -88,12 +90,10 @@ class StageCostMixin:
         bit-widths' per-layer probes (one per layer and palette size below the widest) and their allocation checks
         (bisection: about log2 of the path length each).  Upper bounds: probes shared between analyses are counted
         once per analysis, and ``sensitivity_recipe="auto"`` may choose no recipe."""
-        eligible = [layer.name for layer in weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold)
-                    if layer.eligible]
+        eligible = [layer.name for layer in self.fp32_layers if layer.eligible]
         layers = len(eligible)
-        n_val = len(self.dataset.val) if len(self.dataset.val) else len(self.dataset.calib)
-        probe_images = min(self.cfg.sensitivity_images, n_val)
-        check_images = min(self.cfg.search_images, n_val) if self.cfg.search_images else n_val
+        probe_images = len(_val_subset(self.dataset, self.cfg.sensitivity_images))
+        check_images = len(_val_subset(self.dataset, self.cfg.search_images))
         sensitivity = {"probes": 0, "images": probe_images}
         if self.cfg.sensitivity_recipe != "none":
             sensitivity["probes"] = layers + min(self.cfg.max_exceptions, layers) + 2
