@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from playbook.compress.recipes import CompressionError, Recipe, get_recipe, hint_for, quiet_compression
+from playbook.compress.torch_side import LAYER_TYPES
 from playbook.config import ConfigError
 from playbook.coreml import ct, safe_package_path, save_package
 
@@ -224,7 +225,7 @@ def _torch_call_order(model: nn.Module, example: torch.Tensor) -> list[tuple[str
     hooks = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)) and \
+        if isinstance(module, LAYER_TYPES) and \
                 isinstance(weight, torch.Tensor):
             hooks.append(module.register_forward_hook(
                 lambda mod, inp, out, _n=name: calls.append((_n, tuple(mod.weight.shape)))))
