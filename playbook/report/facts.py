@@ -121,14 +121,13 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str
     algorithm = recipe.get("algorithm") or ""
     if technique == "mixed-bits":
         choices = options.get("bit_choices") or []
-        return loc.t("tech.mixed-bits", choices=("、" if loc.lang == "ja" else ", ").join(str(b) for b in choices),
+        return loc.t("tech.mixed-bits", choices=loc.join([str(b) for b in choices]),
                      share=loc.num(100 * float(options.get("budget_share", 1.0)), 0))
     if algorithm and f"tech.algo.{algorithm}" in MESSAGES:
         if algorithm == "dkm" and options.get("allocation_from"):
             text = loc.t("tech.algo.dkm-mixed", source=options["allocation_from"])
         else:
-            n_bits = options.get("n_bits", bits)
-            text = loc.t(f"tech.algo.{algorithm}", bits=loc.num(n_bits, 0) if isinstance(n_bits, (int, float)) else "—",
+            text = loc.t(f"tech.algo.{algorithm}", bits=_whole(options.get("n_bits", bits), loc),
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
         palette = next((opts for kind, opts in recipe.get("steps") or [] if kind == "palettize"), None)
         if palette is not None:
@@ -137,7 +136,12 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str
     if f"tech.{technique}" not in MESSAGES:
         return None
     values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
-    return loc.t(f"tech.{technique}", bits=loc.num(bits, 0) if isinstance(bits, (int, float)) else "—", values=values)
+    return loc.t(f"tech.{technique}", bits=_whole(bits, loc), values=values)
+
+
+def _whole(value: Any, loc: Locale) -> str:
+    """A bit-width as a whole number in ``loc``'s format, "—" when the record has none."""
+    return loc.num(value, 0) if isinstance(value, (int, float)) else "—"
 
 
 def _describe_student(row: Row, loc: Locale) -> str:
