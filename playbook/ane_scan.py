@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-logging.getLogger("coremltools").setLevel(logging.ERROR)
+for _noisy in ("coremltools", "torchao", "torch.utils._pytree"):  # import-time chatter of coremltools and torchao
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
 
 # --------------------------------------------------------------------------- reading a program
@@ -191,7 +192,8 @@ EFFECTS = {
     "unsupported": "Core ML cannot run it at all",
     "fallback": "the op leaves the Neural Engine (runs on GPU/CPU)",
     "slow": "the op can stay on the Neural Engine but costs memory or copies",
-    "chip-dependent": "faster only on some chips, slower on others",
+    "unit-dependent": "faster where it runs on the Neural Engine, slower on the compute units that decompress weights "
+                      "at load time (the CPU, sometimes the GPU)",
 }
 BLOCKING_EFFECTS = ("unsupported", "fallback")
 
@@ -249,12 +251,17 @@ RULES: tuple[Rule, ...] = (
                 "https://github.com/apple/coremltools/issues/1723",
          evidence="rank {value}"),
     Rule("flexible-shape", "fallback", "unknown_dims", ">", 0,
-         says="a tensor with a flexible (range) dimension: for models with range flexibility Core ML runs on the "
-              "Neural Engine only at the input's default shape; other shapes run on the GPU or CPU",
-         fix="export a fixed shape, or ct.EnumeratedShapes (each enumerated shape can run on the Neural Engine)",
-         source="Apple Developer Forums thread 724930, answer by an Apple engineer: "
-                "https://developer.apple.com/forums/thread/724930 ; coremltools guide, Flexible Input Shapes: "
-                "https://apple.github.io/coremltools/docs-guides/source/flexible-inputs.html",
+         says="a tensor with a flexible (range) dimension: with the default reshape-frequency hint (frequent) Core ML "
+              "avoids shape-specific optimisation, and a range-flexible model may leave the Neural Engine at shapes "
+              "other than its default; from iOS 17.4 / macOS 14.4 the hint reshapeFrequency = .infrequent lets Core "
+              "ML re-optimise for each new shape, so flexible shapes can run there",
+         fix="export a fixed shape or ct.EnumeratedShapes (optimised on the device for each enumerated shape), or "
+             "load the model with MLOptimizationHints.reshapeFrequency = .infrequent (iOS 17.4 and later)",
+         source="coremltools guide, Flexible Input Shapes: "
+                "https://apple.github.io/coremltools/docs-guides/source/flexible-inputs.html ; Apple, "
+                "MLOptimizationHints.ReshapeFrequency (iOS 17.4+): "
+                "https://developer.apple.com/documentation/coreml/mloptimizationhints-swift.struct/"
+                "reshapefrequency-swift.enum",
          evidence="{value} flexible dimension(s)"),
     Rule("fp32-compute", "fallback", "fp32_outputs", ">", 0,
          says="an op computing in float32: a float32-typed ML program executes on the GPU and CPU; the "
@@ -290,12 +297,13 @@ RULES: tuple[Rule, ...] = (
          fix="avoid layout changes inside the network (e.g. a 1x1 convolution classifier instead of "
              "flatten + linear); keep the remaining ones at the ends",
          source=APPLE_ANE_ARTICLE + ", principle 3", evidence="{op_type}", ops=("reshape", "transpose")),
-    Rule("activation-quantization", "chip-dependent", "present", "is", True,
-         says="int8 activations (W8A8): int8-int8 compute gives more throughput on the Neural Engine of A17 Pro "
-              "and M4 chips than on earlier ones; on compute units that decompress weights at load time (CPU, "
-              "sometimes GPU) activation quantization can slow inference considerably",
-         fix="use activation quantization only when the model runs fully or mostly on the Neural Engine of a "
-             "recent chip; otherwise keep weight-only compression",
+    Rule("activation-quantization", "unit-dependent", "present", "is", True,
+         says="int8 activations (W8A8): whether they help depends on the compute unit, not the chip -- on the Neural "
+              "Engine W8A8 ran faster than weight-only compression in Apple's results table on the A16 as well as "
+              "on later chips, which add int8-int8 throughput (A17 Pro, M4); on the compute units that "
+              "decompress weights at load time (the CPU, sometimes the GPU) it can slow inference considerably",
+         fix="use activation quantization only when the model runs fully or mostly on the Neural Engine (check the "
+             "placement in Xcode's performance report); otherwise keep weight-only compression",
          source="coremltools guide, Quantization: Performance: "
                 "https://apple.github.io/coremltools/docs-guides/source/opt-quantization-perf.html",
          evidence="{op_type}", ops=("quantize",)),

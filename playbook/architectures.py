@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-logging.getLogger("coremltools").setLevel(logging.ERROR)
+for _noisy in ("coremltools", "torchao", "torch.utils._pytree"):  # import-time chatter of coremltools and torchao
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
 
 from playbook.ane_scan import (FEATURES, RULES, Finding, OpFacts, ProgramFacts, Rule,  # noqa: E402 - re-exported

@@ -6,12 +6,15 @@ Backends (``BACKENDS``), each a *tier* of evidence (``bench_schema.TIERS``):
   (``MLModel(..., compute_units=...)``, ``CompiledMLModel``, ``MLComputePlan``), one setting per compute unit
   (``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``, ``ALL``).  Load time is measured twice: the first
   ``MLModel`` load (which compiles the package) and a second load of the compiled ``.mlmodelc`` (cached).
-  Where coremltools exposes ``MLComputePlan``, the ops per compute unit and Apple's own per-op cost estimate.
+  Where coremltools exposes ``MLComputePlan``: the compute device Core ML *plans* for each op and Apple's
+  *estimated* per-op cost -- a plan and an estimate, not a measurement (the timings are the measurement).
 * ``torch`` (**host**): the package's ML program run as plain float32 PyTorch ops
   (``mlprogram.ReferenceProgram.run_float32``) on this machine's CPU with 1 thread and with all threads, and on
   CUDA when a GPU is present: what the same graph costs on the host, never a device figure.
 * ``reference`` (**reference**): the playbook's reference executor with its FP16 emulation, the runtime the
-  accuracy figures come from on Linux.  A correctness runtime: its latency only ranks variants.
+  accuracy figures come from on Linux.  A correctness runtime: its latency does not rank variants either (it
+  expands every compressed weight once at load, so every weight-only variant runs the same float32 arithmetic);
+  it is timed only to show what that executor costs on this machine.
 
 Every measurement: batch 1, the package's fixed input shape, warm-up, then timed runs in blocks until the
 median moves less than ``stable_within`` between checks (or a cap on runs or seconds); median, p90, p99, mean,
@@ -20,6 +23,12 @@ predicts once.  Energy where the platform exposes a counter (RAPL on Linux, NVML
 on macOS run as root), in joules and in mAh at a stated battery voltage; elsewhere ``measured: false`` with the
 reason, never a number (those probes live in ``playbook.bench_probes``).  The output of ``bench_package`` is a dict
 following ``bench_schema.MEASUREMENT_SCHEMA``.
+
+Contention: every timed loop also records the machine's load average and the CPU time the process got against the
+wall time it took (``Contention``).  When other work shared the CPUs (load above the CPU count, or the loop got
+clearly less CPU time than its threads asked for), the setting is measured again, up to ``contention_retries``
+times, and the least disturbed attempt is kept; ``contention_note`` says in words what was seen, so a slow figure
+is explained by the measured interference rather than guessed at (e.g. as the cost of thread synchronisation).
 
 This module knows nothing of stages, notebooks or the layout of stage records.
 """
@@ -37,11 +46,12 @@ import numpy as np
 import torch
 
 from playbook.bench_probes import EnergyMeter, compute_plan, coreml_available, peak_memory
-from playbook.bench_schema import FORMAT, SCHEMA_VERSION, TIERS, validate_measurement
+from playbook.bench_schema import FORMAT, MEASUREMENT_SCHEMA, SCHEMA_VERSION, TIERS, validate_measurement
 from playbook.config import ConfigError, StrictConfig, check_range
 from playbook.env import cpu_model, playbook_version, torch_threads
 
 BACKENDS = tuple(TIERS)
+_LATENCY_FIELDS = set(MEASUREMENT_SCHEMA["properties"]["latency"]["properties"])
 DEFAULT_BATTERY_VOLTAGE = 3.85
 VERSION_PACKAGES = ("torch", "coremltools", "numpy")
 
@@ -70,6 +80,7 @@ class BenchConfig(StrictConfig):
         patience: consecutive stable checks needed.
         memory: measure peak memory in a fresh process.
         battery_voltage: nominal battery voltage (V) used to state energy in mAh.
+        contention_retries: times a setting is measured again when the machine was busy during its timed loop.
     """
 
     warmup: int = 10
@@ -81,6 +92,7 @@ class BenchConfig(StrictConfig):
     patience: int = 3
     memory: bool = True
     battery_voltage: float = DEFAULT_BATTERY_VOLTAGE
+    contention_retries: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +104,7 @@ class BenchConfig(StrictConfig):
         check_range("stable_within", self.stable_within, 0.0, 1.0)
         check_range("patience", self.patience, 1)
         check_range("battery_voltage", self.battery_voltage, 0.5, 50.0)
+        check_range("contention_retries", self.contention_retries, 0)
 
 
 # --------------------------------------------------------------------------- settings
@@ -227,13 +240,74 @@ def load_cached(first: Loaded, package: Path, setting: Setting) -> Loaded:
 
 # --------------------------------------------------------------------------- timing
 @dataclasses.dataclass(frozen=True)
+class Contention:
+    """What else the machine was doing while a loop was timed: the 1-minute load average before and after, the CPU
+    count, and the CPU time this process got against the wall time the loop took (for ``threads`` threads)."""
+
+    load_before: float | None
+    load_after: float | None
+    cpu_count: int
+    cpu_seconds: float
+    wall_seconds: float
+    threads: int
+
+    @property
+    def cpu_share(self) -> float | None:
+        """CPU time got per wall second and per thread asked for (about 1 on an idle machine for one busy thread;
+        well below 1 when other processes took the CPU)."""
+        if self.wall_seconds <= 0:
+            return None
+        return self.cpu_seconds / (self.wall_seconds * max(self.threads, 1))
+
+    @property
+    def busy(self) -> bool:
+        """Other work competed for the CPUs: the load average exceeded the CPU count, or a one-thread loop got less
+        than 80% of the wall time on the CPU."""
+        loads = [x for x in (self.load_before, self.load_after) if x is not None]
+        overloaded = bool(loads) and max(loads) > self.cpu_count + 0.5
+        starved = self.threads == 1 and self.cpu_share is not None and self.cpu_share < 0.8
+        return overloaded or starved
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"load_before": self.load_before, "load_after": self.load_after, "cpu_count": self.cpu_count,
+                "cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds, "threads": self.threads,
+                "cpu_share": self.cpu_share, "busy": self.busy}
+
+
+def _load_average() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def contention_note(contention: Contention | dict[str, Any], attempts: int = 1) -> str:
+    """What the harness saw of other work on the machine, in words (empty when the machine was quiet)."""
+    c = contention if isinstance(contention, dict) else contention.to_dict()
+    if not c.get("busy"):
+        return ""
+    loads = [x for x in (c.get("load_before"), c.get("load_after")) if x is not None]
+    parts = []
+    if loads:
+        parts.append(f"load average {max(loads):.1f} on {c['cpu_count']} CPUs")
+    if c.get("cpu_share") is not None:
+        parts.append(f"the timed loop got {100 * c['cpu_share']:.0f}% of the CPU time its {c['threads']} thread(s) "
+                     "asked for")
+    again = f"; measured {attempts} times, the least disturbed attempt kept" if attempts > 1 else ""
+    return ("other work shared this machine while it was timed (" + ", ".join(parts) + again +
+            "): the figure includes that interference; measure again on a quiet machine before comparing")
+
+
+@dataclasses.dataclass(frozen=True)
 class Timing:
-    """Raw latency samples (ms) and how the timed loop ended."""
+    """Raw latency samples (ms), how the timed loop ended, and the contention seen while it ran."""
 
     samples_ms: tuple[float, ...]
     warmup: int
     stopped: str
     seconds: float
+    contention: Contention | None = None
+    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The schema's ``latency`` block."""
@@ -246,7 +320,8 @@ class Timing:
                 "samples": [float(x) for x in arr]}
 
 
-def time_until_stable(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[], None] = lambda: None) -> Timing:
+def time_until_stable(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[], None] = lambda: None,
+                      threads: int = 1) -> Timing:
     """Warm up, then time ``run()`` in blocks of ``check_every`` until the median is stable or a cap is reached.
 
     Stable: after at least ``min_runs`` runs, the median of all samples so far moved less than
@@ -261,6 +336,7 @@ def time_until_stable(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[
         sync()
         warmup += 1
     samples: list[float] = []
+    load_before, cpu_start = _load_average(), time.process_time()
     start = time.perf_counter()
     previous, calm, stopped = None, 0, "max_runs"
     while len(samples) < cfg.max_runs and stopped == "max_runs":
@@ -278,7 +354,27 @@ def time_until_stable(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[
             if calm >= cfg.patience:
                 stopped = "stable"
         previous = median
-    return Timing(tuple(samples), warmup, stopped, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    contention = Contention(load_before, _load_average(), os.cpu_count() or 1, time.process_time() - cpu_start, wall,
+                            max(int(threads), 1))
+    return Timing(tuple(samples), warmup, stopped, wall, contention)
+
+
+def time_quietly(run: Callable[[], Any], cfg: BenchConfig, sync: Callable[[], None] = lambda: None,
+                 threads: int = 1) -> Timing:
+    """``time_until_stable``, measured again (up to ``cfg.contention_retries`` times) while the machine was busy;
+    returns the least disturbed attempt (highest CPU share, then lowest median), with the number of attempts."""
+    attempts = [time_until_stable(run, cfg, sync, threads)]
+    while attempts[-1].contention is not None and attempts[-1].contention.busy and \
+            len(attempts) <= cfg.contention_retries:
+        attempts.append(time_until_stable(run, cfg, sync, threads))
+
+    def disturbance(t: Timing) -> tuple:
+        c = t.contention
+        return (bool(c and c.busy), -(c.cpu_share or 0.0) if c else 0.0, float(np.median(t.samples_ms)))
+
+    best = min(attempts, key=disturbance)
+    return dataclasses.replace(best, attempts=len(attempts))
 
 
 # --------------------------------------------------------------------------- work: FLOPs and the host's peak
@@ -396,7 +492,7 @@ def bench_package(package: Path, setting: Setting, inputs: dict[str, np.ndarray]
     per name; ``flops`` and ``peak_gflops`` (host settings) give the achieved share of the host's peak.
     """
     package = Path(package)
-    memory = peak_memory(package, setting, inputs) if cfg.memory else {
+    memory = peak_memory(package, setting, inputs, load) if cfg.memory else {
         "measured": False, "unit": "MB", "peak": None, "why": "not measured: memory=False"}
     with torch_threads(setting.threads or 0) as threads:
         t0 = time.perf_counter()
@@ -412,12 +508,16 @@ def bench_package(package: Path, setting: Setting, inputs: dict[str, np.ndarray]
         first_prediction = (time.perf_counter() - t0) * 1000.0
         meter = EnergyMeter(setting, cfg.battery_voltage)
         with meter.measure():
-            timing = time_until_stable(lambda: cached.predict(feed), cfg, cached.sync)
+            timing = time_quietly(lambda: cached.predict(feed), cfg, cached.sync,
+                                  threads if isinstance(threads, int) else 1)
     plan = (compute_plan(loaded.handle.get_compiled_model_path(), str(setting.compute_units))
             if setting.backend == "coreml" else
             {"measured": False, "ops_total": None, "ops_by_device": None, "cost_by_device": None,
              "why": "not measured: MLComputePlan describes Core ML's placement; this backend is not Core ML"})
     latency = timing.to_dict()
+    if timing.contention is not None and "contention" in _LATENCY_FIELDS:  # where the schema has room for it
+        latency["contention"] = {**timing.contention.to_dict(), "attempts": timing.attempts,
+                                 "note": contention_note(timing.contention, timing.attempts)}
     first_what = "first load compiles the .mlpackage; cached = CompiledMLModel of the compiled .mlmodelc" \
         if setting.backend == "coreml" else "first load of the package's program; cached = a second load (OS file cache warm)"
     measurement = {

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,10 +43,8 @@ def coreml_available() -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------- memory (fresh process)
-def _memory_child(package: str, setting: dict[str, Any], inputs: dict[str, np.ndarray]) -> tuple[float, float, str]:
-    from playbook.bench import Setting, load
-
-    s = Setting(**{k: v for k, v in setting.items() if k != "label"})
+def _memory_child(package: str, s: Any, inputs: dict[str, np.ndarray],
+                  load: Callable[[Path, Any], Any]) -> tuple[float, float, str]:
     torch.set_num_threads(s.threads or 1)
     if s.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -61,9 +59,11 @@ def _memory_child(package: str, setting: dict[str, Any], inputs: dict[str, np.nd
     return rss_mb("VmHWM") - before, before, "RSS"
 
 
-def peak_memory(package: Path, setting: Any, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def peak_memory(package: Path, setting: Any, inputs: dict[str, np.ndarray],
+                load: Callable[[Path, Any], Any]) -> dict[str, Any]:
     """The schema's ``memory`` block: peak memory rise of a fresh process (forked from a clean ``forkserver``
-    after imports) that loads ``package`` with ``setting`` and predicts once."""
+    after imports) that loads ``package`` with ``setting`` through ``load(package, setting)`` (the harness's loader,
+    passed in so that this module imports nothing of the harness) and predicts once."""
     import multiprocessing
 
     try:
@@ -71,7 +71,7 @@ def peak_memory(package: Path, setting: Any, inputs: dict[str, np.ndarray]) -> d
         # everything imported before the fork, so the rise is the model's, not coremltools' import
         ctx.set_forkserver_preload(["playbook.bench", "playbook.bench_probes", "playbook.coreml", "playbook.mlprogram"])
         with ctx.Pool(1) as pool:
-            rise, before, kind = pool.apply(_memory_child, (str(package), setting.to_dict(), inputs))
+            rise, before, kind = pool.apply(_memory_child, (str(package), setting, inputs, load))
     except Exception as exc:  # noqa: BLE001 - no forkserver here, or the child failed: say so, no number
         return {"measured": False, "unit": "MB", "peak": None,
                 "why": f"not measured: the measuring process failed ({type(exc).__name__}: {exc})"}

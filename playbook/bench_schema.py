@@ -95,7 +95,11 @@ MEASUREMENT_SCHEMA: dict[str, Any] = {
                 "unit": {"const": "ms"}, "median": _POS, "p90": _POS, "p99": _POS, "mean": _POS, "cv": _NONNEG,
                 "fps": _POS, "runs": {"type": "integer", "minimum": 1}, "warmup": {"type": "integer", "minimum": 0},
                 "stopped": {"enum": list(STOP_REASONS)}, "seconds": _NONNEG,
-                "samples": {"type": "array", "minItems": 1, "items": _POS}}},
+                "samples": {"type": "array", "minItems": 1, "items": _POS},
+                # what the harness saw of other work while it timed (bench.Contention), optional
+                "contention": {"type": "object", "properties": {
+                    "busy": {"type": "boolean"}, "attempts": {"type": "integer", "minimum": 1},
+                    "note": {"type": "string"}}}}},
         "memory": _flagged("MB", {"peak": _NONNEG}),
         "energy": _flagged("J", {"per_inference": _NONNEG, "mah_per_inference": _NONNEG},
                            {"battery_voltage_v": _POS, "source": {"enum": [*ENERGY_SOURCES, None]}}),
@@ -150,6 +154,24 @@ def schema_problems(document: Any, schema: dict[str, Any] = RESULTS_SCHEMA) -> l
     return [text(e) for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
 
 
+# a batch-1 prediction takes at least a microsecond and less than an hour; outside that a file holds a unit error,
+# an overflow or a made-up figure, which would sit on the Pareto chart as "0.000 ms"
+MIN_LATENCY_MS = 1e-3
+MAX_LATENCY_MS = 3.6e6
+
+
+def _implausible_latencies(lat: dict[str, Any]) -> list[str]:
+    """``latency.KEY=VALUE`` for every latency figure (median, p90, p99, mean, samples) that is not finite or lies
+    outside [MIN_LATENCY_MS, MAX_LATENCY_MS]."""
+    out = []
+    items = [(k, lat.get(k)) for k in ("median", "p90", "p99", "mean")]
+    items += [(f"samples[{i}]", v) for i, v in enumerate(lat.get("samples") or [])]
+    for key, value in items:
+        if is_number(value) and not (math.isfinite(value) and MIN_LATENCY_MS <= value <= MAX_LATENCY_MS):
+            out.append(f"latency.{key}={value!r}")
+    return out
+
+
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -173,7 +195,11 @@ def check_measurement(m: dict[str, Any], where: str = "measurement") -> list[str
         out.append(f"{where}: a measurement on {os_name!r} can only come from Core ML, not backend {backend!r}")
     lat = m.get("latency") or {}
     samples = lat.get("samples") or []
-    if samples and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in samples):
+    implausible = _implausible_latencies(lat)
+    if implausible:
+        out.append(f"{where}: implausible latency {', '.join(implausible[:4])}: every latency must be a finite "
+                   f"number of milliseconds from {MIN_LATENCY_MS:g} (1 µs) to {MAX_LATENCY_MS:g} (one hour)")
+    elif samples and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in samples):
         arr = np.asarray(samples, dtype=np.float64)
         if lat.get("runs") != len(arr):
             out.append(f"{where}: latency.runs={lat.get('runs')} but {len(arr)} samples")

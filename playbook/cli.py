@@ -17,10 +17,13 @@ the work in ``playbook.pipeline``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from playbook.cli_parser import build_parser
 from playbook.command import BUDGET_NAMES, RunCommand, parse_assignments, parse_budget
@@ -45,19 +48,19 @@ def _spec(args: argparse.Namespace, command: RunCommand, update_index: bool, ver
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from playbook.pipeline import plan, run_model
+    from playbook.pipeline import plan_and_run
 
     command = RunCommand(model=args.model, dataset=args.dataset, smoke=args.smoke,
                          params=parse_assignments(args.params, "-p"), budget=parse_budget(args.budget),
                          stages=args.stages, force=args.force,
                          reports_dir=str(args.reports_dir) if args.reports_dir else "")
     spec = _spec(args, command, update_index=not args.no_index, verbose=args.verbose)
-    return EXIT_OK if run_model(spec, plan(spec)).ok else EXIT_FAILED
+    return EXIT_OK if plan_and_run(spec).ok else EXIT_FAILED
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from playbook.batch import BatchInterrupted, load_batch, run_batch
-    from playbook.pipeline import check_parameter_names, declared_parameters
+    from playbook.pipeline import check_parameter_names, check_reports_folder, declared_parameters
 
     if args.scheduler and args.jobs is not None:
         raise ConfigError("--jobs and --scheduler exclude each other: on a cluster each worker thread runs one model "
@@ -68,6 +71,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         from playbook.distributed import Scheduler, run_batch_on_cluster
 
         scheduler = Scheduler.parse(args.scheduler)
+    check_reports_folder(_reports_root(args))  # each model's failure page would fail to be written there too
     specs = [_spec(args, RunCommand(model=e["model"], dataset=e["dataset"] or "", smoke=e["smoke"] or args.smoke,
                                     params=dict(e["params"]), budget=parse_budget([f"{k}={v!r}" for k, v in
                                                                                    e["budget"].items()]),
@@ -103,6 +107,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from playbook.report.pages import write_index
 
     root = _reports_root(args)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"reports folder {root} is a file, not a folder; name the folder that holds reports/<model>/ "
+                          "with --reports-dir")
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) if root.is_dir() else []
     if not folders:
         print(f"no model has been run in {root}")
@@ -179,30 +186,77 @@ def cmd_import_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``playbook`` and ``python -m playbook``; returns the exit status."""
     args = build_parser().parse_args(argv)  # before the heavy imports: --version and -h answer at once
-    from playbook.pipeline import RunFailed
-
     handlers = {"run": cmd_run, "batch": cmd_batch, "status": cmd_status, "list-models": cmd_list_models,
                 "list-params": cmd_list_params, "notebooks": cmd_notebooks, "bench": cmd_bench,
                 "import-bench": cmd_import_bench}
-    if args.command == "run":  # SIGTERM (kill, a scheduler's timeout) is handled like Ctrl-C: an INTERRUPTED page
-        signal.signal(signal.SIGTERM, _interrupt)
+    _RECEIVED.clear()
+    previous = {}
+    if args.command == "run" and threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a scheduler's timeout) is handled like Ctrl-C: an INTERRUPTED page, exit 128 + the signal
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return handlers[args.command](args)
+        return _dispatch(handlers[args.command], args)
+    finally:
+        if not _RECEIVED:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _dispatch(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one subcommand's handler; every error the user can act on becomes one ``playbook:`` line."""
+    from playbook.pipeline import RunFailed
+
+    try:
+        return handler(args)
     except (ConfigError, RunFailed) as exc:
         print(f"playbook: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
-        print("playbook: interrupted", file=sys.stderr)
-        return 130
+        signum = _RECEIVED[0] if _RECEIVED else signal.SIGINT
+        _quiet_shutdown()
+        print(f"playbook: interrupted by {signal.Signals(signum).name}; the stage that was running left its previous "
+              "outputs in place (see the INTERRUPTED page)" if args.command == "run" else
+              f"playbook: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
     except OSError as exc:  # a full disk, a folder that became read-only: one line here, the traceback in run.log
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"playbook: error: {exc.strerror or exc}{where}; free space or choose another folder with "
-              "--reports-dir", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"playbook: error: {_os_error_text(exc, args)}", file=sys.stderr)
+        return EXIT_USAGE if exc.errno in _PERMISSION else EXIT_FAILED
+
+
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+_RECEIVED: list[int] = []
+
+
+def _os_error_text(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for an ``OSError``: what failed where, whether it is a permission problem or a full disk, and the
+    option of *this* command that picks another folder."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    option = "another DIR" if args.command == "notebooks" else "another folder with --reports-dir"
+    if exc.errno in _PERMISSION:
+        return (f"{exc.strerror or exc}{where}: a permission problem, this user may not write there; choose "
+                f"{option}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.strerror or exc}{where}; free space or choose {option}"
+    return f"{exc.strerror or exc}{where}; check the folder or choose {option}"
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    if not _RECEIVED:
+        _RECEIVED.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _quiet_shutdown() -> None:
+    """After an interruption, papermill's kernel client leaves asyncio tasks whose exceptions nobody retrieves;
+    asyncio would print each ("Task exception was never retrieved", with a traceback) when they are collected at
+    exit.  The run's log already has what happened: silence them, and any second signal during the exit."""
+    import logging
+
+    for name in ("asyncio", "traitlets", "papermill", "nbclient"):
+        logging.getLogger(name).disabled = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from playbook.config import ConfigError, StrictConfig, check_choice
 from playbook.data import Dataset, Split
 from playbook.metrics import Fidelity, fidelity
 
-logging.getLogger("coremltools").setLevel(logging.ERROR)
+for _noisy in ("coremltools", "torchao", "torch.utils._pytree"):  # import-time chatter of coremltools and torchao
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
 
 INPUT_NAME = "image"
@@ -48,7 +49,7 @@ DEPLOYMENT_TARGETS = ["iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", 
 COMPUTE_UNITS = ["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 RUNTIMES = ["auto", "coreml", "reference"]
 # ML program specification version -> the oldest iOS that loads it (what Xcode shows as the deployment target).
-TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
+TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
 # Metadata keys every package the playbook saves carries (read back by tests and shown in the report).
 VARIANT_METADATA = ("playbook.stage", "playbook.variant", "playbook.recipe", "playbook.precision",
                     "playbook.deployment_target", "playbook.source_model_sha256")
@@ -488,6 +489,9 @@ def load_runtime(package: Path, runtime: str = "auto", compute_units: str = "ALL
     check_choice("compute_units", compute_units, COMPUTE_UNITS)
     if not Path(package).exists():
         raise FileNotFoundError(f"Core ML package {package} does not exist")
+    from playbook.records import verify_package
+
+    verify_package(Path(package))  # a package a record names must still be the one it measured
     if runtime == "coreml" or (runtime == "auto" and coreml_runtime_available()):
         return CoreMLRuntime(Path(package), compute_units)
     return ReferenceRuntime(Path(package))

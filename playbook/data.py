@@ -36,6 +36,31 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+TEST_FRACTION = 0.2  # of digits and image folders; Fashion-MNIST has its own test split
+MIN_IMAGES_PER_CLASS = 5
+MIN_TEST_IMAGES = 10
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class sub-folders of an image folder, sorted: hidden ones (``.ipynb_checkpoints``, ``.DS_Store``
+    folders, ``.git``) are never classes."""
+    return sorted(d for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of one class folder (by suffix; hidden files skipped), sorted."""
+    return sorted(f for f in Path(folder).iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def imagefolder_counts(root: Path) -> dict[str, int]:
+    """``{class: number of image files}`` of an image folder (nothing is read)."""
+    return {d.name: len(image_files(d)) for d in class_folders(root)}
+
+
+def _hidden_note(root: Path) -> str:
+    hidden = [d.name for d in Path(root).iterdir() if d.is_dir() and d.name.startswith(".")]
+    return f" (hidden folders such as {hidden[:3]} are not classes)" if hidden else ""
 
 
 class DatasetError(ConfigError):
@@ -103,8 +128,36 @@ class DatasetConfig(StrictConfig):
             root = Path(self.name.split(":", 1)[1]).expanduser()
             if not root.is_dir():
                 raise DatasetError(f"imagefolder {root} does not exist; expected one sub-folder of images per class")
-            if sum(1 for d in root.iterdir() if d.is_dir()) < 2:
-                raise DatasetError(f"imagefolder {root} needs at least two class sub-folders (one per class)")
+            counts = imagefolder_counts(root)
+            if len(counts) < 2:
+                raise DatasetError(f"imagefolder {root} needs at least two class sub-folders (one per class)"
+                                   + _hidden_note(root))
+            empty = [name for name, n in counts.items() if n == 0]
+            if empty:
+                raise DatasetError(f"imagefolder {root}: class folder(s) {empty} hold no images "
+                                   f"({', '.join(sorted(IMAGE_SUFFIXES))}); every sub-folder is a class: put images "
+                                   "in them or remove them")
+
+    def check_split_sizes(self) -> None:
+        """Raise ``DatasetError`` when an image folder is too small for the fixed split to give every stage data to
+        work on (``MIN_IMAGES_PER_CLASS`` per class, ``MIN_TEST_IMAGES`` in the 20 % test split).  Counts files
+        only (nothing is read), so ``playbook run`` checks it before anything runs."""
+        if not self.name.startswith("imagefolder:"):
+            return
+        root = Path(self.name.split(":", 1)[1]).expanduser()
+        if not root.is_dir():
+            return
+        counts = imagefolder_counts(root)
+        total = sum(counts.values())
+        n_test = max(1, int(round(TEST_FRACTION * total)))
+        small = {name: n for name, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+        if small or n_test < MIN_TEST_IMAGES:
+            what = (f"class folder(s) {small} hold fewer than {MIN_IMAGES_PER_CLASS} images" if small else
+                    f"its {total} images give a test split of {n_test} ({TEST_FRACTION:.0%})")
+            raise DatasetError(f"imagefolder {root} is too small: {what}; the playbook needs at least "
+                               f"{MIN_IMAGES_PER_CLASS} images per class and {MIN_TEST_IMAGES} test images "
+                               f"({int(MIN_TEST_IMAGES / TEST_FRACTION)} images in all) to train, measure and "
+                               "compare. Add images, or try the pipeline on --dataset digits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +294,8 @@ def _load_imagefolder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
     """One class per sub-folder of ``root`` (``DatasetConfig.check_available`` has checked there are two or more)."""
     from PIL import Image
 
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    files = [(f, idx) for idx, d in enumerate(class_dirs) for f in sorted(d.iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    class_dirs = class_folders(root)
+    files = [(f, idx) for idx, d in enumerate(class_dirs) for f in image_files(d)]
     if not files:
         raise DatasetError(f"imagefolder {root} holds no images ({sorted(IMAGE_SUFFIXES)}) in its class folders")
 
@@ -294,7 +346,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             images, labels, classes = _load_imagefolder(root)
             source = str(root)
         order = rng.permutation(len(labels))
-        n_test = max(1, int(round(0.2 * len(labels))))
+        n_test = max(1, int(round(TEST_FRACTION * len(labels))))
         test_idx, train_idx = order[:n_test], order[n_test:]
         train_x, train_y, test_x, test_y = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
     native = int(train_x.shape[2])
@@ -312,6 +364,10 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     if cfg.limit_test is not None:
         test_x, test_y = test_x[: cfg.limit_test], test_y[: cfg.limit_test]
 
+    if len(test_y) < 2 or len(fit_idx) < 2:
+        raise DatasetError(f"dataset {cfg.name} is too small: {len(fit_idx)} training and {len(test_y)} test images "
+                           f"after the split; give at least {MIN_IMAGES_PER_CLASS} images per class and "
+                           f"{int(MIN_TEST_IMAGES / TEST_FRACTION)} in all")
     fit = train_x[fit_idx].astype(np.float64) / 255.0
     mean = tuple(float(m) for m in fit.mean(axis=(0, 2, 3)))
     std = tuple(float(max(s, 1e-3)) for s in fit.std(axis=(0, 2, 3)))

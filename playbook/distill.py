@@ -19,6 +19,10 @@ Teacher logits are computed once per training image and cached on disk (``teache
 teacher checkpoint's hash and the training split's identity; ``fit``'s ``index`` argument looks them up.  With
 augmentation the images change every epoch, so the teacher runs on each augmented batch instead.
 
+Trained students (scratch or distilled) are cached too (``train_or_load_student``): keyed by the student's initial
+weights and architecture, the training config, the training images and labels, the objective and the teacher's hash,
+so a rerun with the same config trains nothing and gets the same weights.
+
 This module knows nothing of notebooks, stages or records.
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -309,6 +313,128 @@ class Distiller(nn.Module):
                                                             self._batch["teacher_features"])
         self._batch = {}
         return loss
+
+
+# --------------------------------------------------------------------------- trained students, cached by config
+STUDENT_CACHE_FORMAT = 1  # raise when a change to the training code changes the weights a config gives
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values, in order): its architecture and weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _split_id(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256(json.dumps(list(images.shape)).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def student_cache_key(student: nn.Module, dataset: Dataset, train_cfg: Any, distill: DistillConfig | None = None,
+                      teacher_sha256: str = "", model_cfg: dict[str, Any] | None = None) -> str:
+    """The cache name of a student trained from ``student``'s current (initial) weights with ``train_cfg`` on
+    ``dataset.train`` (images and labels, by content: ``training_split_id``), plain cross-entropy (``distill`` None)
+    or distilled with ``distill`` from the teacher of ``teacher_sha256``.  The validation split is in the key when
+    ``train_cfg.validate`` (early stopping reads it); the device and the thread count are not (they do not change
+    what is computed beyond rounding)."""
+    if distill is not None and not teacher_sha256:
+        raise ValueError("a distilled student's cache key needs the teacher checkpoint's sha256")
+    train = {k: v for k, v in train_cfg.to_dict().items() if k not in ("device", "threads")}
+    blob = {"format": STUDENT_CACHE_FORMAT, "model": model_cfg, "initial_weights": state_sha256(student),
+            "data": training_split_id(dataset), "train": train,
+            "val": _split_id(dataset.val.images, dataset.val.labels) if train.get("validate") else None,
+            "distill": distill.to_dict() if distill is not None else None,
+            "teacher": teacher_sha256 if distill is not None else None}
+    text = json.dumps(blob, sort_keys=True, default=str)
+    kind = "distilled" if distill is not None else "scratch"
+    return f"student-{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentTraining:
+    """How a student got its weights: trained now, or loaded from the cache (``from_cache``; ``seconds`` is then
+    the original training time, ``load_seconds`` what loading took)."""
+
+    key: str
+    path: str
+    from_cache: bool
+    seconds: float
+    final_loss: float  # mean loss of the last 20 optimiser steps
+    steps: int
+    stop_reason: str
+    checkpoint_sha256: str
+    load_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train_or_load_student(student: nn.Module, dataset: Dataset, train_cfg: Any, *, distill: DistillConfig | None = None,
+                  teacher: nn.Module | None = None, teacher_sha256: str = "",
+                  cached_logits: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+                  example: torch.Tensor | None = None, model_cfg: dict[str, Any] | None = None,
+                  cache_dir: Path | None = None, progress: bool = False) -> StudentTraining:
+    """Train ``student`` in place on ``dataset.train`` (``train.fit``), or load the weights the same training gave
+    before from ``<checkpoint cache>/students/`` (see ``student_cache_key``).
+
+    ``distill`` None: plain cross-entropy.  Otherwise a ``Distiller`` with ``teacher`` (frozen) and
+    ``cached_logits`` (the teacher's logits on every training image; ``None`` runs the teacher on each batch, as
+    with augmentation).  ``cached_logits`` may be a function, called only when the student has to be trained, so a
+    rerun that finds every student in the cache never computes or loads the teacher's logits.  ``example`` (a
+    batch of two inputs) shapes the feature term's adapter (default: two calibration images).  A diverging run
+    raises ``TrainingError`` and caches nothing; a corrupt cache file is replaced.
+    """
+    from playbook.paths import default_cache_dir
+    from playbook.records import sha256_path
+    from playbook.train import CheckpointError, fit, load_checkpoint, save_checkpoint
+
+    key = student_cache_key(student, dataset, train_cfg, distill, teacher_sha256, model_cfg)
+    path = Path(cache_dir or default_cache_dir()) / "students" / f"{key}.pt"
+
+    def from_cache() -> StudentTraining | None:
+        start = time.perf_counter()
+        try:
+            digest = sha256_path(path)
+            meta = load_checkpoint(student, path)
+        except (CheckpointError, OSError):
+            return None
+        return StudentTraining(key, str(path), True, float(meta.get("seconds", 0.0)),
+                               float(meta.get("final_loss", float("nan"))), int(meta.get("steps", 0)),
+                               str(meta.get("stop_reason", "cache")), digest, time.perf_counter() - start)
+
+    if path.exists():
+        found = from_cache()
+        if found is not None:
+            return found
+        path.unlink(missing_ok=True)  # truncated or foreign: train again and replace it
+    start = time.perf_counter()
+    if distill is not None:
+        if teacher is None:
+            raise ValueError("a distilled student needs its teacher")
+        logits = cached_logits() if callable(cached_logits) else cached_logits
+        if example is None:
+            example = dataset.to_tensor(dataset.calib.images[:2])
+        distiller = Distiller(student, teacher, distill, example, cached_logits=logits)
+        result = fit(distiller, dataset, train_cfg, progress=progress, loss_fn=distiller.loss)
+    else:
+        result = fit(student, dataset, train_cfg, progress=progress)
+    seconds = time.perf_counter() - start
+    final_loss = float(np.mean(result.losses[-20:])) if result.losses else float("nan")
+    meta = {"seconds": seconds, "final_loss": final_loss, "steps": result.steps, "stop_reason": result.stop_reason,
+            "history": result.history, "train": train_cfg.to_dict(), "model": model_cfg,
+            "distill": distill.to_dict() if distill is not None else None, "teacher_sha256": teacher_sha256 or None}
+    if not save_checkpoint(student, path, meta):  # another run cached this key meanwhile: take its weights
+        found = from_cache()
+        if found is not None:
+            return found
+    return StudentTraining(key, str(path), False, seconds, final_loss, result.steps, result.stop_reason,
+                           sha256_path(path))
 
 
 # --------------------------------------------------------------------------- distilled versus scratch, over seeds

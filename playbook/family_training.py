@@ -2,7 +2,10 @@
 families through the checkpoint cache, side by side in worker processes.
 
 Knows nothing of notebooks, stages or records (stage 04 uses it).  Workers are started with ``spawn``: the worker
-function stays a top-level function of this module, so that it can be imported by name in the worker.
+function stays a top-level function of this module, so that it can be imported by name in the worker.  Workers and
+their threads are sized from the cores other work leaves free (``plan_workers``): workers x threads never exceeds
+them, and with fewer than two free cores nothing is started (one process then trains faster than two sharing one
+core, and pays no start-up).
 """
 from __future__ import annotations
 
@@ -62,6 +65,60 @@ def parse_family(spec: str) -> Family:
     return Family(family, knobs)
 
 
+# --------------------------------------------------------------------------- how many processes, how many threads
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    """How families are trained: ``workers`` processes of ``threads_per_worker`` torch threads each (``workers`` 0:
+    all in this process, with ``main_threads``), from the free cores measured by ``choose_threads``."""
+
+    workers: int
+    threads_per_worker: int
+    main_threads: int  # 0: torch's current count
+    free_cores: int  # 0: not measured (nothing to train, or training here with the threads asked for)
+    pending: int  # families not yet in the cache
+    jobs: int  # what the caller allowed
+    reason: str
+    choice: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | None = None) -> WorkerPlan:
+    """Worker processes and threads for ``pending`` families to train, at most ``jobs`` processes.
+
+    ``free_cores``: how many cores other work leaves free (default: measured, ``choose_threads()``).  Workers are
+    started only when at least two families are pending and at least two cores are free; then ``workers`` =
+    min(jobs, pending, free cores) and each gets ``free cores // workers`` threads, so workers x threads <= free
+    cores.  ``threads`` (> 0) is the thread count asked for training in this process; 0 = the free cores."""
+    from playbook.env import choose_threads
+
+    choice = None
+    if free_cores is None:
+        if pending == 0:  # everything is in the cache: loading needs no measurement
+            return WorkerPlan(0, 0, threads, 0, 0, jobs, "every family is in the checkpoint cache")
+        if threads and (jobs < 2 or pending < 2):  # in this process, with the threads asked for: nothing to measure
+            return WorkerPlan(0, 0, threads, 0, pending, jobs,
+                              f"{pending} famil{'y' if pending == 1 else 'ies'} to train, jobs={jobs}: in this "
+                              f"process with {threads} thread(s), as asked")
+        c = choose_threads()
+        free_cores, choice = c.threads, c.to_dict()
+    free_cores = max(1, int(free_cores))
+    main_threads = threads or free_cores
+    workers = min(jobs, pending, free_cores)
+    if jobs < 2 or pending < 2:
+        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
+                          f"{pending} famil{'y' if pending == 1 else 'ies'} to train, jobs={jobs}: in this process "
+                          f"with {main_threads} thread(s)", choice)
+    if workers < 2:
+        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
+                          f"only {free_cores} core(s) free: in this process with {main_threads} thread(s) (two "
+                          "processes on one core would only add their start-up)", choice)
+    per = max(1, free_cores // workers)
+    return WorkerPlan(workers, per, main_threads, free_cores, pending, jobs,
+                      f"{workers} worker processes x {per} thread(s) on {free_cores} free core(s)", choice)
+
+
 # --------------------------------------------------------------------------- training in worker processes
 def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Train one family (or find it in the cache) in a worker process; the parent loads it from the cache."""
@@ -78,15 +135,19 @@ def _train_worker(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], train_
 
 
 def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[str, Any], train_cfgs: dict[str, Any],
-                   jobs: int = 2, threads: int = 0, progress: bool = False) -> dict[str, tuple[Any, dict[str, Any]]]:
+                   jobs: int = 2, threads: int = 0, progress: bool = False,
+                   plan: WorkerPlan | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Every family trained with its config (``train_cfgs[family.name]``, a ``TrainConfig``) through the checkpoint
-    cache: ``{name: (model, training facts)}``.
+    cache: ``{name: (model, training facts)}``.  A rerun with the same configs and data trains nothing.
 
-    Families not yet in the cache train ``jobs`` at a time in worker processes (``spawn``), one torch thread each,
-    when ``jobs`` >= 2 and at least two need training; then every model is loaded here (from the cache, or trained
-    here with ``threads`` torch threads).  The per-epoch validation pass is skipped: it changes neither the weights
-    nor the cache key.  The global torch seed is set to the config's seed before each model is built, so a family's
-    initial weights do not depend on the process or on the order of the jobs.  ``training facts`` is ``TrainResult`` as a dict plus ``process``: ``worker`` or ``main``.
+    Families not yet in the cache train side by side in worker processes (``spawn``) when ``plan`` (default:
+    ``plan_workers(jobs, pending, threads)``, from the cores free now) says so: at most ``jobs`` workers, workers x
+    threads <= free cores.  Then every model is loaded here (from the cache, or trained here with the plan's
+    ``main_threads``: ``threads``, or 0 = as many as the free cores).  The per-epoch validation pass is skipped:
+    it changes neither the weights nor the cache key.  The global torch seed is set to the config's seed before
+    each model is built, so a family's initial weights do not depend on the process or on the order of the jobs.
+    ``training facts`` is ``TrainResult`` as a dict plus ``process`` (``worker`` or ``main``), ``threads`` (torch
+    threads it trained with; ``None`` when it came from the cache) and ``plan`` (``WorkerPlan.to_dict()``).
     """
     from tqdm.auto import tqdm
 
@@ -98,23 +159,29 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
     configs = {f.name: ModelConfig(f.family, dict(f.knobs)) for f in families}
     uncached = [f for f in families
                 if not (default_cache_dir() / f"{cache_key(configs[f.name], dataset, cfgs[f.name])}.pt").exists()]
+    if plan is None:
+        plan = plan_workers(jobs, len(uncached), threads)
     facts: dict[str, dict[str, Any]] = {}
-    workers = min(jobs, len(uncached))
-    if workers >= 2:
+    if plan.workers >= 2 and len(uncached) >= 2:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=plan.workers, mp_context=context) as pool:
             futures = {pool.submit(_train_worker, configs[f.name].to_dict(), dataset_cfg,
-                                   cfgs[f.name].replace(threads=1).to_dict()): f for f in uncached}
+                                   cfgs[f.name].replace(threads=plan.threads_per_worker).to_dict()): f
+                       for f in uncached}
             for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="families",
                                **progress_options(progress)):
-                facts[futures[future].name] = {**future.result(), "process": "worker"}
+                facts[futures[future].name] = {**future.result(), "process": "worker",
+                                               "threads": plan.threads_per_worker}
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
     import torch
 
-    with torch_threads(threads):
+    main_threads = plan.main_threads
+    with torch_threads(main_threads):
         for f in families:
             torch.manual_seed(cfgs[f.name].seed)  # train_or_load builds the model before seeding: seed the init here
-            model, result = train_or_load(configs[f.name], dataset, cfgs[f.name].replace(threads=threads),
+            model, result = train_or_load(configs[f.name], dataset, cfgs[f.name].replace(threads=main_threads),
                                           progress=progress)
-            out[f.name] = (model, facts.get(f.name) or {**dataclasses.asdict(result), "process": "main"})
+            here = {**dataclasses.asdict(result), "process": "main",
+                    "threads": None if result.from_cache else torch.get_num_threads()}
+            out[f.name] = (model, {**(facts.get(f.name) or here), "plan": plan.to_dict()})
     return out

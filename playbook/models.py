@@ -274,6 +274,10 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     target, _, func = spec.rpartition(":")
     if not target or not func:
         raise ModelError(f"model factory {spec!r} must look like 'package.module:function' or 'file.py:function'")
+    looks_like_file = "/" in target or "\\" in target or Path(target).expanduser().is_file()
+    if looks_like_file and not target.endswith(".py"):
+        raise ModelError(f"model factory {spec!r}: {target!r} is not a Python file; a factory file must be a .py "
+                         "file, given as 'path/to/file.py:function' (or an importable 'package.module:function')")
     if target.endswith(".py"):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
@@ -286,7 +290,8 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise ModelError(f"cannot import module {target!r} for model factory {spec!r}: {exc}") from exc
+            raise ModelError(f"cannot import module {target!r} for model factory {spec!r}: {exc} (a factory in a "
+                             "file is given as 'path/to/file.py:function')") from exc
     factory = getattr(module, func, None)
     if not callable(factory):
         raise ModelError(f"{target!r} has no callable {func!r} (model factory {spec!r})")
@@ -335,6 +340,7 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int 
             raise ModelError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()")
         model = builder(weights=None, num_classes=num_classes, **knobs)
         _adapt_first_conv(model, in_channels)
+        check_output_shape(model, name, num_classes, in_channels, image_size)
         return model
     if ":" in name:
         built = _call_with_supported(load_factory(name), num_classes=num_classes, in_channels=in_channels,
@@ -342,11 +348,38 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int 
         if not isinstance(built, nn.Module):
             raise ModelError(f"model factory {name!r} returned {type(built).__name__}, not a torch.nn.Module; "
                              "it must build and return the network")
+        check_output_shape(built, name, num_classes, in_channels, image_size)
         return built
     raise ModelError(
         f"unknown model {name!r}; valid models are {list(registry)}, 'torchvision:NAME' (if torchvision imports), "
         "or a factory 'package.module:function' / 'path/to/file.py:function'"
     )
+
+
+def check_output_shape(model: nn.Module, name: str, num_classes: int, in_channels: int,
+                       image_size: int | None) -> None:
+    """Raise ``ModelError`` unless ``model`` maps a batch of two images to logits of shape ``(2, num_classes)``:
+    a network with another number of outputs would be trained, exported and measured without complaint (the extra
+    logits simply never win), so it is refused when it is built.  Skipped when the image size is unknown."""
+    if image_size is None:
+        return
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as exc:  # noqa: BLE001 - the user's network failed on the dataset's input shape
+        raise ModelError(f"model {name!r} fails on input of shape (batch, {in_channels}, {image_size}, {image_size}) "
+                         f"(the dataset's images): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                         ) from exc
+    finally:
+        model.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    if not isinstance(out, torch.Tensor) or shape != (2, num_classes):
+        got = f"shape {list(shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model {name!r} returns {got} for a batch of 2 images; it must return logits of shape "
+                         f"(batch, {num_classes}), one per class of the dataset: build its classifier with the "
+                         f"num_classes argument ({num_classes}) the playbook passes")
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:

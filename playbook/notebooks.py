@@ -226,5 +226,16 @@ def copy_notebooks(target: Path, overwrite: bool = False) -> list[Path]:
     clashes = [s.name for s in sources if (target / s.name).exists()]
     if clashes and not overwrite:
         raise ConfigError(f"{target} already has {clashes}; pass --force to overwrite them or name another folder")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{target}: {probe} is a file, not a folder: name a folder (it is created if missing)")
+    try:  # before anything is copied: a folder this user may not write to fails whole, with its reason
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the notebooks into {target} ({probe}: {exc.strerror}): a permission "
+                          "problem, this user may not write there; name another DIR: playbook notebooks DIR") from None
     target.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copyfile(s, target / s.name)) for s in sources]

@@ -7,7 +7,10 @@ checkpoint path, recipe names, budget ranges...).  ``run_model`` executes the pl
 through papermill, keeps each executed notebook under ``reports/<model>/notebooks/``, turns the executed
 report notebook into ``report.html`` and refreshes ``reports/index.html``.  A stage whose notebook,
 parameters, upstream records and playbook version are unchanged since its last successful run, and whose
-outputs all still exist, is skipped (``reports/<model>/<stage>.stamp.json``) unless ``--force``.
+packages (and those it was made from) still have the SHA-256 its record holds, is skipped
+(``reports/<model>/<stage>.stamp.json``) unless ``--force``.  A stage's packages are made in
+``reports/<model>/.staging/<stage>/`` and swapped in with its record (``stages.common.StageRun.finish``): an
+interrupted stage leaves its previous outputs.  ``plan_and_run`` takes the model's lock before the plan.
 
 Batches of models are ``playbook.batch``'s job.
 """
@@ -17,29 +20,23 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import os
 import re
 import shutil
-import tempfile
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from playbook.command import BUDGET_NAMES, RESERVED, RunCommand
 from playbook.config import ConfigError
-from playbook.env import playbook_version
-from playbook.notebooks import batch_parameters, execute, notebook_parameters, notebook_source_hash, stage_notebooks
-from playbook.paths import model_slug, notebooks_dir
-from playbook.records import (StageRecord, missing_outputs, read_json, record_path, sha256_path, stale_inputs,
-                              write_json)
+from playbook.notebooks import execute
+from playbook.records import read_json, write_json
 from playbook.report import pages
-from playbook.stages import STAGES, Stage, get_stage, upstream_of
+from playbook.stages import STAGES, Stage
 
 LOG_TAIL_LINES = 40
+STAGING = ".staging"  # reports/<model>/.staging/<stage>/: a running stage's packages (stages.common.StageRun)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -47,231 +44,13 @@ class RunFailed(RuntimeError):
     """A stage failed; the model's report page is a failure page."""
 
 
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One model's run: the command, where reports go, which notebooks, and how to report progress."""
-
-    command: RunCommand
-    reports_root: Path
-    notebooks_dir: Path = dataclasses.field(default_factory=notebooks_dir)
-    update_index: bool = True
-    verbose: bool = False
-
-    @property
-    def model(self) -> str:
-        return self.command.model
-
-    @property
-    def model_dir(self) -> Path:
-        return Path(self.reports_root).resolve() / model_slug(self.model)
+class LockHeld(ConfigError):
+    """Another run holds the model's lock: refused before anything runs (exit status 2, like every up-front check)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """One planned stage: its registry entry, its notebook and exactly the parameters the notebook declares."""
-
-    stage: Stage
-    notebook: Path
-    params: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- the plan
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list, tuple)}
-
-
-def _check_type(notebook: str, name: str, value: Any, type_name: str) -> None:
-    expected = _TYPES.get(type_name)
-    if expected is None:
-        return
-    if isinstance(value, bool) and type_name in ("int", "float"):
-        raise ConfigError(f"{name}={value!r}: {notebook} declares {name} as {type_name}, got a bool")
-    if not isinstance(value, expected):
-        hint = ("; write numbers bare, e.g. -p epochs=8" if type_name in ("int", "float") else
-                "; text needs no quotes unless it contains spaces" if type_name == "str" else "")
-        raise ConfigError(f"{name}={value!r}: {notebook} declares {name} as {type_name}, got "
-                          f"{type(value).__name__}{hint}")
-
-
-def select_stages(spec: str, available: list[tuple[Stage, Path]]) -> list[tuple[Stage, Path]]:
-    """The available stages named by ``spec`` ("01,06", "1,6", "baseline,report"; empty: all), in pipeline order."""
-    if not spec:
-        return list(available)
-    chosen: set[str] = set()
-    for item in (s.strip() for s in str(spec).split(",") if s.strip()):
-        try:
-            stage = get_stage(item)
-        except ConfigError:
-            stage = None
-        if stage is None or all(stage.name != s.name for s, _ in available):
-            valid = [f"{s.number} ({s.name})" for s, _ in available]
-            raise ConfigError(f"--stages: no stage notebook matches {item!r}; the stages here are {valid}")
-        chosen.add(stage.name)
-    return [(s, p) for s, p in available if s.name in chosen]
-
-
-def _validate_values(stage: Stage, notebook: Path, params: dict[str, Any], declared: dict[str, Any]) -> None:
-    """Build the stage's config from the planned values when the notebook is one of the playbook's (its parameters
-    are exactly the config's fields): every value is checked before anything runs."""
-    try:
-        config = stage.config_class()
-    except (ImportError, AttributeError):
-        return
-    if set(declared) != set(config.field_names()):
-        return
-    try:
-        config.from_dict(params)
-    except ConfigError as exc:
-        raise ConfigError(f"{notebook.stem}: {exc}") from None
-
-
-def declared_parameters(spec: RunSpec) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """The selected stages' notebooks and the parameters each declares, by stage name."""
-    selected = select_stages(spec.command.stages, stage_notebooks(Path(spec.notebooks_dir)))
-    if not selected:
-        raise ConfigError(f"no stage notebooks to run in {spec.notebooks_dir}")
-    return {stage.name: (path, notebook_parameters(path)) for stage, path in selected}
-
-
-def check_parameter_names(cmd: RunCommand, declared: dict[str, tuple[Path, dict[str, Any]]]) -> None:
-    """Raise ``ConfigError`` when a ``-p``/``--budget`` name is declared by none of the selected notebooks."""
-    known = set().union(*(set(names) for _, names in declared.values()))
-    unknown = sorted(set(cmd.params) - known)
-    bad_budget = sorted(set(cmd.budget) - known)
-    if unknown or bad_budget:
-        by_nb = "; ".join(f"{get_stage(s).stem}: {', '.join(sorted(set(d) - set(RESERVED) - set(BUDGET_NAMES)))}"
-                          for s, (_, d) in declared.items())
-        budgets = sorted(k for k in known if k in BUDGET_NAMES)
-        what = [f"parameter(s) {unknown}"] if unknown else []
-        what += [f"budget(s) {bad_budget}"] if bad_budget else []
-        raise ConfigError(f"no selected notebook declares {' or '.join(what)}; nothing was run. Parameters (-p): "
-                          f"{by_nb}. Budgets (--budget NAME=VALUE): {budgets or 'none of the selected stages'}")
-
-
-def plan(spec: RunSpec) -> list[Step]:
-    """The selected notebooks, each with exactly the parameters it declares, every value checked.
-
-    Raises ``ConfigError`` before anything runs when the model name is unknown, a ``-p``/budget name is declared
-    by none of the selected notebooks, a value has the wrong type or is invalid for its stage, or no notebook is
-    selected.
-    """
-    from playbook.models import check_model_name
-
-    cmd = spec.command
-    check_model_name(cmd.model)
-    check_reports_folder(Path(spec.reports_root))
-    declared = declared_parameters(spec)
-    check_parameter_names(cmd, declared)
-    core: dict[str, Any] = {"model": cmd.model, "smoke": bool(cmd.smoke)}
-    if cmd.dataset:
-        core["dataset"] = cmd.dataset
-    steps = []
-    for name, (path, names) in declared.items():
-        stage = get_stage(name)
-        batch = batch_parameters(names, spec.reports_root.resolve(), smoke=False)
-        params = {k: v for k, v in {**core, **cmd.params, **cmd.budget, **batch}.items() if k in names}
-        for k, v in params.items():
-            _check_type(path.name, k, v, str(names[k].get("inferred_type_name", "")))
-        _validate_values(stage, path, params, names)
-        steps.append(Step(stage, path, params))
-    check_upstream(spec.model_dir, steps)
-    return steps
-
-
-def check_reports_folder(root: Path) -> None:
-    """Raise ``ConfigError`` unless ``root`` is (or can be made) a writable folder: checked before anything runs."""
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"reports folder {root}: {probe} is a file, not a folder; choose another with --reports-dir")
-    try:  # os.access says yes to root even on an immutable or read-only-mounted folder: try it
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"reports folder {root} is not writable ({probe}: {exc.strerror}); choose another with "
-                          "--reports-dir") from None
-
-
-def check_upstream(model_dir: Path, steps: list[Step]) -> None:
-    """Raise ``ConfigError`` before anything runs when a selected stage needs a record this run will not make and
-    that does not exist (02 without 01), or when the report would read records computed from inputs that have
-    changed since (a stage interrupted after its upstream re-ran): naming them and the command that refreshes them.
-    """
-    selected = {s.stage.name for s in steps}
-    needs_baseline = [s.stage.stem for s in steps if s.stage.name not in ("baseline", "report")]
-    if needs_baseline and "baseline" not in selected and not record_path(model_dir, "baseline").exists():
-        raise ConfigError(f"{', '.join(needs_baseline)} read(s) the baseline's record, and {model_dir / 'baseline.json'} "
-                          "does not exist: add 01 to --stages (or run without --stages)")
-    if "report" not in selected:
-        return
-    stale = {}
-    for stage in STAGES:
-        path = record_path(model_dir, stage.name) if stage.measures_variants else None
-        if path is None or stage.name in selected or not path.exists():
-            continue
-        try:
-            record = StageRecord.from_dict(read_json(path))
-        except ValueError as exc:
-            stale[stage] = [f"unreadable: {exc}"]
-            continue
-        problems = stale_inputs(model_dir, record)  # records whose upstream re-runs now are moved aside after it
-        if problems:
-            stale[stage] = problems
-    if stale:
-        names = "; ".join(f"{s.record} ({', '.join(p)})" for s, p in stale.items())
-        numbers = sorted({s.number for s in stale} | {get_stage(n).number for n in selected})
-        raise ConfigError(f"stale records in {model_dir}: {names}; the report would mix runs. Refresh them with "
-                          f"`python -m playbook run --model {steps[0].params.get('model', '')} --stages "
-                          f"{','.join(numbers)}` (or run every stage)")
-
-
-# --------------------------------------------------------------------------- stamps
-def stamp_path(model_dir: Path, stage: str) -> Path:
-    """``reports/<model>/<stage>.stamp.json``: beside the stage's record."""
-    return Path(model_dir) / f"{stage}.stamp.json"
-
-
-def stage_outputs(model_dir: Path, stage: Stage) -> list[Path]:
-    """The files a stage's success leaves: its record (and the report page for the report stage)."""
-    if stage.name == "report":
-        return [Path(model_dir) / pages.REPORT_RECORD, Path(model_dir) / pages.REPORT_HTML]
-    return [record_path(model_dir, stage.name)]
-
-
-def stage_fingerprint(step: Step, model_dir: Path) -> str:
-    """Hash of what determines a stage's results: the notebook source, its parameters, the upstream records,
-    and the playbook's version.  ``reports_dir`` and ``interactive`` are left out (they change no result)."""
-    upstream = {s.name: sha256_path(record_path(model_dir, s.name)) for s in upstream_of(step.stage.name)
-                if s.measures_variants and record_path(model_dir, s.name).exists()}
-    payload = {"notebook": step.notebook.name, "source": notebook_source_hash(step.notebook),
-               "params": {k: v for k, v in sorted(step.params.items()) if k not in ("reports_dir", "interactive")},
-               "upstream": upstream, "playbook": playbook_version()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()[:20]
-
-
-def is_up_to_date(model_dir: Path, step: Step, fingerprint: str) -> bool:
-    """True when the stage's stamp has this fingerprint and every output it made (record, packages) still exists."""
-    try:
-        stamp = json.loads(stamp_path(model_dir, step.stage.name).read_text())
-    except (OSError, ValueError):
-        return False
-    if stamp.get("fingerprint") != fingerprint or not all(p.exists() for p in stage_outputs(model_dir, step.stage)):
-        return False
-    if step.stage.measures_variants:
-        try:
-            record = StageRecord.from_dict(read_json(record_path(model_dir, step.stage.name)))
-        except (OSError, ValueError):
-            return False
-        return not missing_outputs(model_dir, record)
-    return True
-
-
-def write_stamp(model_dir: Path, step: Step, fingerprint: str, seconds: float) -> Path:
-    """Record that the stage finished with this fingerprint (written after its outputs, atomically)."""
-    return write_json(stamp_path(model_dir, step.stage.name), {
-        "stage": step.stage.name, "fingerprint": fingerprint, "notebook": step.notebook.name,
-        "notebook_sha256": notebook_source_hash(step.notebook), "playbook_version": playbook_version(),
-        "params": {k: repr(v) for k, v in step.params.items()}, "seconds": round(seconds, 2), "finished": _now()})
+from playbook.run_plan import (  # noqa: E402,F401 -- the plan, re-exported: pipeline.plan, pipeline.Step ...
+    RunSpec, Step, check_existing_records, check_inputs, check_parameter_names, check_reports_folder, check_upstream,
+    declared_parameters, is_up_to_date, plan, select_stages, stage_fingerprint, stage_outputs, stamp_path, write_stamp)
 
 
 # --------------------------------------------------------------------------- running one model
@@ -279,9 +58,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_HELD: dict[tuple[str, int], int] = {}
+
+
 @contextlib.contextmanager
 def model_lock(model_dir: Path) -> Iterator[None]:
-    """Hold ``reports/<model>/.lock`` for the run: a second concurrent run of the same model is refused."""
+    """Hold ``reports/<model>/.lock`` for the run: a second concurrent run of the same model is refused
+    (``LockHeld``).  Re-entrant within one thread: ``plan_and_run`` takes it before the plan, ``run_model`` again."""
+    key = (str(Path(model_dir).resolve()), threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     model_dir.mkdir(parents=True, exist_ok=True)
     fh = open(model_dir / ".lock", "a+")
     try:
@@ -291,11 +82,26 @@ def model_lock(model_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no lock
             pass
-        except OSError as exc:
-            raise RunFailed(f"another playbook run is using {model_dir} (its .lock is held); wait for it") from exc
-        yield
+        except OSError:
+            raise LockHeld(f"another playbook run is using {model_dir} (its .lock is held); wait for it to finish "
+                           "(playbook status shows it), nothing was run or deleted") from None
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(key, None)
     finally:
         fh.close()
+
+
+def plan_and_run(spec: RunSpec, say: Callable[[str], None] | None = None) -> RunOutcome:
+    """Plan and run one model, the lock taken first when the model has been run before: a second run never
+    validates records and packages that the first is rewriting (it is refused with ``LockHeld`` instead).  A
+    model folder that does not exist yet is not created by a plan that fails (the lock comes with the run)."""
+    lock = model_lock(spec.model_dir) if (spec.model_dir / ".lock").exists() else contextlib.nullcontext()
+    with lock:
+        steps = plan(spec)
+        return run_model(spec, steps, say)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, start: int = 0) -> str:
@@ -400,6 +206,7 @@ def recover_interrupted(model_dir: Path) -> str | None:
     if status.get("status") != "running":
         return None
     shutil.rmtree(Path(model_dir) / ".run-tmp", ignore_errors=True)
+    shutil.rmtree(Path(model_dir) / STAGING, ignore_errors=True)  # a stage's unfinished outputs, never swapped in
     done = [s["stage"] for s in status.get("stages", [])]
     error = (f"the run started {status.get('started', '?')} (pid {status.get('pid', '?')}) was killed before it "
              "finished (no clean shutdown: kill -9, out of memory or power loss)")
@@ -418,7 +225,7 @@ def model_status(model_dir: Path, recover: bool = True) -> dict[str, Any]:
             status = read_json(Path(model_dir) / pages.RUN_STATUS) if (Path(model_dir) / pages.RUN_STATUS).exists() \
                 else {"status": "never run"}
             return {**status, "recovered": recovered}
-    except RunFailed:
+    except LockHeld:
         status = read_json(Path(model_dir) / pages.RUN_STATUS) if (Path(model_dir) / pages.RUN_STATUS).exists() else {}
         return {**status, "status": "running"}
 
@@ -426,8 +233,9 @@ def model_status(model_dir: Path, recover: bool = True) -> dict[str, Any]:
 def _describe_error(exc: BaseException) -> str:
     if hasattr(exc, "ename") and hasattr(exc, "evalue"):
         return f"{exc.ename}: {_ANSI.sub('', str(exc.evalue))}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "KeyboardInterrupt"
+    if isinstance(exc, KeyboardInterrupt):  # playbook.cli raises it with the signal's name
+        name = str(exc.args[0]) if exc.args else ""
+        return f"stopped by {name}" if name.startswith("SIG") else "stopped by Ctrl-C (KeyboardInterrupt)"
     return f"{type(exc).__name__}: {exc}" if not isinstance(exc, RunFailed) else str(exc)
 
 
@@ -437,7 +245,8 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
     Safe against interruption: executed notebooks and the HTML are made in ``reports/<model>/.run-tmp/`` and moved
     into place; the previous ``report.html`` stays until the new one is complete (or a failure page replaces it).
     """
-    steps = plan(spec) if steps is None else steps
+    if steps is None:
+        return plan_and_run(spec, say)
     model_dir = spec.model_dir
     prefix = f"[{spec.model}]"
     command = spec.command.shell()
@@ -547,6 +356,7 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
         finally:
             log.close()
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(model_dir / STAGING, ignore_errors=True)  # an interrupted stage's outputs: never swapped in
             if spec.update_index:
                 with contextlib.suppress(Exception):
                     pages.write_index(spec.reports_root)

@@ -308,6 +308,21 @@ def write_stage_record(root: Path, record: StageRecord) -> Path:
     return write_json(record_path(root, record.stage), record)
 
 
+REPORT_SUMMARY_FILE = "report.json"
+REPORT_SUMMARY_KEYS = ("stage", "model", "playbook_version", "config", "smoke", "stages", "recommended", "budgets",
+                       "objective", "pages", "environment", "reproduce")
+
+
+def write_report_summary(root: Path, summary: dict[str, Any]) -> Path:
+    """Write ``<root>/report.json``, the report stage's summary (what ``index.html`` lists), atomically, through the
+    same writer as every stage record: the schema version stamped here, the keys the index reads checked."""
+    missing = [k for k in REPORT_SUMMARY_KEYS if k not in summary]
+    if missing or summary.get("stage") != "report":
+        raise ValueError(f"a report summary needs stage='report' and the keys {list(REPORT_SUMMARY_KEYS)}; "
+                         f"missing: {missing}")
+    return write_json(Path(root) / REPORT_SUMMARY_FILE, {"schema": SCHEMA_VERSION, **summary})
+
+
 def read_stage_record(root: Path, stage: str) -> StageRecord:
     """Read ``<root>/<stage>.json`` (``RecordError`` when missing, malformed or of another schema)."""
     path = record_path(root, stage)
@@ -338,6 +353,79 @@ def stale_inputs(root: Path, record: StageRecord) -> list[str]:
         if current != digest:
             out.append(f"{rel} (changed)")
     return out
+
+
+def changed_packages(root: Path, record: StageRecord) -> list[str]:
+    """The packages ``record`` names whose bytes no longer hash to the ``package_sha256`` it recorded (a package
+    rewritten by an interrupted run, or damaged on disk); missing ones are ``missing_outputs``' business."""
+    out = []
+    for v in record.variants:
+        if not v.package or not v.package_sha256:
+            continue
+        path = Path(root) / v.package
+        if path.exists() and cached_sha256(path) != v.package_sha256:
+            out.append(v.package)
+    return out
+
+
+_HASHES: dict[tuple[Any, ...], str] = {}
+
+
+def cached_sha256(path: Path) -> str:
+    """``sha256_path``, remembered for as long as no file of ``path`` changes its size, mtime or inode (a plan and
+    the run after it check the same packages)."""
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    try:
+        key = (str(path), *((str(f), st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]))
+    except OSError:
+        return sha256_path(path)
+    if key not in _HASHES:
+        if len(_HASHES) > 4096:
+            _HASHES.clear()
+        _HASHES[key] = sha256_path(path)
+    return _HASHES[key]
+
+
+def recorded_sha256(package: Path) -> tuple[str, Path] | None:
+    """The ``package_sha256`` a stage record in the package's model folder holds for ``package`` (and that record's
+    path), or ``None`` when no record names it: packages live at ``<model folder>/<stage>/<name>.mlpackage``."""
+    package = Path(package).resolve()
+    for root in list(package.parents)[1:3]:
+        for stage in VARIANT_STAGES:
+            path = Path(root) / f"{stage}.json"
+            if not path.is_file():
+                continue
+            try:
+                values = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for v in values.get("variants") or []:
+                if isinstance(v, dict) and v.get("package") and v.get("package_sha256") and \
+                        (Path(root) / v["package"]).resolve() == package:
+                    return str(v["package_sha256"]), path
+    return None
+
+
+def verify_package(package: Path) -> None:
+    """Raise ``RecordError`` when a stage record names ``package`` with a hash its bytes no longer have: predictions
+    from a damaged or half-rewritten package would be silently wrong.  Nothing is checked when no record names it."""
+    known = recorded_sha256(package)
+    if known is None:
+        return
+    digest, record = known
+    if cached_sha256(Path(package)) != digest:
+        raise RecordError(f"{package} is not the package {record} measured (its SHA-256 changed: damaged on disk, or "
+                          f"rewritten by an interrupted run); re-run {_stage_stem(record.stem)}, the stage that makes it")
+
+
+def _stage_stem(stage: str) -> str:
+    from playbook.stages import get_stage
+
+    try:
+        return get_stage(stage).stem
+    except ConfigError:
+        return stage
 
 
 def missing_outputs(root: Path, record: StageRecord) -> list[str]:

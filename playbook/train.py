@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -191,12 +193,13 @@ def _state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
     return ", ".join(parts) or "the state dict does not load"
 
 
-def load_checkpoint(model: nn.Module, path: Path, user_file: bool = False) -> dict[str, Any]:
-    """Load weights into ``model`` with ``weights_only=True``; returns the stored metadata.
+def read_state_dict(path: Path, user_file: bool = False) -> tuple[dict[str, Any], Any]:
+    """The state dict a checkpoint holds (and the whole payload), loaded with ``weights_only=True``.
 
-    ``user_file``: the path is the user's own checkpoint (not the cache), so the advice is to fix the file or
-    the model, never to delete it.
-    """
+    Raises ``CheckpointError`` when the file is missing, corrupt, holds pickled objects other than tensors (never
+    loaded, and ``weights_only=False`` is never suggested), is not a state dict, or holds NaN or infinite values
+    (the weights of a diverged run would be measured and reported as if they were a model).  ``playbook run``
+    calls it on ``-p checkpoint=`` before anything runs."""
     path = Path(path)
     fix = ("pass a state dict saved with torch.save(model.state_dict(), path) for this architecture"
            if user_file else "delete it to retrain")
@@ -205,12 +208,44 @@ def load_checkpoint(model: nn.Module, path: Path, user_file: bool = False) -> di
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        text = str(exc)
+        # torch's own message suggests weights_only=False, which would run the file's code: never pass that on
+        found = re.search(r"(?:unsupported|Unsupported) (?:GLOBAL|global:?) ?(?:GLOBAL )?([\w.]+)", text)
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text and found:
+            what = f" ({found.group(1)})"
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled objects other than tensors{what}, which the playbook refuses to "
+                f"load (they could run code); {fix}") from None
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        if "Weights only load failed" in text:  # junk bytes: say what is wrong without torch's advice
+            first = next((line.strip() for line in text.splitlines() if "load key" in line or "Error" in line),
+                         "not a torch file")
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a weights-only torch file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from exc
+            f"{first}); {fix}") from exc
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds {type(payload).__name__}, not a state dict; {fix}")
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        floating = sum(1 for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {len(bad)} of its {floating} "
+                              f"floating-point tensors (e.g. {', '.join(bad[:3])}): the weights of a diverged "
+                              f"training run measure nothing; {fix}")
+    return state, payload
+
+
+def load_checkpoint(model: nn.Module, path: Path, user_file: bool = False) -> dict[str, Any]:
+    """Load weights into ``model`` with ``weights_only=True``; returns the stored metadata.
+
+    ``user_file``: the path is the user's own checkpoint (not the cache), so the advice is to fix the file or
+    the model, never to delete it.  What is refused before the model is touched: ``read_state_dict``.
+    """
+    path = Path(path)
+    fix = ("pass a state dict saved with torch.save(model.state_dict(), path) for this architecture"
+           if user_file else "delete it to retrain")
+    state, payload = read_state_dict(path, user_file)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -278,6 +313,15 @@ def planned_steps(cfg: TrainConfig, n_train: int) -> int:
     return max(cfg.epochs * steps_per_epoch, cfg.min_steps)
 
 
+def _lower_lr(lr: float) -> str:
+    """A learning rate to suggest after ``lr`` diverged: the default (which trains every registered model) when
+    ``lr`` is above it, else a tenth of ``lr``."""
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "lr")
+    if lr > default:
+        return f"the default lr={default:g}"
+    return f"lr={lr / 10:g}"
+
+
 def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = True, loss_fn: LossFn | None = None,
         on_step: Callable[[], None] | None = None) -> FitResult:
     """Train ``model`` in place on ``dataset.train`` (training from scratch, fine-tuning and distillation).
@@ -334,7 +378,7 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                     model.to("cpu").eval()
                     raise TrainingError(
                         f"training diverged: the loss became {value} at step {step + 1} (epoch {epoch + 1}); "
-                        f"lr={cfg.lr:g} is too high for this model and data, try lr={cfg.lr / 10:g}. Nothing was "
+                        f"lr={cfg.lr:g} is too high for this model and data, try {_lower_lr(cfg.lr)}. Nothing was "
                         "cached")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -13,6 +13,7 @@ from playbook.architectures import (FEATURES, RULES, ComputePlanUnavailable, OpF
                                     rules_table, scan_demo_packages, scan_package, scan_program)
 from playbook.config import ConfigError
 from playbook.coreml import ct
+from playbook.family_training import plan_workers
 from playbook.records import read_stage_record
 from playbook.stages.architecture import (ArchitectureConfig, ArchitectureRun, parse_family, run_architecture,
                                           train_families)
@@ -283,7 +284,9 @@ def test_families_train_in_worker_processes_into_the_cache(tmp_path, monkeypatch
     small = load_dataset(data_cfg)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
     cfgs = {f.name: cfg for f in families}
-    first = train_families(families, small, data_cfg.to_dict(), cfgs, jobs=2)
+    # two free cores, whatever the load on this machine now (plan_workers measures it otherwise)
+    first = train_families(families, small, data_cfg.to_dict(), cfgs, jobs=2, plan=plan_workers(2, 2, free_cores=2))
+    assert all(facts["threads"] == 1 and facts["plan"]["workers"] == 2 for _, facts in first.values())
     assert {name: facts["process"] for name, (_, facts) in first.items()} == {
         "squeezenet-w8": "worker", "mobilenetv2-w4": "worker"}
     assert all(not facts["from_cache"] for _, facts in first.values())

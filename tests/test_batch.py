@@ -104,7 +104,7 @@ def test_the_index_counts_interrupted_models(tmp_path):
                        interrupted=interrupted)
     html = pages.index_html(tmp_path)
     assert "3 model(s), 1 failed, 2 interrupted." in html
-    assert html.count("INTERRUPTED in 01_baseline") == 2 and html.count("FAILED in 01_baseline") == 1
+    assert html.count("INTERRUPTED in stage 01_baseline") == 2 and html.count("FAILED in stage 01_baseline") == 1
 
 
 def test_the_reason_a_task_was_given_up_is_recorded():
@@ -309,7 +309,7 @@ def test_sigterm_leaves_interrupted_pages_and_an_index_that_agrees(fake_notebook
     index = (reports / "index.html").read_text()
     assert "3 model(s), 0 failed, 3 interrupted" in index
     assert "old-variant" not in index and 'class="pb-ok"' not in index
-    assert index.count("INTERRUPTED in 01_baseline") == 2  # the two that ran; the third never started
+    assert index.count("INTERRUPTED in stage 01_baseline") == 2  # the two that ran; the third never started
     assert "before this model finished" in index
     assert _processes_of(batch_env) == []  # no child, kernel or worker left running
 

@@ -36,6 +36,18 @@ RETIRED = [
     "depthwise-heavy ones lose more",
     "are classic weak spots",
     "usually costs a few kilobytes",
+    # issue 27: claims checked against coremltools' and Apple's pages
+    "is the option meant for 4 bits",  # per-block helps on the GPU; per-channel is recommended on the Neural Engine
+    "only at the input's default shape",  # reshapeFrequency .infrequent (iOS 17.4+) lets flexible shapes run there
+    "chip-dependent",  # activation quantization's slowdown depends on the compute unit, not the chip
+    "(macOS) measures",  # MLComputePlan returns a plan and estimated costs, not a measurement
+    "latency only ranks variants",  # the reference executor's latency does not rank variants either
+    "correlate poorly",  # MobileOne: "may not correlate well"
+    "costs a context transfer",  # unsourced
+    "the app must require",  # an app can gate a model behind if #available
+    "optimizecoreml-api-overview",  # a page removed in coremltools 8's docs rewrite
+    "data-dependent-quantization.html",  # likewise
+    "as the safe starting point",  # cite opt-overview for 8-bit weights as the place to start
 ]
 
 
@@ -49,7 +61,23 @@ def _reader_texts() -> dict[str, str]:
     for path in sorted((REPO / "playbook" / "report").rglob("*")):
         if path.suffix in (".py", ".j2", ".html"):
             texts[str(path.relative_to(REPO))] = path.read_text()
+    for name in ("ane_scan.py", "bench.py"):  # the scan's rule texts and the harness's docstrings
+        texts[f"playbook/{name}"] = (REPO / "playbook" / name).read_text()
     return texts
+
+
+def test_the_report_cites_what_its_reader_can_open():
+    """Issue 27: the report's Sources are links a client can follow (or publications), never a file of this
+    repository that the client may not have, and each says what it is cited for."""
+    from playbook.report.closing import SOURCES
+
+    for number, source in enumerate(SOURCES, 1):
+        text = " ".join(str(v) for v in source.values())
+        assert "playbook/" not in text and ".py" not in text.replace("linear_quantize_weights", ""), (number, text)
+        assert source["en"] and source["ja"], number
+        if source["url"]:
+            parsed = urlparse(source["url"])
+            assert parsed.scheme == "https" and "." in parsed.netloc, (number, source["url"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

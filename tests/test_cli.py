@@ -195,7 +195,7 @@ def test_a_failing_stage_leaves_a_failure_page_not_a_stale_report(fake):
     assert status["status"] == "failed" and status["failed_stage"] == "01_baseline"
     assert not (model_dir / "report.stamp.json").exists() and not (model_dir / "baseline.stamp.json").exists()
     index = (model_dir.parent / "index.html").read_text()
-    assert "FAILED in 01_baseline" in index
+    assert "FAILED in stage 01_baseline" in index
     assert run()[0] == 0  # fixed: runs again and the report is back
     assert "REPORT value=1" in (model_dir / "report.html").read_text()
 
@@ -208,7 +208,7 @@ def test_a_second_run_of_the_same_model_is_refused_while_one_holds_the_lock(fake
     with open(model_dir / ".lock", "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         rc, out = run()
-    assert rc == 1 and "another playbook run is using" in out
+    assert rc == 2 and "another playbook run is using" in out  # refused before anything runs, like every check
     assert not (model_dir / "report.html").exists()
 
 
@@ -231,7 +231,7 @@ def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys
     assert "FAILED" in page and "valid models are" in page
     index = (reports / "index.html").read_text()
     assert 'href="resnet/report.html"' in index and 'href="resnet9000/report.html"' in index
-    assert "FAILED in validation" in index
+    assert "FAILED in stage validation" in index
 
 
 # --------------------------------------------------------------------------- the real notebooks
@@ -255,7 +255,7 @@ def _assert_complete_report(path: Path) -> str:
     assert 'class="pb-table"' in html and "baseline-fp32" in html and "baseline-fp16" in html
     assert embedded_images(html) >= 1
     assert offline_problems(html) == []
-    assert "<script src=" not in html and 'src="http' not in html and 'href="http' not in html
+    assert "<script src=" not in html and 'src="http' not in html  # a reader's <a href> to a source is fine
     assert "not measured" in html and "reference executor" in html  # provenance
     assert "MLMultiArray(shape: [1, 1, 8, 8]" in html and "python -m playbook run --model" in html
     return html
@@ -281,13 +281,12 @@ def resnet_run(background):
 @pytest.mark.background.with_args(_resnet_smoke_run)
 def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache_env):
     proc, reports, seconds = resnet_run
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert seconds < 300
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # its time is a benchmark's figure (bench_chain.py)
     assert "[resnet] 01_baseline: running" in proc.stdout and "[resnet] 06_report: done in" in proc.stdout
     html = _assert_complete_report(reports / "resnet" / "report.html")
     assert "Smoke run" in html
     index = (reports / "index.html").read_text()
-    assert 'href="resnet/report.html"' in index and "digits (smoke)" in index
+    assert 'href="resnet/report.html"' in index and "digits (smoke run)" in index
     summary = json.loads((reports / "resnet" / "report.json").read_text())
     best = summary["recommended"] or summary["closest"]
     assert best["name"] in html and best["package"].endswith(".mlpackage") and (reports / "resnet" / best["package"]).exists()

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from playbook import views
 from playbook.config import ConfigError
+from playbook.coreml import export_model, package_info
 from playbook.distill import (DistillConfig, Distiller, distillation_loss, paired_seed_test, soft_loss, soft_targets,
-                              teacher_logits, training_split_id)
+                              student_cache_key, teacher_logits, train_or_load_student, training_split_id)
 from playbook.models import ModelError
 from playbook.notebooks import check_parameters
 from playbook.paths import notebooks_dir
@@ -186,6 +188,52 @@ def test_alpha_1_distillation_is_bitwise_scratch_training_same_init_order_and_bu
         assert torch.allclose(value, student.state_dict()[name], atol=1e-6), name
 
 
+def test_trained_students_are_cached_by_init_config_data_objective_and_teacher(digits, tmp_path):
+    """A rerun of the same student training loads the weights instead of training: same weights, same loss; any
+    change to what the weights depend on (initial weights, training config, images, objective, teacher) is a new
+    key; a corrupt file is retrained."""
+    teacher = _tiny(digits, seed=3, width=8)
+    cfg = TrainConfig(epochs=1, lr=0.05, validate=False, seed=1, threads=1)
+    dcfg = DistillConfig(temperature=4.0, alpha=0.5)
+    calls = []
+
+    def logits():
+        calls.append(1)
+        return teacher_logits(teacher, digits, "d" * 64, tmp_path, progress=False).logits
+
+    def run(student, **kw):
+        return train_or_load_student(student, digits, kw.pop("cfg", cfg), distill=kw.pop("distill", dcfg),
+                                     teacher=teacher, teacher_sha256=kw.pop("sha", "d" * 64), cached_logits=logits,
+                                     cache_dir=tmp_path, **kw)
+
+    first_net = _tiny(digits, seed=1)
+    first = run(first_net)
+    assert not first.from_cache and first.steps > 0 and calls == [1]
+    again_net = _tiny(digits, seed=1)
+    again = run(again_net)
+    assert again.from_cache and again.key == first.key and again.final_loss == first.final_loss
+    assert calls == [1]  # found in the cache: the teacher's logits were not even loaded
+    for name, value in first_net.state_dict().items():
+        assert torch.equal(value, again_net.state_dict()[name]), name
+    key = lambda net, **kw: student_cache_key(net, kw.pop("data", digits), kw.pop("cfg", cfg),
+                                              kw.pop("distill", dcfg), kw.pop("sha", "d" * 64))
+    base = key(_tiny(digits, seed=1))
+    assert base == first.key
+    assert key(_tiny(digits, seed=2)) != base  # other initial weights
+    assert key(_tiny(digits, seed=1), cfg=cfg.replace(lr=0.1)) != base
+    assert key(_tiny(digits, seed=1), cfg=cfg.replace(threads=2)) == base  # threads do not change what is computed
+    assert key(_tiny(digits, seed=1), data=dataclasses.replace(digits, train=digits.train.head(200))) != base
+    assert key(_tiny(digits, seed=1), distill=DistillConfig(temperature=2.0)) != base
+    assert key(_tiny(digits, seed=1), sha="e" * 64) != base
+    assert key(_tiny(digits, seed=1), distill=None, sha="") != base  # scratch training is another key
+    scratch = train_or_load_student(_tiny(digits, seed=1), digits, cfg, cache_dir=tmp_path)
+    assert not scratch.from_cache and scratch.key.startswith("student-scratch-")
+    with open(first.path, "wb") as fh:
+        fh.write(b"not a checkpoint")
+    fixed = run(_tiny(digits, seed=1))
+    assert not fixed.from_cache and fixed.final_loss == pytest.approx(first.final_loss, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- statistics
 def test_paired_seed_test_matches_scipy_and_reports_mean_and_std():
     from scipy import stats
@@ -327,7 +375,8 @@ def test_a_user_teacher_checkpoint_is_used_and_flagged_when_it_is_not_the_baseli
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
         same = DistillationRun(cfg.replace(checkpoint=record["teacher"]["checkpoint"]))
-        assert not same.warnings and same.teacher_sha256 == record["teacher"]["checkpoint_sha256"]
+        assert not [w for w in same.warnings if "not the checkpoint 01_baseline exported" in w]
+        assert same.teacher_sha256 == record["teacher"]["checkpoint_sha256"]
         other = copy.deepcopy(same.teacher)
         with torch.no_grad():
             other.fc.bias.add_(1.0)
@@ -364,13 +413,57 @@ def test_torch_side_and_ios18_recipes_compress_the_student(smoke_stage):
         mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
         run = DistillationRun(cfg)
     student = run.build_student(0).eval()
-    path, details = run._compress(student, get_recipe("torch-ptq-int8"), "iOS17", None, {}, "probe-ptq")
-    assert details["algorithm"] == "ptq" and package_info(path).op_histogram.get("constexpr_blockwise_shift_scale", 0) \
-        + package_info(path).op_histogram.get("constexpr_affine_dequantize", 0) > 0
-    path, details = run._compress(student, get_recipe("int4-block"), "iOS18", None, {}, "probe-int4")
+    base = export_model(student, run.dataset, run.export_cfg.replace(precision="fp16"), run.out_dir, "probe-base").path
+    made = run.compress_student(student, base, "torch-ptq-int8", {}, "probe-ptq")
+    ops = package_info(made.path).op_histogram
+    assert made.details["algorithm"] == "ptq" and made.target == "iOS17"
+    assert ops.get("constexpr_blockwise_shift_scale", 0) + ops.get("constexpr_affine_dequantize", 0) > 0
+    made = run.compress_student(student, base, "int4-block", {}, "probe-int4")
     assert (run.out_dir / "_base" / "fp16-iOS18.mlpackage").exists()
-    assert package_info(path).specification_version >= 9 and "constexpr_blockwise_shift_scale" in \
-        package_info(path).op_histogram
+    assert package_info(made.path).specification_version >= 9 and "constexpr_blockwise_shift_scale" in \
+        package_info(made.path).op_histogram
+
+
+def _lut_bits(package):
+    """The palette size of every palettized weight of a saved program, read from its look-up tables."""
+    from playbook.mlprogram import ReferenceProgram
+
+    prog = ReferenceProgram.load(package)
+    bits = []
+    for node in prog.nodes:
+        if node.op_type in ("constexpr_lut_to_dense", "constexpr_lut_to_sparse"):
+            lut = np.asarray(prog.const_input(node, "lut"))
+            entries = lut.shape[-2] if lut.ndim >= 2 else lut.shape[-1]  # iOS18: (..., palette, vector); iOS16: (palette,)
+            bits.append(int(np.log2(entries)))
+    return bits
+
+
+def test_the_student_ships_with_a_mixed_bit_recipe_and_with_a_joint_recipe(smoke_stage):
+    """Issue 22: stage 03 compresses through the same entry point as stage 02, so a per-layer mixed-bit recipe writes
+    the palette sizes it chose (not one uniform palette) and a joint PyTorch recipe keeps its Core ML palette step;
+    both read back from the shipped program, not from the record."""
+    from playbook.coreml import package_info
+    from playbook.stages.common import SMOKE
+
+    cfg, record, root = smoke_stage
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        mixed = DistillationRun(cfg.replace(recipe="palettize-mixed", seeds=[0], sweep_temperatures=[4.0],
+                                            sweep_alphas=[0.5]))
+        mixed.compare_seeds()
+        mixed.ship()
+    v = mixed.variant("student-palettize-mixed")
+    chosen = {row["name"]: row["bits"] for row in mixed.allocations["palettize-mixed"]["allocation"]}
+    program_bits = _lut_bits(mixed.model_dir / v.package)
+    assert program_bits and set(program_bits) <= set(SMOKE.mixed_bit_choices)  # never the uniform 8-bit step
+    assert sorted(program_bits) == sorted(chosen.values())
+    assert v.get("bits_per_weight") == pytest.approx(mixed.allocations["palettize-mixed"]["bits_per_weight"])
+    student = mixed.students[0]["distilled"].model
+    base = mixed.model_dir / mixed.variant("student-fp16").package
+    joint = mixed.compress_student(student, base, "torch-prune-75-ft+palettize-4bit", {}, "probe-joint")
+    ops = package_info(joint.path).op_histogram
+    assert ops.get("constexpr_lut_to_sparse", 0) >= 1 and ops.get("constexpr_sparse_to_dense", 0) >= 1
+    assert set(_lut_bits(joint.path)) == {4} and joint.finetune_steps == SMOKE.steps(200)
 
 
 def _digits_of(cfg):
@@ -388,6 +481,6 @@ def test_explanation_reports_the_gap_to_the_teacher_and_survives_a_single_seed(s
     run.seed_results = [{"seed": 3, "scratch_top1": 40.0, "distilled_top1": 45.0, "gain": 5.0, "ci_low": 1.0,
                          "ci_high": 9.0, "mcnemar_p": 0.01}]
     run.seed_stats = {**paired_seed_test([40.0], [45.0]), "teacher_top1": 60.0}
-    text = run.explain_seeds()
+    text = views.explain_seeds(run.snapshot())
     assert "one seed: no test over seeds" in text and "gain +5.00 points" in text
     assert "20.00 points above the scratch student: distillation recovered 25% of that gap" in text

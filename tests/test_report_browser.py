@@ -177,3 +177,95 @@ def test_the_report_pages_are_small_and_self_contained(smoke_report):
     summary = json.loads((smoke_report / "report.json").read_text())
     assert summary["smoke"] and summary["provisional"]
     assert shutil.which("true")  # nothing else to check: the browser test covers the rest
+
+
+# --------------------------------------------------------------------------- read by the client (issue 27)
+# Text of the Japanese page that is an English sentence: four or more English words in a row, one of them a function
+# word (a sentence, not a name such as "Core ML Neural Engine"), outside code, citations of English-language works and
+# the links that spell out their addresses.  Identifiers (snake_case, dotted, with digits) break a run.
+_ENGLISH_SENTENCES = r"""() => {
+  const FUNC = new Set(['the','of','a','an','to','is','are','was','and','in','on','for','with','not','be','by','at','it',
+    'this','that','from','as','or','its','than','can','has','have','were','no','so','when','only','each','per']);
+  const SKIP = 'code, pre, kbd, samp, cite, script, style, .pb-url';
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walker.nextNode())) {
+    const el = node.parentElement;
+    if (!el || el.closest(SKIP)) continue;
+    const cs = getComputedStyle(el);
+    if (cs.display === 'none' || cs.visibility === 'hidden') continue;
+    let run = [];
+    const flush = () => {
+      if (run.length >= 4 && run.some(w => FUNC.has(w.toLowerCase()))) out.push(run.join(' ') + '  <' + el.tagName + '>');
+      run = [];
+    };
+    for (const t of node.textContent.split(/[\s、。，：（）()「」［］\[\],;:"“”]+/)) {
+      if (/^[A-Za-z][a-z]*[.!?]?$/.test(t) && !/^[A-Z]{2,}$/.test(t)) run.push(t.replace(/[.!?]$/, ''));
+      else flush();
+    }
+    flush();
+  }
+  return out;
+}"""
+_SMALL_TAP_TARGETS = r"""() => [...document.querySelectorAll('a[href], button, [role=button], summary')]
+  .filter(a => { const r = a.getBoundingClientRect(); return r.width > 0 && r.height > 0; })
+  .map(a => { const r = a.getBoundingClientRect();
+              return {text: a.textContent.trim().slice(0, 40), w: Math.round(r.width), h: Math.round(r.height)}; })
+  .filter(t => t.w < 44 || t.h < 44)"""
+_CLIPPED_COLUMNS = r"""(root) => {
+  const out = [];
+  for (const table of document.getElementById(root).querySelectorAll('table')) {
+    const box = table.parentElement.getBoundingClientRect();
+    const limit = Math.min(box.right, document.documentElement.clientWidth) + 1;
+    for (const cell of table.querySelectorAll('th, td')) {
+      const r = cell.getBoundingClientRect();
+      if (r.width > 0 && r.right > limit) out.push(cell.textContent.trim().slice(0, 30) + ' right=' + Math.round(r.right));
+    }
+    if (table.scrollWidth > table.parentElement.clientWidth + 1) out.push('table scrollWidth ' + table.scrollWidth);
+  }
+  return out;
+}"""
+# Printed content widths (A4 less the margins the print stylesheet sets), in CSS pixels (96 per inch).
+_PRINT_WIDTH_PX = {"": round((210 - 24) / 25.4 * 96), "wide": round((297 - 20) / 25.4 * 96)}
+
+
+def test_the_report_as_a_client_reads_it(smoke_report):
+    """On paper every column of every table is kept (the table of variants prints on landscape pages, whose content
+    width the page is laid out at here) and the pages are numbered; the Japanese page holds no English sentence
+    outside code and citations; at 390 px every link is a tap target of at least 44 x 44 px (Apple's Human
+    Interface Guidelines); the first screen states the decision and the remaining risks."""
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        except Exception as exc:  # noqa: BLE001
+            pytest.skip(f"Chromium at {CHROMIUM} does not start here: {exc}")
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            for lang, name in REPORT_FILES.items():
+                page.emulate_media(media="screen")
+                page.set_viewport_size({"width": 390, "height": 844})
+                page.goto((smoke_report / name).resolve().as_uri())
+                small = page.evaluate(_SMALL_TAP_TARGETS)
+                assert small == [], (lang, small[:10])
+                # the decision and the risks that remain come before the details
+                assert page.locator(".pb-decision").count() == 1 and page.locator(".pb-risk li").count() >= 1
+                assert page.locator(".pb-risk").bounding_box()["y"] < page.locator("#recommendation").bounding_box()["y"]
+                if lang == "ja":
+                    english = page.evaluate(_ENGLISH_SENTENCES)
+                    assert english == [], english[:10]
+                # print: each section laid out at the content width of the page it prints on
+                page.emulate_media(media="print")
+                for section in ("variants", "deliverables"):
+                    named = page.evaluate(f"getComputedStyle(document.getElementById('{section}')).page")
+                    width = _PRINT_WIDTH_PX.get("" if named in ("auto", "") else named, _PRINT_WIDTH_PX[""])
+                    page.set_viewport_size({"width": width, "height": 900})
+                    clipped = page.evaluate(_CLIPPED_COLUMNS, section)
+                    assert clipped == [], (lang, section, width, clipped[:10])
+            css = (REPO / "playbook" / "report" / "templates" / "report.css").read_text()
+            assert "counter(page)" in css and "counter(pages)" in css  # numbered pages
+            pdf = page.pdf(prefer_css_page_size=True)
+            assert b"/MediaBox [0 0 841.9" in pdf  # the table's landscape pages
+        finally:
+            browser.close()

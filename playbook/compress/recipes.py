@@ -34,6 +34,17 @@ Below 4 bits (issue 15) two more kinds of recipe:
 weight, ``constexpr_sparse_to_dense``): 50% sparse FP16 is 0.5 * 16 + 1 = 9 bits, 50% sparse with a 4-bit
 palette 0.5 * 4 + 1 = 3 bits.
 
+Preparation (issue 23, ``compress.graph``): a recipe may name ``prepare`` steps, applied to a copy of the PyTorch
+model *before* compression: ``plain_convs`` (subclassed convolutions become explicit pad + plain ``nn.Conv2d`` so
+coremltools' exact-type registries reach them), ``fold_bn`` (BatchNorm folded into the convolution before it, so no
+``batch_norm`` op is left beside a compressed weight) and ``equalize`` (Nagel et al.'s data-free cross-layer
+equalization, so one palette or one scale per tensor serves every channel).  ``compress_torch`` applies them; for a
+Core ML-side recipe the caller must apply them (``compress.graph.prepare_model``) before it exports the program the
+recipe compresses, and then compress only conv/linear weights: ``equalize`` turns each ReLU6 between an equalized
+pair into a per-channel cap (a const feeding ``minimum``), and coremltools compresses every const above the threshold
+unless told otherwise (pass such consts in ``exclude``, so the caps stay exact).  A PyTorch-side recipe may add ``options["correct_bias"] = N``: empirical bias correction on N
+calibration images after compression.
+
 Recipes that need an iOS18 program (int4 per-block, per-grouped-channel palettes, joint compression)
 name it in ``min_target``; applied to an older program they raise ``CompressionError`` carrying
 coremltools' own message and a hint.
@@ -54,7 +65,10 @@ SIDES = ("coreml", "torch")
 TECHNIQUES = ("precision", "quantization", "palettization", "pruning", "joint", "activation-quantization",
               "data-aware", "mixed-bits", "training-time")
 SCHEMES = ("float", "weight-only", "static W8A8")
-TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm")
+TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm", "ptp", "gptq")
+PREPARE_STEPS = ("plain_convs", "fold_bn", "equalize")  # compress.graph.STEPS, in the order they make sense
+FOLD = ("plain_convs", "fold_bn")
+EQUALIZE = ("plain_convs", "fold_bn", "equalize")
 COREML_STEPS = ("quantize", "palettize", "prune")
 ALLOCATIONS = ("", "sensitivity")
 DATA = ("none", "calibration", "validation", "training")
@@ -110,6 +124,9 @@ class Recipe:
         allocation: ``""`` (every layer the same) or ``sensitivity`` (per-layer bit-widths, ``compress.mixed``).
         precision: forces the program's compute precision (``fp16``/``fp32``); empty: the stage's ``precision``.
         description: one line for tables and the report.
+        prepare: ``compress.graph`` steps applied, in order, to a copy of the PyTorch model before anything else
+            (``plain_convs``, ``fold_bn``, ``equalize``).  PyTorch side: ``compress_torch`` applies them.  Core ML
+            side: the caller applies them (``compress.graph.prepare_model``) and exports that model for the recipe.
     """
 
     name: str
@@ -125,8 +142,11 @@ class Recipe:
     data: str = "none"
     precision: str = ""
     allocation: str = ""
+    prepare: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for step in self.prepare:
+            check_choice("prepare step", step, PREPARE_STEPS)
         check_choice("side", self.side, SIDES)
         check_choice("technique", self.technique, TECHNIQUES)
         check_choice("scheme", self.scheme, SCHEMES)
@@ -160,6 +180,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["steps"] = [[kind, dict(opts)] for kind, opts in self.steps]
+        d["prepare"] = list(self.prepare)
         return d
 
 
@@ -229,20 +250,24 @@ def _catalogue() -> dict[str, Recipe]:
                "int8 weights and activations; activation ranges calibrated on the calibration split, no training "
                "(LinearQuantizer, observers only)",
                min_target="iOS17", algorithm="w8a8-static", data="calibration",
-               options={"activation_observer": "min_max"}),
+               options={"activation_observer": "min_max"}, prepare=FOLD),
         Recipe("torch-w8a8-qat", "torch", "activation-quantization", "static W8A8", 8,
                "int8 weights and activations learned with quantization-aware training (LinearQuantizer, short "
                "fine-tune with fake quantization)",
-               min_target="iOS17", algorithm="qat", data="training"),
+               min_target="iOS17", algorithm="qat", data="training", prepare=FOLD),
         Recipe("torch-prune-75-ft", "torch", "data-aware", "weight-only", 5,
                "75% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule: "
                "sparsity rises as 1 - (1 - t)^3 over the first half of the fine-tune, then the network trains "
                "around the zeros)",
-               algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75}),
+               algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75}, prepare=FOLD),
+        Recipe("torch-prune-50-ft", "torch", "data-aware", "weight-only", 9,
+               "50% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule), "
+               "BatchNorm folded first",
+               algorithm="prune-finetune", data="training", options={"target_sparsity": 0.5}, prepare=FOLD),
         Recipe("torch-palettize-4bit-skm", "torch", "data-aware", "weight-only", 4,
                "4-bit palettes from sensitivity-weighted k-means: gradients on calibration images decide which "
                "weights the palette must fit best (SKMPalettizer)",
-               algorithm="skm", data="calibration", options={"n_bits": 4}),
+               algorithm="skm", data="calibration", options={"n_bits": 4}, prepare=FOLD),
         # ---- below 4 bits: mixed per-layer bit-widths, training-time palettization, gradual pruning + palettes
         Recipe("palettize-mixed", "coreml", "mixed-bits", "weight-only", 8,
                "one k-means palette size per layer (2, 3, 4, 6 or 8 bits), chosen on validation images from each "
@@ -257,29 +282,70 @@ def _catalogue() -> dict[str, Recipe]:
                allocation="sensitivity", options={"bit_choices": DEFAULT_BIT_CHOICES, "budget_share": 0.3}),
         Recipe("torch-palettize-3bit-dkm", "torch", "training-time", "weight-only", 3,
                "3-bit palettes learned while fine-tuning with differentiable k-means (DKMPalettizer)",
-               min_target=palette_target((3,)), algorithm="dkm", data="training", options={"n_bits": 3}),
+               min_target=palette_target((3,)), algorithm="dkm", data="training", options={"n_bits": 3}, prepare=FOLD),
         Recipe("torch-palettize-2bit-dkm", "torch", "training-time", "weight-only", 2,
                "2-bit palettes learned while fine-tuning with differentiable k-means (DKMPalettizer)",
-               algorithm="dkm", data="training", options={"n_bits": 2}),
+               algorithm="dkm", data="training", options={"n_bits": 2}, prepare=FOLD),
         Recipe("torch-palettize-mixed-dkm", "torch", "training-time", "weight-only", 8,
                "the per-layer palette sizes palettize-mixed chose on validation, learned while fine-tuning with "
                "differentiable k-means (DKMPalettizer, one module_name_configs entry per layer)",
-               min_target="iOS18", algorithm="dkm", data="training", options={"allocation_from": "palettize-mixed"}),
+               min_target="iOS18", algorithm="dkm", data="training", options={"allocation_from": "palettize-mixed"},
+               prepare=FOLD),
         Recipe("torch-palettize-mixed-tight-dkm", "torch", "training-time", "weight-only", 8,
                "the per-layer palette sizes palettize-mixed-tight chose on validation, learned while fine-tuning "
                "with differentiable k-means",
                min_target="iOS18", algorithm="dkm", data="training",
-               options={"allocation_from": "palettize-mixed-tight"}),
+               options={"allocation_from": "palettize-mixed-tight"}, prepare=FOLD),
         Recipe("torch-prune-50-ft+palettize-4bit", "torch", "training-time", "weight-only", 3,
                "50% magnitude pruning reached gradually while fine-tuning (polynomial schedule), then the "
                "survivors on a 4-bit k-means palette after conversion (joint compression)",
                min_target="iOS18", algorithm="prune-finetune", data="training", options={"target_sparsity": 0.5},
-               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),)),
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),), prepare=FOLD),
         Recipe("torch-prune-75-ft+palettize-4bit", "torch", "training-time", "weight-only", 2,
                "75% magnitude pruning reached gradually while fine-tuning (polynomial schedule), then the "
                "survivors on a 4-bit k-means palette after conversion (joint compression)",
                min_target="iOS18", algorithm="prune-finetune", data="training", options={"target_sparsity": 0.75},
-               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),)),
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),), prepare=FOLD),
+        # ---- issue 23: prepared graphs (compress.graph) and coremltools' data-aware post-training compressors
+        Recipe("palettize-4bit-eq", "coreml", "palettization", "weight-only", 4,
+               "4-bit k-means palette per tensor after BatchNorm folding and data-free cross-layer equalization "
+               "(Nagel et al. 2019), so one palette serves every channel",
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_tensor"),), prepare=EQUALIZE),
+        Recipe("palettize-4bit-grouped-eq", "coreml", "palettization", "weight-only", 4,
+               "4-bit k-means palettes per group of 16 output channels (or the largest divisor below 16) after "
+               "BatchNorm folding and cross-layer equalization",
+               min_target="iOS18",
+               steps=(_p(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16),),
+               prepare=EQUALIZE),
+        Recipe("int4-block-eq", "coreml", "quantization", "weight-only", 4,
+               "int4 weights per block of 32 input channels after BatchNorm folding and cross-layer equalization",
+               min_target="iOS18",
+               steps=(_q(mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32),),
+               prepare=EQUALIZE),
+        Recipe("torch-w8a8-static-eq", "torch", "activation-quantization", "static W8A8", 8,
+               "int8 weights and activations calibrated on the calibration split after BatchNorm folding and "
+               "cross-layer equalization (LinearQuantizer, observers only)",
+               min_target="iOS17", algorithm="w8a8-static", data="calibration",
+               options={"activation_observer": "min_max"}, prepare=EQUALIZE),
+        Recipe("torch-int4-gptq", "torch", "data-aware", "weight-only", 4,
+               "int4 weights per block of 16 input channels chosen by GPTQ (Frantar et al. 2022) from calibration "
+               "images (coremltools layerwise_compression); grouped/depthwise convolutions stay float (GPTQ fails "
+               "on them)",
+               min_target="iOS18", algorithm="gptq", data="calibration",
+               options={"weight_dtype": "uint4", "granularity": "per_block", "block_size": 16}, prepare=FOLD),
+        Recipe("torch-int8-gptq", "torch", "data-aware", "weight-only", 8,
+               "int8 weights per channel chosen by GPTQ from calibration images; grouped/depthwise convolutions stay "
+               "float",
+               algorithm="gptq", data="calibration",
+               options={"weight_dtype": "uint8", "granularity": "per_channel"}, prepare=FOLD),
+        Recipe("torch-palettize-4bit-eq-bc", "torch", "data-aware", "weight-only", 4,
+               "4-bit k-means palette per tensor (PostTrainingPalettizer) after BatchNorm folding and cross-layer "
+               "equalization, then empirical bias correction on 256 calibration images",
+               algorithm="ptp", data="calibration", options={"n_bits": 4, "correct_bias": 256}, prepare=EQUALIZE),
+        Recipe("torch-palettize-4bit-skm-eq", "torch", "data-aware", "weight-only", 4,
+               "4-bit sensitivity-weighted k-means palettes (SKMPalettizer, 128 calibration images) after BatchNorm "
+               "folding and cross-layer equalization",
+               algorithm="skm", data="calibration", options={"n_bits": 4}, prepare=EQUALIZE),
     ]
     catalogue = {x.name: x for x in r}
     for x in r:
@@ -303,6 +369,7 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "prune-50", "prune-75", "prune-2of4", "prune-50+palettize-4bit",
     "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
     "palettize-mixed", "palettize-mixed-tight", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit",
+    "torch-int4-gptq",  # efficientnet-lite0: -0.42 points at 5.25x where per-block int4 without data lost 12.4
 )
 # Added to the default set by the stage's ``slow_recipes=True``: more DKM fine-tunes.  DKM re-assigns every
 # weight to every palette entry at each step, several times the cost of a plain training step on a CPU

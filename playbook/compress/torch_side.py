@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,8 @@ from playbook.data import Dataset
 from playbook.train import TrainConfig, fit
 
 SKM_MAX_SAMPLES = 128  # SKMPalettizer computes one gradient per calibration image: cap the cost
+GPTQ_MAX_SAMPLES = 256  # GPTQ's Hessians converge with a few hundred images (Frantar et al. use 128 sequences)
+BIAS_CORRECTION_IMAGES = 256  # the default calibration images of the empirical bias correction
 PRUNE_POWER = 3  # the exponent of MagnitudePruner's polynomial schedule (coremltools' default, Zhu & Gupta's choice)
 
 
@@ -60,6 +62,36 @@ def subclassed_layers(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def compressed_share(model: nn.Module) -> dict[str, Any]:
+    """How much of the model's conv/linear weight coremltools' torch compressors marked as compressed: a layer counts
+    when it carries coremltools' compression metadata (``_COREML_/weight/...`` buffers, which every
+    ``coremltools.optimize.torch`` compressor registers and ``ct.convert`` turns into ``constexpr_*`` ops).
+
+    Returns ``weights_compressed`` and ``weights_total`` (elements), ``layers_compressed`` / ``layers_total`` and
+    ``float_layers`` (the names left float)."""
+    done = total = layers = count = 0
+    left = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, LAYER_TYPES) or not isinstance(weight, torch.Tensor):
+            continue
+        count += 1
+        total += weight.numel()
+        if any(b.startswith("_COREML_/weight/") for b, _ in module.named_buffers(recurse=False)):
+            done += weight.numel()
+            layers += 1
+        else:
+            left.append(name)
+    return {"weights_compressed": done, "weights_total": total, "layers_compressed": layers, "layers_total": count,
+            "float_layers": left}
+
+
+def depthwise_modules(model: nn.Module) -> list[str]:
+    """Grouped convolutions (depthwise ones included): coremltools' GPTQ unfolds a convolution's input as if it had
+    one group and fails on them (``layerwise_compression``: the Hessian's size does not match the weight's)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+
+
 def _small_modules(model: nn.Module, weight_threshold: int) -> list[str]:
     return [n for n, m in model.named_modules()
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
@@ -80,7 +112,8 @@ class TorchCompression:
 
 def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, finetune_steps: int = 200,
                    lr: float = 0.002, batch_size: int = 64, weight_threshold: int = 256,
-                   seed: int = 0, module_bits: Mapping[str, int] | None = None) -> TorchCompression:
+                   seed: int = 0, module_bits: Mapping[str, int] | None = None, *,
+                   prepare: Sequence[str] | None = None, calibration_images: int | None = None) -> TorchCompression:
     """Apply a PyTorch-side recipe to a copy of ``model`` with ``coremltools.optimize.torch``.
 
     Weight tensors with at most ``weight_threshold`` elements are left alone (as on the Core ML
@@ -88,7 +121,16 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     end to end.  Calibration uses ``dataset.calib``; fine-tuning uses ``dataset.train``.
     ``module_bits`` (DKM only): a palette size per PyTorch module name, e.g. a mixed-bit allocation; only
     those modules are palettized (``module_name_configs``), each at its own size.
+
+    ``prepare`` (default: the recipe's ``prepare``): ``compress.graph`` steps applied to the copy first, in order
+    (``plain_convs``, ``fold_bn``, ``equalize``); a ``module_bits`` name whose layer ``plain_convs`` wrapped with its
+    padding (``name`` -> ``name.1``) follows it.  ``calibration_images`` caps the calibration images of the
+    data-aware post-training algorithms (SKM, GPTQ, bias correction; default: their own caps).  ``details`` records
+    each preparation step, the share of conv/linear weights compressed (``weights_compressed`` / ``weights_total``,
+    elements, from coremltools' metadata on the result) and, with a recipe option ``correct_bias``, the empirical
+    bias correction after compression.
     """
+    from playbook.compress.graph import correct_bias, prepare_model
     from coremltools.optimize.torch import palettization as pal
     from coremltools.optimize.torch import pruning as prn
     from coremltools.optimize.torch import quantization as qnt
@@ -100,12 +142,21 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     if unknown:
         raise ConfigError(f"module_bits names {unknown}, which are not modules of the model")
     torch.manual_seed(seed)
-    net = copy.deepcopy(model).cpu().eval()
-    small = _small_modules(net, weight_threshold)
     calib = dataset.to_tensor(dataset.calib.images)
+    steps_wanted = tuple(recipe.prepare if prepare is None else prepare)
+    net, prepared_steps = prepare_model(copy.deepcopy(model).cpu().eval(), steps_wanted, calib[:8])
+    reference = net
+    net = copy.deepcopy(net)
+    if module_bits:
+        names = {n for n, _ in net.named_modules()}
+        module_bits = {(f"{n}.1" if f"{n}.1" in names and not isinstance(net.get_submodule(n), LAYER_TYPES) else n): b
+                       for n, b in module_bits.items()}
+    small = _small_modules(net, weight_threshold)
     example = (calib[:1],)
     opts = dict(recipe.options)
-    details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small}
+    n_calib = len(calib) if calibration_images is None else max(1, min(int(calibration_images), len(calib)))
+    details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small,
+                               "prepare": [p.to_dict() for p in prepared_steps]}
     losses: list[float] = []
     steps = 0
     tuned = 0.0
@@ -122,7 +173,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
         try:
             if recipe.algorithm == "ptq":
                 cfg = qnt.PostTrainingQuantizerConfig.from_dict(
-                    {"global_config": opts, "module_name_configs": {n: None for n in small}})
+                    {"global_config": {k: v for k, v in opts.items() if k != "correct_bias"},
+                     "module_name_configs": {n: None for n in small}})
                 net = qnt.PostTrainingQuantizer(net, cfg).compress()
             elif recipe.algorithm == "w8a8-static":
                 # Observers on, fake quantization on, no optimiser: forward passes over the calibration
@@ -161,10 +213,31 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 net = pruner.finalize(prepared)
                 details["schedule"] = {"kind": "polynomial decay (Zhu & Gupta, arXiv:1710.01878)", "power": PRUNE_POWER,
                                        "update_steps": updates}
+            elif recipe.algorithm == "ptp":
+                ptp_opts = {k: v for k, v in opts.items() if k != "correct_bias"}
+                cfg = pal.PostTrainingPalettizerConfig.from_dict(
+                    {"global_config": ptp_opts, "module_name_configs": {n: None for n in small}})
+                net = pal.PostTrainingPalettizer(net, cfg).compress()
+            elif recipe.algorithm == "gptq":
+                from coremltools.optimize.torch.layerwise_compression import (LayerwiseCompressor,
+                                                                              LayerwiseCompressorConfig)
+
+                n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))
+                skip = sorted(set(small) | set(depthwise_modules(net)))
+                gptq = {k: v for k, v in opts.items() if k != "correct_bias"}
+                # The whole model is one "layer": every conv/linear collects its Hessian from the float inputs in
+                # one pass (coremltools' sequential mode needs a chain of blocks called one after the other).
+                batches = [calib[i:i + 16] for i in range(0, n, 16)]
+                cfg = LayerwiseCompressorConfig.from_dict({
+                    "global_config": {"algorithm": "gptq", **gptq}, "layers": [""],
+                    "module_name_configs": {m: None for m in skip}, "calibration_nsamples": len(batches)})
+                net = LayerwiseCompressor(net, cfg).compress(batches, device="cpu")
+                details["calibration_images"] = n
+                details["skipped_grouped_convs"] = [m for m in skip if m not in small]
             elif recipe.algorithm == "skm":
-                n = min(len(calib), SKM_MAX_SAMPLES)
+                n = min(n_calib if calibration_images is not None else SKM_MAX_SAMPLES, len(calib))
                 cfg = pal.SKMPalettizerConfig.from_dict({
-                    "global_config": {"n_bits": opts["n_bits"]},
+                    "global_config": {k: v for k, v in opts.items() if k != "correct_bias"},
                     "module_name_configs": {m: None for m in small}, "calibration_nsamples": n})
                 labels = torch.from_numpy(dataset.calib.labels)
                 loader = [(calib[i:i + 16], labels[i:i + 16]) for i in range(0, n, 16)]
@@ -186,8 +259,14 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 prepared = palettizer.prepare()
                 losses = tune(prepared, palettizer.step)
                 net = palettizer.finalize(prepared)
+            if opts.get("correct_bias"):
+                n = min(int(opts["correct_bias"]) if calibration_images is None else n_calib, len(calib))
+                fixed = correct_bias(reference, net, calib[:n])
+                net = fixed.model
+                details["bias_correction"] = fixed.to_dict()
         except (ValueError, NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError) as exc:
             raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
+    details.update(compressed_share(net))
     details["messages"] = list(captured)
     return TorchCompression(net.eval(), time.perf_counter() - start, steps, tuple(losses), details, tuned)
 

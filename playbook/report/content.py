@@ -14,11 +14,14 @@ import datetime as dt
 import json
 from typing import Any, Sequence
 
-from playbook.report.closing import SOURCES, _glossary, _methodology, _next_steps, _pitfalls, _risks
-from playbook.report.facts import (TARGET_OS, _baseline, _environment_line, _png_data_uri, _reference, _where,
-                                   deployment_target, describe, own_warnings, package_metadata, package_target)
+from playbook.report.charts import chart_images
+from playbook.report.closing import _glossary, _methodology, _next_steps, _pitfalls, _risks, _sources
+from playbook.report.facts import (TARGET_OS, WHERE_PREFIX, _baseline, _environment_line, _reference, _where,
+                                   _where_short, deployment_target, describe, own_warnings, package_metadata,
+                                   package_target, provisional, where_key)
 from playbook.report.i18n import REPORT_FILES, Locale
-from playbook.report.recommend import Recommendation, ReportData, Row, latency_runtime
+from playbook.report.recommend import (Recommendation, ReportData, Row, check_budgets, latency_rankable,
+                                       latency_runtime)
 from playbook.report.swift import swift_snippet
 from playbook.stages import STAGES
 
@@ -39,7 +42,7 @@ def _cover(data: ReportData, loc: Locale, client: str, when: dt.datetime) -> dic
     version = next((r.playbook_version for r in data.records.values() if r.playbook_version), "") or "—"
     commit = env.get("git_commit")
     return {"title": loc.t("title"), "subtitle": loc.t("subtitle", model=data.model, dataset=ds.get("name", "—")),
-            "fields": [(loc.t("cover.client"), client or loc.t("cover.no_client")),
+            "fields": ([(loc.t("cover.client"), client)] if client else []) + [
                        (loc.t("cover.model"), model), (loc.t("cover.dataset"), dataset),
                        (loc.t("cover.date"), loc.date(when)),
                        (loc.t("cover.version"), version + (f" ({commit})" if commit else "")),
@@ -66,11 +69,6 @@ def _alerts(data: ReportData, rec: Recommendation, loc: Locale) -> list[dict[str
         alerts.append({"kind": "nofit", "title": loc.t("alert.nofit.title"), "text": _closest_text(rec, loc), "computed": [],
                        "recorded": []})
     return alerts
-
-
-def provisional(data: ReportData, loc: Locale) -> bool:
-    """The recommendation is tempered: a smoke run, or the baseline carries (or shows) a warning."""
-    return data.smoke or bool(data.warnings) or bool(own_warnings(data, loc))
 
 
 def _accuracy_phrase(row: Row, loc: Locale) -> str:
@@ -119,25 +117,68 @@ def _latency_sentences(row: Row, ref: Row | None, loc: Locale) -> list[str]:
     return [loc.t("sum.lat_device", ms=loc.ms(row.latency_ms), where=_where(row, loc))]
 
 
+def plain_name(row: Row, loc: Locale) -> str:
+    """The variant in plain words, its recipe id after: "2-bit palettes learned while fine-tuning (DKM)
+    (torch-palettize-2bit-dkm)"."""
+    words = describe(row, loc, own=False) or row.description
+    if not words or words == row.name:
+        return row.name
+    return loc.t("sum.plain_name", words=words[:1].upper() + words[1:] if loc.lang == "en" else words, name=row.name)
+
+
+def decision(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]:
+    """The one decision line (what to do with which variant, on what conditions) and the risks that remain."""
+    d = rec.deliverable
+    risks, conditions = [], []
+    if d is None:
+        return {"line": loc.t("sum.nothing"), "risks": []}
+    if rec.chosen is not None and rec.rule_risk:
+        risks.append(loc.t("risk.first.rule", high=loc.num(d.drop_ci[1]), budget=loc.num(rec.budgets["top1_drop"], 1)))
+        conditions.append(loc.t("cond.more_images"))
+    device = any(latency_rankable(r) for r in data.rows)
+    accuracy_runtime = (d.provenance.get("accuracy") or {}).get("runtime")
+    if not device or accuracy_runtime != "coreml":
+        risks.append(loc.t("risk.first.device", where=_where_short(d, loc)))
+        conditions.append(loc.t("cond.device"))
+    if data.warnings or own_warnings(data, loc):
+        risks.append(loc.t("risk.first.baseline"))
+        conditions.append(loc.t("cond.baseline"))
+    if data.smoke:
+        return {"line": loc.t("dec.smoke", name=d.name), "risks": [loc.t("risk.first.smoke")] + risks}
+    if rec.chosen is None:
+        return {"line": loc.t("dec.none", name=d.name), "risks": risks}
+    line = (loc.t("dec.ship_if", name=d.name, conditions=loc.join(conditions)) if conditions
+            else loc.t("dec.ship", name=d.name))
+    return {"line": line, "risks": risks}
+
+
 def _summary(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]:
     d = rec.deliverable
     ref = _reference(data)
     if d is None:
-        return {"headline": loc.t("sum.nothing"), "kind": "none", "sentences": [], "cards": []}
+        return {"headline": loc.t("sum.nothing"), "kind": "none", "sentences": [], "cards": [], "decision": "",
+                "risks": []}
+    plain = plain_name(d, loc)
     if rec.chosen is None:
-        headline, kind = loc.t("sum.closest", name=d.name), "closest"
+        headline, kind = loc.t("sum.closest", name=plain), "closest"
     elif provisional(data, loc):
-        headline, kind = loc.t("sum.provisional", name=d.name), "provisional"
+        headline, kind = loc.t("sum.provisional", name=plain), "provisional"
     else:
-        headline, kind = loc.t("sum.ship", name=d.name), "ship"
-    what = loc.t("sum.what", description=describe(d, loc) or d.name, stage=loc.stage(d.stage)) \
-        if d.description else ""
+        headline, kind = loc.t("sum.ship", name=plain), "ship"
     size_part = _size_phrase(d, ref, loc)
     if d.is_reference:
         first = loc.t("sum.sentence_ref", name=d.name, size_part=size_part)
     else:
         first = loc.t("sum.sentence", name=d.name, size_part=size_part, acc_part=_accuracy_phrase(d, loc))
-    sentences = [s for s in (what, first) if s] + _latency_sentences(d, ref, loc)
+    sentences = [first]
+    if rec.chosen is not None and not d.is_reference and d.drop_ci is not None and not rec.rule_risk:
+        if d.drop_ci[1] <= 0:
+            sentences.append(loc.t("sum.within_interval_gain", low=loc.signed(-d.drop_ci[1]),
+                                   budget=loc.num(rec.budgets["top1_drop"], 1)))
+        else:
+            sentences.append(loc.t("sum.within_interval", high=loc.num(d.drop_ci[1]),
+                                   budget=loc.num(rec.budgets["top1_drop"], 1)))
+    sentences += _latency_sentences(d, ref, loc)
     ratio = (ref.size_mb / d.size_mb) if ref is not None and ref.size_mb and d.size_mb else None
     target = deployment_target(d)
     cards = [
@@ -148,12 +189,13 @@ def _summary(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, An
          "note": loc.t("card.reference") if d.is_reference else
          loc.t("card.top1_note", delta=loc.signed(None if d.drop is None else -d.drop))},
         {"label": loc.t("card.latency"), "value": loc.ms(d.latency_ms),
-         "note": loc.t("card.latency_ref") if latency_runtime(d) == "reference" else _where(d, loc)},
+         "note": loc.t("card.latency_ref") if latency_runtime(d) == "reference" else _where_short(d, loc)},
         {"label": loc.t("card.target"), "value": target or "—",
          "note": loc.t("card.target_note") + (f" ({TARGET_OS[target]})" if target in TARGET_OS else "")},
     ]
+    dec = decision(data, rec, loc)
     return {"headline": headline, "kind": kind, "sentences": sentences, "cards": cards, "name": d.name,
-            "stage": loc.stage(d.stage)}
+            "stage": loc.stage(d.stage), "decision": dec["line"], "risks": dec["risks"]}
 
 
 def _closest_text(rec: Recommendation, loc: Locale) -> str:
@@ -196,6 +238,7 @@ def _recommendation(data: ReportData, rec: Recommendation, loc: Locale) -> dict[
                    else loc.t("rec.size_free"),
                    latency=loc.t("rec.lat_limit", ms=loc.ms(budgets["latency_ms"])) if "latency_ms" in budgets
                    else loc.t("rec.lat_free"))
+    defaults = not data.budget.non_defaults(skip=("objective", "accuracy_rule"))
     objective = loc.t(f"obj.{rec.objective}")
     if "cannot rank variants" in rec.objective_reason:
         objective += loc.t("obj.fallback")
@@ -203,6 +246,10 @@ def _recommendation(data: ReportData, rec: Recommendation, loc: Locale) -> dict[
     if rec.chosen is not None:
         c = rec.chosen
         lines.append(loc.t("rec.count", n=len(rec.feasible), total=len(data.rows)))
+        if rec.accuracy_rule == "interval":
+            by_point = [r for r in data.rows if all(ch.ok for ch in check_budgets(r, budgets, "point"))]
+            if len(by_point) != len(rec.feasible):
+                lines.append(loc.t("rec.count_point", n=len(by_point)))
         value = {"size": loc.mb(c.size_mb), "accuracy": loc.pct(c.top1), "latency": loc.ms(c.latency_ms)}
         lines.append(loc.t(f"rec.best_{rec.objective}", name=c.name, value=value[rec.objective]))
         r2 = rec.runner_up
@@ -217,64 +264,56 @@ def _recommendation(data: ReportData, rec: Recommendation, loc: Locale) -> dict[
             else:
                 other = {"size": loc.mb(r2.size_mb), "accuracy": loc.pct(r2.top1), "latency": loc.ms(r2.latency_ms)}
                 lines.append(loc.t("rec.next_other", name=r2.name, value=other[rec.objective]))
-        if c.drop_ci is not None and c.drop_ci[1] > budgets["top1_drop"] + 1e-9:
+        if rec.rule_risk:
             lines.append(loc.t("rec.caution", high=loc.num(c.drop_ci[1]), budget=loc.num(budgets["top1_drop"], 1)))
     elif rec.closest is not None:
         lines.append(_closest_text(rec, loc))
-    return {"budget": budget, "objective": objective, "lines": lines, "technique": _technique(data, rec, loc)}
+    return {"budget": budget, "budget_label": loc.t("rec.budget_default" if defaults else "rec.budget"),
+            "objective": objective,
+            "objective_label": loc.t("rec.objective_default" if rec.objective_default else "rec.objective"),
+            "rule_label": loc.t("rec.rule"), "rule": loc.t(f"rule.{rec.accuracy_rule}"),
+            "lines": lines, "technique": _technique(data, rec, loc), "distillation": _distillation(data, loc)}
 
 
-def _chart_images(data: ReportData, rec: Recommendation, loc: Locale) -> list[dict[str, Any]]:
-    from playbook import views
-
-    ref = _reference(data)
-    ref_top1 = ref.top1 if ref is not None else None
-    budget = rec.budgets["top1_drop"]
-    highlight = rec.deliverable.name if rec.deliverable is not None else None
-    variants = [r.raw for r in data.rows]
-    zoom = None
-    if ref_top1 is not None:
-        pool = list(rec.feasible) or list(data.rows)
-        lows = [r.top1_ci[0] if r.top1_ci else r.top1 for r in pool if r.top1 is not None]
-        zoom = max(budget * 1.5, ref_top1 - min(lows + [ref_top1 - budget])) + 0.5
-    ringed = loc.t("tag.closest") if rec.chosen is None else (
-        loc.t("chart.provisional") if provisional(data, loc) else loc.t("tag.recommended"))
-    charts = []
-    for x in ("size_mb", "latency_ms"):
-        images = {}
-        for layout, (width, height) in CHART_LAYOUTS.items():  # a wide one, and a tall one for phones
-            chart = views.accuracy_figure(variants, (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
-                                          max_top1_drop=budget, highlight=highlight, highlight_label=ringed,
-                                          budget_x=rec.budgets.get(x) if x == "size_mb" else None, width=width,
-                                          height=height)
-            images[layout] = (_png_data_uri(compact_png(chart.png(dpi=96))), chart.alt)
-            chart.figure.clear()
-        caption = loc.t("chart.size.caption") if x == "size_mb" else loc.t(
-            "chart.latency.caption", where=_where(rec.deliverable, loc) if rec.deliverable else loc.t("not_measured"))
-        charts.append({"id": f"chart-{x}", "src": images["wide"][0], "phone_src": images["phone"][0],
-                       "alt": images["wide"][1], "caption": caption})
-    return charts
+def _distillation(data: ReportData, loc: Locale) -> str:
+    """Distillation's gain over seeds (mean, standard deviation, 95% interval of the mean, paired t-test), from the
+    distillation record; empty without one."""
+    rec = data.records.get("distillation")
+    stats = (rec.get("seed_statistics") or {}) if rec is not None else {}
+    if not stats or stats.get("gain_mean") is None or not stats.get("n"):
+        return ""
+    ci = (loc.interval(stats["ci_low"], stats["ci_high"], signed=True)
+          if stats.get("ci_low") is not None and stats.get("ci_high") is not None else "—")
+    return loc.t("rec.distill", n=stats["n"], mean=loc.signed(stats["gain_mean"]), sd=loc.num(stats.get("gain_std")),
+                 ci=ci, p=loc.p_value(stats.get("p_value")), wins=stats.get("wins", "—"))
 
 
-# Chart sizes in inches at 96 dpi: side by side on a wide screen; on a phone (<= 720 px) a taller chart drawn for
-# ~390 px, so its text is as large on the phone as on the desktop.
-CHART_LAYOUTS = {"wide": (5.8, 4.9), "phone": (4.0, 5.4)}
+def _recorded(text: str, loc: Locale) -> str:
+    """A provenance phrase a stage recorded in English, in ``loc``'s language where the catalogue has it."""
+    from playbook.report.pitfalls import translate_phrase
+
+    if loc.lang == "en" or not text:
+        return text
+    return translate_phrase(text, loc) or text
 
 
-def compact_png(png: bytes, colours: int = 96) -> bytes:
-    """A chart PNG as an optimised palette PNG (charts use a few flat colours: about half the bytes)."""
-    import io
-
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
-    out = io.BytesIO()
-    image.save(out, format="PNG", optimize=True)
-    return out.getvalue()
+def _latency_source(prov: dict[str, Any], loc: Locale) -> str:
+    """Where a best-provenance latency came from (measured by stage 05, imported, or its own stage's figure)."""
+    source = str(prov.get("source") or "")
+    if source.startswith("measured here"):
+        text = loc.t("src.here")
+    elif source.startswith("imported from"):
+        text = loc.t("src.imported", what=source.removeprefix("imported from "))
+    elif source.endswith(" stage"):
+        text = loc.t("src.stage", stage=loc.stage(source.removesuffix(" stage")))
+    else:
+        text = source
+    return text + (loc.t("src.runs", n=loc.num(prov["runs"], 0)) if prov.get("runs") else "")
 
 
 def provenance_text(row: Row, axis: str, loc: Locale) -> str:
-    """Where the row's figure on ``axis`` comes from, or why it is missing (localised; recorded reasons verbatim)."""
+    """Where the row's figure on ``axis`` comes from, or why it is missing (localised; recorded reasons verbatim
+    where the catalogue has no words for them)."""
     name = loc.t(f"axis.{axis}")
     prov = row.provenance.get(axis)
     if axis == "size":
@@ -283,8 +322,11 @@ def provenance_text(row: Row, axis: str, loc: Locale) -> str:
         return loc.t("prov.unknown", axis=name)
     if prov.get("measured") is False:
         what = str(prov.get("what") or "").removeprefix("not measured: ").removeprefix("not measured")
-        return loc.t("prov.unmeasured", axis=name, what=what.strip() or "—")
-    what = f"; {prov['what']}" if prov.get("what") and axis != "accuracy" else ""
+        return loc.t("prov.unmeasured", axis=name, what=_recorded(what.strip(), loc) or "—")
+    if axis == "latency" and prov.get("tier"):  # the best-provenance figure (report.device)
+        return loc.t("prov.latency", axis=name, where=_where(row, loc), source=_latency_source(prov, loc))
+    what = (loc.t("prov.what", what=_recorded(str(prov["what"]), loc))
+            if prov.get("what") and axis != "accuracy" else "")
     if axis == "accuracy" and row.raw.n_test:
         what = loc.t("test_images", n=loc.num(row.raw.n_test, 0))
     runtime = prov.get("runtime") or prov.get("backend")
@@ -294,23 +336,63 @@ def provenance_text(row: Row, axis: str, loc: Locale) -> str:
     if runtime == "coreml":
         units = f" ({prov.get('compute_units')})" if prov.get("compute_units") else ""
         return loc.t("prov.coreml", axis=name, units=units, device=device, what=what)
-    return f"{name}: {prov.get('note') or prov.get('device') or '—'}{what}"
+    return f"{name}{loc.t('colon')}{prov.get('note') or prov.get('device') or '—'}{what}"
+
+
+NOTE_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def note_label(n: int) -> str:
+    """Table notes are lettered (a, b, ... z, aa, ab...), so they never read as the numbered Sources [n]."""
+    out = ""
+    while True:
+        out = NOTE_LETTERS[n % 26] + out
+        n = n // 26 - 1
+        if n < 0:
+            return out
 
 
 class _Notes:
-    """Footnotes: each distinct provenance text gets one number."""
+    """Footnotes: each distinct provenance text gets one letter."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def mark(self, text: str) -> int:
+    def mark(self, text: str) -> str:
         if text not in self.texts:
             self.texts.append(text)
-        return self.texts.index(text) + 1
+        return note_label(self.texts.index(text))
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(note_label(i), t) for i, t in enumerate(self.texts)]
+
+
+class _WhereKeys:
+    """Short keys for where a latency was measured (D1 = a device, H1 = a host CPU, R = the reference executor),
+    each explained once in the legend under the table."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}  # text -> key
+        self.counts: dict[str, int] = {}
+
+    def key(self, row: Row, loc: Locale) -> str:
+        tier = where_key(row)
+        if tier is None:
+            return ""
+        text = _where(row, loc)
+        if text not in self.keys:
+            prefix = WHERE_PREFIX[tier]
+            self.counts[prefix] = self.counts.get(prefix, 0) + 1
+            self.keys[text] = prefix + (str(self.counts[prefix]) if prefix != "R" else "")
+        return self.keys[text]
+
+    def legend(self) -> list[tuple[str, str]]:
+        return [(key, text) for text, key in self.keys.items()]
 
 
 def _table(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]:
     notes = _Notes()
+    wheres = _WhereKeys()
     ref = _reference(data)
     deliverable = rec.deliverable.key if rec.deliverable is not None else None
     order = sorted(data.rows, key=lambda r: (not r.is_reference, r.key != deliverable,
@@ -340,20 +422,40 @@ def _table(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]
             "size_note": notes.mark(provenance_text(r, "size", loc)), "zip": loc.num(r.zip_mb, 3),
             "latency": (f"{loc.num(r.latency_ms, 3)} / {loc.num(r.latency_p90_ms, 3)}" if lat_measured
                         else loc.t("not_measured")),
-            "latency_note": notes.mark(provenance_text(r, "latency", loc)), "where": _where(r, loc),
+            "latency_note": notes.mark(provenance_text(r, "latency", loc)), "where": wheres.key(r, loc),
             "memory": loc.num(r.memory_mb, 1) if r.memory_mb is not None else loc.t("not_measured"),
             "memory_note": notes.mark(provenance_text(r, "memory", loc)),
             "energy": loc.num(r.energy_mj, 3) if r.energy_mj is not None else loc.t("not_measured"),
             "energy_note": notes.mark(provenance_text(r, "energy", loc)),
             "target": deployment_target(r) or "—",
             "budget": None if ok is None else (loc.t("yes") if ok else loc.t("no")), "ok": ok,
-            "budget_title": "; ".join(c.text() for c in checks),
+            "budget_title": budget_title(checks, loc),
         })
     env = _environment_line(data)
-    return {"rows": rows, "notes": notes.texts, "environment": loc.t("measured_on", env=env) if env else "",
-            "columns": [loc.t(k) for k in ("col.variant", "col.stage", "col.top1", "col.delta", "col.p", "col.size",
-                                           "col.zip", "col.latency", "col.where", "col.memory", "col.energy",
-                                           "col.target", "col.budget")]}
+    return {"rows": rows, "notes": notes.items(), "where_legend": wheres.legend(),
+            "environment": loc.t("measured_on", env=env) if env else "",
+            "columns": [loc.t(k) for k in ("col.variant", "col.budget", "col.stage", "col.top1", "col.delta", "col.p",
+                                           "col.size", "col.zip", "col.latency", "col.memory", "col.energy",
+                                           "col.target")],
+            "numeric": [False, False, False, True, True, True, True, True, True, True, True, False]}
+
+
+def budget_title(checks: Sequence[Any], loc: Locale) -> str:
+    """The budget checks of one row in words (the tooltip of its "meets budget" cell)."""
+    out = []
+    for c in checks:
+        if c.value is None:
+            out.append(loc.t("check.unmeasured", axis=loc.t(f"axis.{c.axis.split('_')[0].replace('top1', 'accuracy')}")))
+            continue
+        sign = "≤" if c.ok else ">"
+        if c.axis == "top1_drop":
+            out.append(loc.t("check.drop_interval" if c.bound == "interval" else "check.drop", value=loc.num(c.value),
+                             sign=sign, limit=loc.num(c.limit, 1)))
+        elif c.axis == "size_mb":
+            out.append(f"{loc.t('axis.size')} {loc.mb(c.value)} {sign} {loc.mb(c.limit)}")
+        else:
+            out.append(f"{loc.t('axis.latency')} {loc.ms(c.value)} {sign} {loc.ms(c.limit)}")
+    return ("; " if loc.lang == "en" else "、").join(out)
 
 
 def _per_class(data: ReportData, loc: Locale) -> dict[str, Any]:
@@ -374,7 +476,7 @@ def _deliverables(data: ReportData, rec: Recommendation, loc: Locale, folder: st
     from playbook.report.device import benchmark_html
 
     d = rec.deliverable
-    out: dict[str, Any] = {"reproduce": data.command().shell(), "none": "", "device_html": benchmark_html(data.records)}
+    out: dict[str, Any] = {"reproduce": data.command().shell(), "none": "", "device_html": benchmark_html(data.records, loc, data.model)}
     if d is None:
         out["none"] = loc.t("del.none")
         return out
@@ -409,20 +511,22 @@ def build(data: ReportData, rec: Recommendation, lang: str = "en", client: str =
     when = when or dt.datetime.now(dt.timezone.utc)
     folder = f"reports/{data.model_dir.name}"
     per_class = _per_class(data, loc)
+    pitfalls = _pitfalls(data, loc)
     other = "ja" if lang == "en" else "en"
     return {
         "lang": lang, "t": loc.t, "smoke": data.smoke, "model": data.model,
         "page_title": f"{loc.t('title')}: {data.model}",
         "switch": {"href": REPORT_FILES[other], "label": loc.t("lang_switch"), "lang": other},
-        "index_href": "../index.html",
+        "index_href": "../index.html" if lang == "en" else "../index.ja.html",
         "toc": [(s, loc.t(f"sec.{s}")) for s in SECTIONS],
         "cover": _cover(data, loc, client, when), "alerts": _alerts(data, rec, loc),
         "summary": _summary(data, rec, loc), "recommendation": _recommendation(data, rec, loc),
-        "charts": _chart_images(data, rec, loc) if charts else [],
+        "charts": chart_images(data, rec, loc) if charts else [],
         "table": _table(data, rec, loc), "per_class": per_class,
         "deliverables": _deliverables(data, rec, loc, folder), "next_steps": _next_steps(data, rec, loc, per_class),
-        "risks": _risks(data, rec, loc), "pitfalls": _pitfalls(data, loc), "methodology": _methodology(data, loc),
-        "glossary": _glossary(loc), "sources": SOURCES,
+        "risks": _risks(data, rec, loc), "pitfalls": pitfalls, "methodology": _methodology(data, loc),
+        "pitfalls_note": loc.t("recorded_in_english") if any(p["detail_lang"] != lang for p in pitfalls) else "",
+        "glossary": _glossary(loc), "sources": _sources(loc),
         "recorded_note": loc.t("recorded_in_english"),
         "footer": loc.t("generated", version=next((r.playbook_version for r in data.records.values()
                                                     if r.playbook_version), "—"), folder=folder),

@@ -43,6 +43,7 @@ class LatencyFigure:
     source: str  # "measured here", "imported from <file>", or "<stage> stage"
     runs: int | None = None
     timestamp: str = ""
+    warmup: int | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The ``provenance["latency"]`` entry a report row carries (``render.provenance_text`` reads it)."""
@@ -52,7 +53,8 @@ class LatencyFigure:
         runs = f", median of {self.runs} runs" if self.runs else ""
         return {"measured": True, "runtime": runtime, "compute_units": self.compute_units,
                 "device": f"{self.device}, {self.os}", "note": note, "tier": self.tier, "backend": self.backend,
-                "setting": self.setting, "threads": self.threads, "source": self.source,
+                "setting": self.setting, "threads": self.threads, "source": self.source, "runs": self.runs,
+                "warmup": self.warmup,
                 "what": f"best available latency ({self.tier}; order device > host > reference): {self.setting}, "
                         f"{self.source}{runs}"}
 
@@ -73,7 +75,8 @@ def _from_measurement(m: dict[str, Any]) -> LatencyFigure:
     lat = m["latency"]
     return LatencyFigure(float(lat["median"]), float(lat["p90"]), float(lat["fps"]), str(m["tier"]), str(m["backend"]),
                          str(m["setting"]), str(env.get("device", "?")), str(env.get("os", "?")), m.get("threads"),
-                         m.get("compute_units"), source, int(lat.get("runs") or 0) or None, str(m.get("timestamp", "")))
+                         m.get("compute_units"), source, int(lat.get("runs") or 0) or None, str(m.get("timestamp", "")),
+                         lat.get("warmup"))
 
 
 def _from_variant(v: VariantRecord) -> LatencyFigure | None:
@@ -88,7 +91,8 @@ def _from_variant(v: VariantRecord) -> LatencyFigure | None:
     return LatencyFigure(float(v.latency_ms), v.latency_p90_ms, v.fps, tier, str(runtime or "reference"),
                          str(prov.get("what") or runtime or "?"), str(prov.get("device") or env.get("cpu") or "?"),
                          str(env.get("os", "?")), (v.latency or {}).get("threads"), prov.get("compute_units"),
-                         f"{v.stage} stage", (v.latency or {}).get("repeats"), str(env.get("timestamp", "")))
+                         f"{v.stage} stage", (v.latency or {}).get("repeats"), str(env.get("timestamp", "")),
+                         (v.latency or {}).get("warmup"))
 
 
 def benchmark_measurements(records: dict[str, StageRecord]) -> list[dict[str, Any]]:
@@ -135,34 +139,59 @@ def with_best_latency(v: VariantRecord, best: dict[tuple[str, str, str | None], 
 
 
 # --------------------------------------------------------------------------- the report's section
-def benchmark_html(records: dict[str, StageRecord]) -> str:
-    """Where the latencies come from, which device files were imported, and how to measure on an iPhone."""
+def _code_spans(text: str) -> str:
+    """Escaped text with its `backquoted` parts as <code>."""
+    import re
+
+    parts = re.split(r"`([^`]+)`", str(text))
+    return "".join(html.escape(p, quote=True) if i % 2 == 0 else f"<code>{html.escape(p, quote=True)}</code>"
+                   for i, p in enumerate(parts))
+
+
+def _instruction(step: str, model: str, loc: Any) -> str:
+    """One recorded iPhone-benchmark step, in ``loc``'s language where the catalogue has it (as HTML)."""
+    from playbook.report.messages import MESSAGES
+    from playbook.swift_bench import INSTRUCTIONS
+
+    for i, known in enumerate(INSTRUCTIONS):
+        if step == known.replace("<model>", model) and f"ios.step{i}" in MESSAGES:
+            return _code_spans(loc.t(f"ios.step{i}", model=model))
+    return f'<span lang="en">{_code_spans(step)}</span>' if loc.lang != "en" else _code_spans(step)
+
+
+def benchmark_html(records: dict[str, StageRecord], loc: Any = None, model: str = "") -> str:
+    """Where the latencies come from, which device files were imported, and how to measure on an iPhone (in
+    ``loc``'s language; English without one)."""
+    if loc is None:
+        from playbook.report.i18n import Locale
+
+        loc = Locale("en")
+    t = lambda key, **kw: html.escape(loc.t(key, **kw), quote=True)  # noqa: E731
     rec = records.get(BENCHMARK_STAGE)
     if rec is None:
-        return ('<div class="pb-report"><p><b>Device benchmarks:</b> stage 05 has not run, so every latency is '
-                "the one its own stage measured (see the notes).</p></div>")
+        return f'<div class="pb-report"><p><b>{t("dev.title")}</b>{t("colon")}{t("dev.not_run")}</p></div>'
     esc = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     best = best_latencies(records)
     tiers: dict[str, int] = {}
     for fig in best.values():
         tiers[fig.tier] = tiers.get(fig.tier, 0) + 1
-    parts = ['<div class="pb-report"><p><b>Device benchmarks.</b> Latency column: best available figure per '
-             "variant, device &gt; host &gt; reference (" + esc(", ".join(f"{n} from {t}" for t, n in sorted(
-                 tiers.items(), key=lambda kv: TIER_RANK[kv[0]]))) + ").</p>"]
+    counts = loc.join([loc.t("dev.count", n=n, tier=loc.t(f"dev.tier.{tier}"))
+                       for tier, n in sorted(tiers.items(), key=lambda kv: TIER_RANK[kv[0]])])
+    parts = [f'<div class="pb-report"><p><b>{t("dev.title")}</b>{t("colon")}{t("dev.best", counts=counts)}</p>']
     imports = rec.get("imports") or []
     if imports:
         items = "".join(f"<li><code>{esc(i['file'])}</code> (sha256 {esc(i['file_sha256'][:12])}…), "
-                        f"{esc(i['produced_by'])}: {esc(i['n'])} measurement(s) on {esc(', '.join(i['devices']))}, "
-                        f"imported {esc(i['imported_at'])}</li>" for i in imports)
-        parts.append(f"<p>Imported results files:</p><ul>{items}</ul>")
+                        f"{esc(i['produced_by'])}{t('colon')}"
+                        f"{t('dev.import_item', n=i['n'], devices=', '.join(i['devices']), when=i['imported_at'])}</li>"
+                        for i in imports)
+        parts.append(f"<p>{t('dev.imports')}</p><ul>{items}</ul>")
     if "device" not in tiers:
-        parts.append("<p>No latency in this report was measured on an Apple device (no Core ML measurement was made "
-                     "or imported): the figures are the cost of the host's runtimes on its CPU; they neither rank the "
-                     "variants for a device nor say what an iPhone user waits.</p>")
+        parts.append(f"<p>{t('dev.no_device')}</p>")
     swift = rec.get("swift_benchmark") or {}
     if swift.get("path"):
-        steps = "".join(f"<li>{esc(s)}</li>" for s in swift.get("instructions") or [])
-        parts.append(f"<p>To measure on an iPhone: <code>{esc(swift['path'])}</code> (generated from the packages' "
-                     f"real inputs and outputs).</p><ol>{steps}</ol>")
+        model = model or str(rec.get("model") or "")
+        steps = "".join(f"<li>{_instruction(s, model, loc)}</li>" for s in swift.get("instructions") or [])
+        parts.append(f"<p>{t('dev.iphone_before')}<code>{esc(swift['path'])}</code>{t('dev.iphone_after')}</p>"
+                     f"<ol>{steps}</ol>")
     parts.append("</div>")
     return "".join(parts)

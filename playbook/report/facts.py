@@ -91,10 +91,11 @@ def readable(text: str, names: dict[str, str]) -> str:
     return text
 
 
-def describe(row: Row, loc: Locale) -> str:
+def describe(row: Row, loc: Locale, own: bool = True) -> str:
     """What the variant is: the recipe's own description in English; in Japanese, written from the record's
-    technique, algorithm and options (the English description where the record lacks them)."""
-    if loc.lang == "en":
+    technique, algorithm and options (the English description where the record lacks them).  ``own=False``:
+    the catalogue's words in English too (short and plain, for the headline)."""
+    if loc.lang == "en" and own:
         return row.description
     raw = row.raw
     technique = raw.get("technique")
@@ -102,7 +103,7 @@ def describe(row: Row, loc: Locale) -> str:
         precision = str(raw.get("precision") or "")
         return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
     if technique == "distillation":
-        return _describe_student(row, loc)
+        return _describe_student(row, loc, short=not own)
     if technique == "architecture":
         return _describe_family(row, loc)
     text = _describe_recipe(raw.get("recipe") or {}, technique, loc)
@@ -144,14 +145,16 @@ def _whole(value: Any, loc: Locale) -> str:
     return loc.num(value, 0) if isinstance(value, (int, float)) else "—"
 
 
-def _describe_student(row: Row, loc: Locale) -> str:
-    """A distilled student, plain or compressed with a recipe."""
+def _describe_student(row: Row, loc: Locale, short: bool = False) -> str:
+    """A distilled student, plain or compressed with a recipe (``short``: without the recipe's id)."""
     raw = row.raw
     student, recipe = raw.get("student"), raw.get("recipe")
     if not student:
         return row.description
     if recipe:
         what = _describe_recipe(recipe, str(recipe.get("technique") or ""), loc)
+        if short and what:
+            return loc.t("tech.student-short", student=student, what=what)
         return loc.t("tech.student-compressed", student=student, recipe=recipe.get("name", ""),
                      what=what or recipe.get("description", ""))
     params, ratio = raw.get("student_parameters"), raw.get("parameter_ratio")
@@ -225,3 +228,31 @@ def _environment_line(data: ReportData) -> str:
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("torch", "coremltools"))
     return ", ".join(str(p) for p in (env.get("os"), env.get("cpu"), f"Python {env.get('python')}" if env.get(
         "python") else None, vtxt) if p)
+
+
+WHERE_TIERS = {"coreml": "device", "torch": "host", "reference": "reference"}
+WHERE_PREFIX = {"device": "D", "host": "H", "reference": "R"}
+
+
+def where_key(row: Row) -> str | None:
+    """Which tier measured the row's latency: ``device`` (Core ML), ``host`` (PyTorch on the host's CPU),
+    ``reference`` (the reference executor), ``None`` when not measured."""
+    if row.latency_ms is None:
+        return None
+    return WHERE_TIERS.get(str(latency_runtime(row)), "host")
+
+
+def _where_short(row: Row, loc: Locale) -> str:
+    """Where the row's latency was measured, in a few words (for a card or a chart)."""
+    tier = where_key(row)
+    if tier is None:
+        return loc.t("not_measured")
+    if tier == "device":
+        prov = row.provenance.get("latency") or {}
+        return loc.t("where.device_short", device=prov.get("device") or "—")
+    return loc.t(f"where.{tier}_short")
+
+
+def provisional(data: ReportData, loc: Locale) -> bool:
+    """The recommendation is tempered: a smoke run, or the baseline carries (or shows) a warning."""
+    return data.smoke or bool(data.warnings) or bool(own_warnings(data, loc))

@@ -24,6 +24,7 @@ BABEL_LOCALES = {"en": "en_US", "ja": "ja_JP"}
 REPORT_FILES = {"en": "report.html", "ja": "report.ja.html"}
 LANGUAGE_NAMES = {"en": "English", "ja": "日本語"}
 MINUS = "\u2212"
+_SUPERSCRIPT = str.maketrans("0123456789\u2212", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
 def check_lang(lang: str) -> str:
@@ -91,14 +92,15 @@ class Locale:
         return "—" if value is None else f"{self.num(value, digits)}×"
 
     def p_value(self, p: float | None) -> str:
-        """McNemar's p: ``p = 0.20``; ``p = 3.1e-05``; ``p < 1e-300`` when the exact value is below float precision."""
+        """McNemar's p: ``p = 0.20``; ``p = 3.1 × 10⁻⁵``; ``p < 10⁻³⁰⁰`` when the exact value is below float precision."""
         if p is None:
             return "—"
         if p <= 0.0:
-            return "p < 1e-300"
+            return "p < 10" + f"{MINUS}300".translate(_SUPERSCRIPT)
         if p < 1e-3:
             mantissa, exponent = f"{p:.1e}".split("e")
-            return f"p = {mantissa}e{int(exponent)}"
+            power = str(int(exponent)).replace("-", MINUS).translate(_SUPERSCRIPT)
+            return f"p = {self.num(float(mantissa), 1)} × 10{power}"
         return f"p = {self.num(p, 3 if p < 0.01 else 2)}"
 
     def date(self, when: dt.datetime | dt.date) -> str:

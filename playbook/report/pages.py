@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from playbook.paths import default_reports_root
-from playbook.records import atomic_write_text, read_json
+from playbook.records import REPORT_SUMMARY_FILE, atomic_write_text, read_json
 from playbook.report.i18n import LANGUAGES, REPORT_FILES, Locale
 from playbook.report.recommend import _num
 from playbook.report.render import esc, report_css
@@ -16,7 +16,7 @@ from playbook.stages import VARIANT_STAGES
 
 REPORT_HTML = REPORT_FILES["en"]
 REPORT_HTML_JA = REPORT_FILES["ja"]
-REPORT_RECORD = "report.json"
+REPORT_RECORD = REPORT_SUMMARY_FILE  # written by records.write_report_summary
 RUN_STATUS = "run.json"
 INDEX_HTML = "index.html"
 
@@ -88,60 +88,83 @@ def index_rows(reports_root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-_WHERE = {"reference": "reference executor (Linux CPU), not a device", "coreml": "Core ML runtime",
-          None: "not measured"}
+INDEX_FILES = {"en": "index.html", "ja": "index.ja.html"}
+_WHERE_KEYS = {"reference": "idx.where.reference", "torch": "idx.where.torch", "coreml": "idx.where.coreml",
+               None: "not_measured"}
 
 
-def index_html(reports_root: Path) -> str:
-    """``reports/index.html``: every model with its headline figures, whether it meets its budget, where its
-    latency was measured, or its failure; links to each report in English and Japanese."""
+def _when(value: Any, loc: Locale) -> str:
+    """An ISO timestamp as a reader writes it: ``December 5, 2026, 08:30 UTC`` / ``2026年12月5日 08:30 UTC``."""
+    if not value:
+        return "—"
+    try:
+        when = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc)
+    return f"{loc.date(when)} {when:%H:%M} UTC"
+
+
+def index_html(reports_root: Path, lang: str = "en") -> str:
+    """``reports/index.html`` (``index.ja.html`` in Japanese): every model with its headline figures, whether it meets
+    its budget, where its latency was measured, or its failure; links to each report in both languages."""
+    loc = Locale(lang)
+    t = loc.t
     rows = index_rows(reports_root)
-    trs = []
+    report = REPORT_FILES[lang]
+    other_lang = "ja" if lang == "en" else "en"
+    trs: list[str] = []
     for r in rows:
         s = r["summary"]
         best = s.get("recommended") or s.get("closest") or {}
-        link = (f'<a href="{esc(r["dir"])}/{REPORT_HTML}">{esc(r["model"])}</a>' if r["has_html"]
+        has = r["has_html"] if lang == "en" else r["has_ja"]
+        link = (f'<a href="{esc(r["dir"])}/{report}" class="pb-tap">{esc(r["model"])}</a>' if has
                 else esc(r["model"]))
-        if r["has_ja"]:
-            link += f' <a href="{esc(r["dir"])}/{REPORT_HTML_JA}" lang="ja" class="pb-small">日本語</a>'
+        if r["has_html" if lang == "ja" else "has_ja"]:
+            link += (f' <a href="{esc(r["dir"])}/{REPORT_FILES[other_lang]}" lang="{other_lang}" '
+                     f'class="pb-small pb-tap">{esc(Locale(other_lang).t("idx.lang_switch"))}</a>')
         if r["status"] == "ok":
-            state = '<span class="pb-ok">ok</span>' + (' <span class="pb-tag">provisional</span>'
-                                                       if s.get("provisional") else "")
-            meets = ('<span class="pb-ok">yes</span>' if s.get("meets_budget", True)
-                     else '<span class="pb-miss">no variant meets budget</span>')
+            state = f'<span class="pb-ok">{esc(t("idx.ok"))}</span>' + (
+                f' <span class="pb-tag">{esc(t("idx.provisional"))}</span>' if s.get("provisional") else "")
+            meets = (f'<span class="pb-ok">{esc(t("yes"))}</span>' if s.get("meets_budget", True)
+                     else f'<span class="pb-miss">{esc(t("idx.none_meets"))}</span>')
         elif r["status"] in ("failed", "interrupted"):
-            where = f" in {r['failed_stage']}" if r.get("failed_stage") else ""
-            state = (f'<span class="pb-miss">{r["status"].upper()}{esc(where)}</span>'
-                     f'<div class="pb-desc">{esc(r.get("error"))}</div>')
+            where = t("fail.where", stage=r["failed_stage"]) if r.get("failed_stage") else ""
+            state = (f'<span class="pb-miss">{esc(t("idx." + r["status"]))}{esc(where)}</span>'
+                     f'<div class="pb-desc" lang="en">{esc(r.get("error"))}</div>')
             meets = "—"
         else:
             state = f'<span class="pb-miss">{esc(r["status"])}</span>'
             meets = "—"
-        latency_where = _WHERE.get(best.get("latency_runtime"), str(best.get("latency_runtime"))) if best else "—"
+        runtime = best.get("latency_runtime") if best else None
+        latency_where = t(_WHERE_KEYS.get(runtime, "idx.where.torch")) if best else "—"
         trs.append(
             f"<tr><td>{link}</td><td>{state}</td><td>{meets}</td><td>{esc(best.get('name', '—'))}"
-            f"{(' <span class=pb-tag>' + esc(best.get('stage')) + '</span>') if best.get('stage') else ''}</td>"
-            f"<td class=pb-num>{_fmt(_num(best.get('top1')))}</td><td class=pb-num>{_fmt(_num(best.get('size_mb')), 3)}</td>"
-            f"<td class=pb-num>{_fmt(_num(best.get('latency_ms')), 3)}</td><td>{esc(latency_where)}</td>"
+            f"{(' <span class=pb-tag>' + esc(loc.stage(best.get('stage')))) + '</span>' if best.get('stage') else ''}"
+            f"</td><td class=pb-num>{loc.num(_num(best.get('top1')))}</td>"
+            f"<td class=pb-num>{loc.num(_num(best.get('size_mb')), 3)}</td>"
+            f"<td class=pb-num>{loc.num(_num(best.get('latency_ms')), 3)}</td><td>{esc(latency_where)}</td>"
             f"<td>{esc(best.get('deployment_target') or '—')}</td><td>{esc(s.get('dataset') or '—')}"
-            f"{' (smoke)' if s.get('smoke') else ''}</td><td>{esc(r.get('finished') or '—')}</td></tr>")
-    table = ('<div class="pb-scroll"><table class="pb-table"><thead><tr><th>Model</th><th>Status</th>'
-             "<th>Meets budget</th><th>Recommended variant</th><th class=pb-num>Top-1 %</th><th class=pb-num>Size MB</th>"
-             "<th class=pb-num>Latency ms</th><th>Latency measured on</th><th>Min. iOS</th><th>Dataset</th>"
-             "<th>Finished (UTC)</th></tr></thead>"
-             f"<tbody>{''.join(trs) or '<tr><td colspan=11>no model has been run yet</td></tr>'}</tbody></table></div>")
+            f"{esc(t('idx.smoke')) if s.get('smoke') else ''}</td><td>{esc(_when(r.get('finished'), loc))}</td></tr>")
+    heads = "".join(f"<th{' class=pb-num' if k in ('idx.top1', 'idx.size', 'idx.latency') else ''}>{esc(t(k))}</th>"
+                    for k in ("idx.model", "idx.status", "col.budget", "idx.variant", "idx.top1", "idx.size",
+                              "idx.latency", "idx.where", "col.target", "cover.dataset", "idx.finished"))
+    table = (f'<div class="pb-scroll"><table class="pb-table pb-index"><thead><tr>{heads}</tr></thead>'
+             f"<tbody>{''.join(trs) or '<tr><td colspan=11>' + esc(t('idx.empty')) + '</td></tr>'}</tbody></table></div>")
     n_failed = sum(r["status"] == "failed" for r in rows)
     n_interrupted = sum(r["status"] == "interrupted" for r in rows)
-    head = (f"<h1>Core ML optimization playbook: reports</h1><p>{len(rows)} model(s), {n_failed} failed"
-            f", {n_interrupted} interrupted. Top-1, size and latency are those of each "
-            "model's recommended variant (or, when none meets the budget, the closest one); open a report for "
-            "intervals and provenance. Latency measured by the reference executor is the cost of that executor on "
-            "a Linux CPU, not a device's speed.</p>")
-    return _page("Core ML playbook reports", head + table)
+    topbar = (f'<div class="pb-topbar"><span></span><a href="{INDEX_FILES[other_lang]}" hreflang="{other_lang}" '
+              f'lang="{other_lang}" class="pb-tap">{esc(Locale(other_lang).t("idx.lang_switch"))}</a></div>')
+    head = (f"<h1>{esc(t('idx.title'))}</h1><p>{esc(t('idx.intro', n=len(rows), failed=n_failed, interrupted=n_interrupted))}"
+            "</p>")
+    return _page(t("idx.title"), topbar + head + table, lang)
 
 
 def write_index(reports_root: Path | str | None = None) -> Path:
-    """Write ``reports/index.html`` atomically."""
+    """Write ``reports/index.html`` and ``reports/index.ja.html`` atomically; returns the English one's path."""
     root = Path(reports_root) if reports_root else default_reports_root()
     root.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(root / INDEX_HTML, index_html(root))
+    pages = {lang: index_html(root, lang) for lang in LANGUAGES}
+    written = {lang: atomic_write_text(root / INDEX_FILES[lang], page) for lang, page in pages.items()}
+    return written["en"]

@@ -6,10 +6,14 @@ lineage that still matches the files: a record computed from an older baseline i
 
 How a variant is chosen (``recommend``):
 
-1. *Budgets.* A variant meets the budget when its top-1 drop against the reference (the FP32
-   baseline package) is at most ``max_top1_drop`` points and, where set (> 0), its package
-   is at most ``max_size_mb`` and its median latency at most ``max_latency_ms``.  An axis
-   with a budget but no measurement does not meet it.
+1. *Budgets.* A variant meets the accuracy budget when its top-1 drop against the reference (the
+   FP32 baseline package) is at most ``max_top1_drop`` points, read by ``accuracy_rule``:
+   ``interval`` (the default) takes the upper end of the drop's paired 95% interval (the interval's
+   lower bound of the change), so a variant whose loss *may* exceed the budget does not meet it;
+   ``point`` takes the point estimate (the interval is then shown as a caution).  A variant without a
+   recorded interval is judged on its point estimate under either rule, and says so.  Where set (> 0),
+   its package must be at most ``max_size_mb`` and its median latency at most ``max_latency_ms``.  An
+   axis with a budget but no measurement does not meet it.
 2. *Objective.* Among the variants that meet the budget, the best on the remaining axis wins:
    ``objective="auto"`` takes the first axis without a budget of size, latency, accuracy
    (so with only an accuracy budget the smallest package wins; with size and latency
@@ -39,6 +43,8 @@ from playbook.records import RecordError, StageRecord, VariantRecord, load_stage
 from playbook.stages import VARIANT_STAGES, get_stage
 
 OBJECTIVES = ("auto", "size", "latency", "accuracy")
+# How the accuracy budget is read: the upper end of the top-1 drop's 95% interval (default), or its point estimate.
+ACCURACY_RULES = ("interval", "point")
 # Runtimes whose latency may rank variants and meet a latency budget: Apple's Core ML runtime on a device
 # or a Mac.  The reference executor's (and host PyTorch's) timings are shown, never used to choose.
 RANKABLE_LATENCY = ("coreml",)
@@ -60,12 +66,15 @@ def latency_rankable(row: "Row") -> bool:
 @dataclasses.dataclass(frozen=True)
 class Budget(StrictConfig):
     """The client's constraints: top-1 drop in points against the FP32 reference, and optional size and
-    latency limits (0 = no limit); ``objective`` is the axis to optimise within them."""
+    latency limits (0 = no limit); ``objective`` is the axis to optimise within them; ``accuracy_rule`` how the
+    accuracy budget is read (``interval``: the 95% interval's worst end must be within it; ``point``: the point
+    estimate)."""
 
     max_top1_drop: float = 1.0
     max_size_mb: float = 0.0
     max_latency_ms: float = 0.0
     objective: str = "auto"
+    accuracy_rule: str = "interval"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +82,7 @@ class Budget(StrictConfig):
         check_range("max_size_mb", self.max_size_mb, 0.0)
         check_range("max_latency_ms", self.max_latency_ms, 0.0)
         check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("accuracy_rule", self.accuracy_rule, ACCURACY_RULES)
 
     def limits(self) -> dict[str, float]:
         """The budgets that are set, by axis: ``{"top1_drop": 1.0, "size_mb": ..., "latency_ms": ...}``."""
@@ -204,10 +214,11 @@ class ReportData:
         merged = commands[0] if commands else RunCommand(model=self.model)
         for other in commands[1:]:
             merged = merged.merged(other)
-        budget = {k: v for k, v in self.budget.non_defaults(skip=("objective",)).items()}
+        budget = {k: v for k, v in self.budget.non_defaults(skip=("objective", "accuracy_rule")).items()}
         params = dict(merged.params)
-        if self.budget.objective != Budget().objective:
-            params["objective"] = self.budget.objective
+        for name in ("objective", "accuracy_rule"):  # report parameters (-p), not budgets
+            if getattr(self.budget, name) != getattr(Budget(), name):
+                params[name] = getattr(self.budget, name)
         done = [s for s in VARIANT_STAGES if s in self.records]
         stages = "" if set(done) == set(VARIANT_STAGES) else ",".join(
             [get_stage(s).number for s in done] + [get_stage("report").number])
@@ -260,6 +271,7 @@ class Check:
     limit: float
     ok: bool
     reason: str = ""  # why a value is missing (e.g. latency measured only by the reference executor)
+    bound: str = ""  # top1_drop only: "interval" (the value is the 95% interval's worst end) or "point"
 
     @property
     def excess(self) -> float:
@@ -276,7 +288,8 @@ class Check:
         if self.value is None:
             return f"{AXIS_LABELS[self.axis]} {self.reason or 'not measured'} (budget {self.limit:g} {unit})"
         sign = "≤" if self.ok else ">"
-        return f"{AXIS_LABELS[self.axis]} {self.value:.{AXIS_DIGITS[self.axis]}f} {sign} {self.limit:g} {unit}"
+        label = AXIS_LABELS[self.axis] + (" (upper end of its 95% interval)" if self.bound == "interval" else "")
+        return f"{label} {self.value:.{AXIS_DIGITS[self.axis]}f} {sign} {self.limit:g} {unit}"
 
 
 AXIS_LABELS = {"top1_drop": "top-1 drop", "size_mb": "size", "latency_ms": "latency"}
@@ -285,15 +298,20 @@ AXIS_DIGITS = {"top1_drop": 2, "size_mb": 3, "latency_ms": 3}
 _AXIS_VALUE = {"top1_drop": lambda r: r.drop, "size_mb": lambda r: r.size_mb, "latency_ms": lambda r: r.latency_ms}
 
 
-def check_budgets(row: Row, budgets: dict[str, float]) -> list[Check]:
-    """The row against each set budget (a latency budget is met only by a device-measured latency)."""
+def check_budgets(row: Row, budgets: dict[str, float], accuracy_rule: str = "interval") -> list[Check]:
+    """The row against each set budget (a latency budget is met only by a device-measured latency; the accuracy
+    budget by the upper end of the drop's 95% interval under ``accuracy_rule="interval"``)."""
     out = []
     for axis, limit in budgets.items():
         value = _AXIS_VALUE[axis](row)
-        reason = ""
+        reason, bound = "", ""
+        if axis == "top1_drop":
+            bound = "point"
+            if accuracy_rule == "interval" and row.drop_ci is not None and not row.is_reference:
+                value, bound = row.drop_ci[1], "interval"
         if axis == "latency_ms" and value is not None and not latency_rankable(row):
             value, reason = None, f"not measured on a device (only by the {latency_runtime(row) or 'unknown'} runtime)"
-        out.append(Check(axis, value, limit, value is not None and value <= limit + 1e-9, reason))
+        out.append(Check(axis, value, limit, value is not None and value <= limit + 1e-9, reason, bound))
     return out
 
 
@@ -356,6 +374,15 @@ class Recommendation:
     runner_up: Row | None
     why: str
     technique: str
+    accuracy_rule: str = "interval"
+    objective_default: bool = False  # the objective was not asked for (objective="auto")
+
+    @property
+    def rule_risk(self) -> bool:
+        """The chosen variant meets the accuracy budget by its point estimate only: its 95% interval reaches
+        beyond it (possible under ``accuracy_rule="point"``)."""
+        c = self.chosen
+        return c is not None and c.drop_ci is not None and c.drop_ci[1] > self.budgets["top1_drop"] + 1e-9
 
     @property
     def deliverable(self) -> Row | None:
@@ -430,7 +457,8 @@ def recommend(data: ReportData) -> Recommendation:
     """Choose the variant that meets the budgets with the best remaining axis (see the module docstring)."""
     budgets = data.budget.limits()
     objective, objective_reason = resolve_objective(data.budget, data.rows)
-    checks = {r.key: tuple(check_budgets(r, budgets)) for r in data.rows}
+    rule = data.budget.accuracy_rule
+    checks = {r.key: tuple(check_budgets(r, budgets, rule)) for r in data.rows}
     feasible = [r for r in data.rows if all(c.ok for c in checks[r.key])]
     ranked = sorted(feasible, key=objective_key(objective))
     chosen = ranked[0] if ranked else None
@@ -447,7 +475,7 @@ def recommend(data: ReportData) -> Recommendation:
             ratio = _ratio_text(chosen, runner_up, objective)
             why += f" Next best: {runner_up.name} ({runner_up.stage}), {_describe_value(runner_up, objective)}" + (
                 f", {ratio}." if ratio else ".")
-        if chosen.drop_ci is not None and chosen.drop_ci[1] > budgets["top1_drop"] + 1e-9:
+        if rule == "point" and chosen.drop_ci is not None and chosen.drop_ci[1] > budgets["top1_drop"] + 1e-9:
             why += (f" Caution: the 95% interval of its top-1 drop reaches {chosen.drop_ci[1]:.2f} pp, above the "
                     f"{budgets['top1_drop']:g} pp budget, so the test set cannot rule out a larger loss; measure on "
                     "more images before relying on it.")
@@ -463,7 +491,7 @@ def recommend(data: ReportData) -> Recommendation:
             why = "No variant was measured, so nothing can be recommended."
         technique = technique_finding([], data.rows)
     return Recommendation(objective, objective_reason, budgets, chosen, closest, tuple(feasible), checks, runner_up,
-                          why, technique)
+                          why, technique, rule, data.budget.objective == "auto")
 
 
 def budget_text(budgets: dict[str, float]) -> str:

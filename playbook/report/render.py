@@ -90,7 +90,10 @@ def write_report_pages(data: ReportData, rec: Recommendation, client: str = "", 
 # --------------------------------------------------------------------------- offline checks
 _OFFLINE_PATTERNS = [
     ("external script", re.compile(r"<script\b[^>]*\bsrc\s*=", re.I)),
-    ("external link/src", re.compile(r"\b(?:src|href|data|action|poster)\s*=\s*[\"']?\s*(?:https?:)?//", re.I)),
+    # a loaded resource (src, srcset, data, poster, a form's action, a <link>'s href) -- a reader's link <a href> loads
+    # nothing until it is followed, so the Sources list may link to its pages
+    ("external link/src", re.compile(r"\b(?:src|srcset|data|action|poster)\s*=\s*[\"']?\s*(?:https?:)?//", re.I)),
+    ("external stylesheet/preload", re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']?\s*(?:https?:)?//", re.I)),
     ("CSS url() to the network", re.compile(r"url\(\s*[\"']?\s*(?:https?:)?//", re.I)),
     ("CSS @import", re.compile(r"@import\b", re.I)),
 ]

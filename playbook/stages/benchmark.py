@@ -374,8 +374,11 @@ class BenchmarkRun(DownstreamRun):
             if one is not None and m["latency"]["median"] > one["latency"]["median"]:
                 self.add_pitfall("more threads were slower on this host",
                                  f"{m['variant']}: {m['threads']} threads {m['latency']['median']:.3f} ms vs 1 thread "
-                                 f"{one['latency']['median']:.3f} ms median: for batch-1 inference of a small model the "
-                                 "threads' synchronisation costs more than it saves here")
+                                 f"{one['latency']['median']:.3f} ms median: "
+                                 + ((m["latency"].get("contention") or {}).get("note") or
+                                    "on a machine whose cores other work may share, such a gap includes that "
+                                    "interference; until it is measured again on a quiet machine it says nothing "
+                                    "about what threads cost"))
                 break
         for f in self.failures:
             self.add_pitfall(f"{f['target']} could not run with {f['setting']}", f["error"])

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -17,7 +21,7 @@ from playbook.command import BUDGET_NAMES, RunCommand
 from playbook.config import ConfigError, StrictConfig, check_choice, check_range, parameters_from_namespace
 from playbook.coreml import RUNTIMES, predict_split
 from playbook.data import Dataset, DatasetConfig, load_dataset
-from playbook.env import environment, playbook_version, torch_threads
+from playbook.env import StepTimer, choose_threads, environment, playbook_version, torch_threads
 from playbook.measure import MeasureConfig, Reference, measure_variant, reference_from
 from playbook.paths import model_dir
 from playbook.records import (RecordError, StageRecord, VariantRecord, lineage_of, missing_outputs,
@@ -47,7 +51,7 @@ class SmokePolicy:
     quantization_recipes: tuple[str, ...] = (
         "int8-weights", "int4-block", "palettize-4bit", "palettize-2bit", "prune-75", "prune-50+palettize-4bit",
         "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
-        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit")
+        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit", "torch-int4-gptq")
     # what ``slow_recipes=True`` adds in smoke runs: DKM on a mixed allocation (the slow recipes' one new code path)
     slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-mixed-dkm",)
     # palette sizes a mixed-bit recipe may give a layer in smoke runs: one per-layer probe, and no 8-bit k-means
@@ -204,17 +208,28 @@ class StageRun:
         self.record: StageRecord | None = None
         self.cost: dict[str, Any] | None = None
         self.started = time.perf_counter()
+        # wall and CPU seconds per step; torch threads chosen once from the cores other work leaves free (a user's
+        # `threads` wins), so a busy machine slows the stage in proportion instead of making threads spin
+        self.timer = StepTimer()
+        self.thread_choice = choose_threads(getattr(cfg, "work_threads", lambda: 0)() or None)
+        print(f"[{self.stage}] threads: {self.thread_choice.reason}")
+        # packages are made in a staging folder and swapped in with the record by finish(): an interrupted stage
+        # leaves its previous outputs (or none), never a mix of old and new beside the old record
+        self.staging_dir = self.model_dir / STAGING / self.stage
+        shutil.rmtree(self.staging_dir, ignore_errors=True)  # what an earlier interrupted run of this stage left
+        self._staged = True
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[int]:
         """torch's CPU threads for this stage's work (see ``work_threads``), restored afterwards."""
-        with torch_threads(self.cfg.work_threads()) as n:
+        with torch_threads(self.thread_choice) as n:
             yield n
 
     @property
     def out_dir(self) -> Path:
-        """``reports/<model>/<stage>/``: where this stage's packages go."""
-        return self.model_dir / self.stage
+        """Where this stage's packages go: ``reports/<model>/.staging/<stage>/`` while the stage runs, swapped in as
+        ``reports/<model>/<stage>/`` together with the record by ``finish``, and that folder afterwards."""
+        return self.staging_dir if getattr(self, "_staged", False) else self.model_dir / self.stage
 
     def measure(self, name: str, package: Path, description: str = "", **extra: Any) -> VariantRecord:
         """Measure one package on the five axes against the reference; keeps (and returns) its record.
@@ -265,20 +280,101 @@ class StageRun:
         """The stage-specific part of the record (overridden by each stage)."""
         return {}
 
-    def finish(self) -> StageRecord:
-        """Write ``reports/<model>/<stage>.json`` (atomically) and return the record."""
+    def snapshot(self) -> StageRecord:
+        """The record as it stands, not written: what the views show while the notebook runs (``finish`` writes
+        the same record once the stage is done)."""
         command = self.cfg.run_command()
         details = {**self.details(), "stage_seconds": time.perf_counter() - self.started,
-                   "config_fingerprint": self.cfg.fingerprint_values(), "cost_estimate": self.cost}
+                   "config_fingerprint": self.cfg.fingerprint_values(), "cost_estimate": self.cost,
+                   "thread_choice": self.thread_choice.to_dict(), "cost": self.timer.to_dict()}
         if self.dataset is not None and "dataset" not in details:
             details["dataset"] = self.dataset.summary()
-        self.record = StageRecord(
+        return StageRecord(
             stage=self.stage, model=self.cfg.model, config=self.cfg.to_dict(), environment=environment(),
             run=command.to_dict(), reproduce=command.shell(), lineage=dict(self.lineage), variants=list(self.variants),
             pitfalls=list(self.pitfalls), warnings=list(self.warnings), details=details,
             playbook_version=playbook_version())
-        self.path = write_stage_record(self.model_dir, self.record)
+
+    def finish(self) -> StageRecord:
+        """Write ``reports/<model>/<stage>.json`` (atomically) and return the record."""
+        self.record = self.snapshot()
+        self.path = self._commit(self.record)
         return self.record
+
+    def _commit(self, record: StageRecord) -> Path:
+        """Swap the staged packages in as ``<stage>/`` and write the record, with SIGINT/SIGTERM held until both are
+        done; paths inside the record that point into the staging folder are rewritten to the final folder."""
+        final = self.model_dir / self.stage
+        if not getattr(self, "_staged", False) or not self.staging_dir.exists():
+            self._staged = False
+            return write_stage_record(self.model_dir, record)
+        moves = [(str(self.staging_dir.resolve()), str(final.resolve())), (str(self.staging_dir), str(final)),
+                 (f"{STAGING}/{self.stage}", self.stage)]
+        for v in record.variants:
+            v.package = _relocated(v.package, moves)
+            v.extra, v.io, v.provenance = (_relocated(x, moves) for x in (v.extra, v.io, v.provenance))
+        record.details, record.pitfalls, record.warnings = (_relocated(x, moves) for x in
+                                                            (record.details, record.pitfalls, record.warnings))
+        pending = write_stage_record(self.staging_dir.parent, record)  # reports/<model>/.staging/<stage>.json
+        old = self.staging_dir.parent / f"{self.stage}.previous"
+        shutil.rmtree(old, ignore_errors=True)
+        path = self.model_dir / f"{self.stage}.json"
+        with _signals_held():
+            if final.exists():
+                os.replace(final, old)
+            os.replace(self.staging_dir, final)
+            os.replace(pending, path)
+            self._staged = False
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.staging_dir.parent.rmdir()  # empty now, unless another stage is staging beside it
+        return path
+
+
+STAGING = ".staging"
+
+
+def _relocated(value: Any, moves: list[tuple[str, str]]) -> Any:
+    """``value`` with every path (string or ``Path``) that lies inside a staging folder moved to the final folder;
+    dicts, lists and tuples are rebuilt, other objects returned as they are."""
+    if isinstance(value, Path):
+        return type(value)(_relocated(str(value), moves))
+    if isinstance(value, str):
+        for old, new in moves:
+            if old.startswith("/") and old in value:
+                return value.replace(old, new)
+            if value == old or value.startswith(old + "/"):
+                return new + value[len(old):]
+        return value
+    if isinstance(value, dict):
+        return {k: _relocated(v, moves) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, moves) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_relocated(v, moves) for v in value)
+    return value
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then act as they would have): a stage's packages and record
+    are swapped in together.  Outside the main thread signals cannot be redirected, and the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not None:
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 class DownstreamRun(StageRun):

@@ -7,8 +7,9 @@ distilled-versus-scratch over seeds, ship); ``run_distillation`` runs them all a
 The technique (loss, cached logits, feature term) lives in ``playbook.distill`` and knows nothing of this stage.
 The teacher is the baseline, rebuilt from ``baseline.json`` (``stages.common.load_baseline``), or the user's own
 ``checkpoint``.  The compression recipe is read from ``quantization.json`` when that record exists (never by
-importing stage 02), else int8 weights; that last step (recipe choice, export, compression) is ``ShipMixin`` in
-``playbook.stages.distillation_ship``, a part of ``DistillationRun``.
+importing stage 02), else int8 weights; the student is compressed through the one entry point ``compress.compress``, like every
+variant of stage 02 (mixed bit-widths and joint recipes included).  Tables and narrative are functions of the record
+in ``playbook.views.distillation``.
 
 Fairness of the comparison: for each seed the student is built from the same initial weights and trained on the
 same images in the same order with the same optimiser, schedule and budget, once with plain cross-entropy
@@ -27,20 +28,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from playbook.compress import get_recipe
+from playbook.compress import CompressionError, get_recipe, weight_layers
+from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
+from playbook.compress.search import AllocationSettings, BitAllocator, LayerProbes, ValidationReference
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import ExportConfig
+from playbook.coreml import ExportConfig, export_model, predict_split
 from playbook.data import Dataset
-from playbook.distill import (DistillConfig, Distiller, TeacherLogits, check_temperature, feature_shape, file_sha256,
-                              paired_seed_test, soft_targets, subset, teacher_logits)
+from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256,
+                              paired_seed_test, soft_targets, subset, teacher_logits, train_or_load_student)
 from playbook.metrics import compare_paired
 from playbook.models import check_model_name, count_parameters
 from playbook.paths import default_cache_dir
-from playbook.records import RecordError, StageRecord, VariantRecord, read_stage_record, relative, stale_inputs
+from playbook.records import (RecordError, StageRecord, VariantRecord, read_stage_record, relative, sha256_path,
+                              stale_inputs)
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.stages.distillation_ship import ShipMixin
-from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, fit, load_checkpoint
-from playbook.views import Table, distillation_seed_table, distillation_sweep_table
+from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, load_checkpoint, save_checkpoint
+
+
+FALLBACK_RECIPE = "int8-weights"  # without a usable quantization.json: the recipe coremltools documents as nearly lossless
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +124,11 @@ class DistillationConfig(MeasuredStageConfig):
                            lr=self.student_lr, augment=self.augment, validate=False, seed=seed, threads=self.threads)
 
 
+def package_bytes(path: Path) -> int:
+    """Bytes of every file of a package folder."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (user + system): unlike wall time, it does not grow
     when other processes compete for the cores, so it is the figure to compare across runs on a shared machine."""
@@ -158,8 +168,8 @@ class StudentResult:
     correct: np.ndarray | None = None
 
 
-class DistillationRun(ShipMixin, DownstreamRun):
-    """Stage 03's steps: ``architectures()``, ``soft_label_examples()``, ``cache_teacher_logits()``,
+class DistillationRun(DownstreamRun):
+    """Stage 03's steps, in the notebook's order: ``soft_label_examples()``, ``cache_teacher_logits()``,
     ``sweep_temperature()``, ``sweep_alpha()``, ``compare_seeds()``, ``ship()``, then ``finish()``."""
 
     stage = "distillation"
@@ -204,6 +214,8 @@ class DistillationRun(ShipMixin, DownstreamRun):
         self.seed_stats: dict[str, Any] | None = None
         self.students: dict[int, dict[str, StudentResult]] = {}
         self.shipped: dict[str, Any] | None = None
+        self.allocations: dict[str, Any] = {}
+        self.cache_hits: dict[str, bool] = {}  # student cache key -> loaded from the cache (True) or trained now  # the per-layer palette sizes a mixed-bit recipe chose for the student
         self.timings: dict[str, float] = {}
 
     # ---- the two networks
@@ -215,20 +227,6 @@ class DistillationRun(ShipMixin, DownstreamRun):
     @property
     def param_ratio(self) -> float:
         return self.student_params / self.teacher_params
-
-    def architectures(self) -> Table:
-        """Teacher and student side by side: architecture, knobs, parameters, share of the teacher."""
-        teacher_cfg = self.baseline.record["model_config"]
-        rows = [{"role": "teacher", "architecture": teacher_cfg["name"], "options": teacher_cfg.get("knobs") or {},
-                 "parameters": self.teacher_params, "share of teacher": 1.0, "FLOPs per image": self.teacher_flops,
-                 "weights": f"{self.teacher_checkpoint.name} (sha256 {self.teacher_sha256[:12]})"},
-                {"role": "student", "architecture": self.cfg.student, "options": dict(self.cfg.student_options),
-                 "parameters": self.student_params, "share of teacher": self.param_ratio,
-                 "FLOPs per image": self.student_flops, "weights": "trained here"}]
-        if self.feature_shapes:
-            rows[0]["feature map"] = "x".join(map(str, self.feature_shapes["teacher"]))
-            rows[1]["feature map"] = "x".join(map(str, self.feature_shapes["student"]))
-        return Table(rows)
 
     # ---- what the teacher says
     def soft_label_examples(self, count: int = 3) -> dict[str, Any]:
@@ -250,7 +248,7 @@ class DistillationRun(ShipMixin, DownstreamRun):
     def cache_teacher_logits(self, progress: bool = True) -> TeacherLogits:
         """The teacher's logits on every training image, from the on-disk cache or computed once now."""
         start = time.perf_counter()
-        with self.threads():
+        with self.threads(), self.timer.step("teacher_logits"):
             self.logits = teacher_logits(self.teacher, self.dataset, self.teacher_sha256,
                                          default_cache_dir(), progress=progress)
         self.timings["teacher_logits"] = time.perf_counter() - start
@@ -266,23 +264,22 @@ class DistillationRun(ShipMixin, DownstreamRun):
         start = time.perf_counter()
         with self.threads():
             student = self.build_student(seed)
-            if distill:
-                if self.logits is None and not self.cfg.augment:
-                    self.cache_teacher_logits(progress=False)
-                dcfg = self.cfg.distill_config(temperature, alpha)
-                cached = None if self.cfg.augment else self.logits.logits  # augmented images: the teacher runs live
-                distiller = Distiller(student, self.teacher, dcfg, self.example, cached_logits=cached)
-                result = fit(distiller, data, train_cfg, progress=False, loss_fn=distiller.loss)
-            else:
-                result = fit(student, data, train_cfg, progress=False)
+            dcfg = self.cfg.distill_config(temperature, alpha) if distill else None
+            logits = None if self.cfg.augment else (  # augmented images: the teacher runs live on every batch
+                lambda: (self.logits or self.cache_teacher_logits(progress=False)).logits)
+            trained = train_or_load_student(student, data, train_cfg, distill=dcfg, teacher=self.teacher,
+                                            teacher_sha256=self.teacher_sha256, cached_logits=logits,
+                                            example=self.example, model_cfg=self.cfg.student_config().to_dict())
             split = self.dataset.val if sweep and len(self.dataset.val) else self.dataset.test
             metrics = evaluate(student, self.dataset, split)
+        self.cache_hits[trained.key] = trained.from_cache
         return StudentResult(
             kind="distilled" if distill else "scratch", seed=seed,
             temperature=(temperature if temperature is not None else self.cfg.temperature) if distill else None,
             alpha=(alpha if alpha is not None else self.cfg.alpha) if distill else None,
             split="val" if split is self.dataset.val else "test", top1=metrics.top1,
-            seconds=time.perf_counter() - start, final_loss=float(np.mean(result.losses[-20:])), model=student.eval(),
+            seconds=time.perf_counter() - start if not trained.from_cache else trained.seconds,
+            final_loss=trained.final_loss, model=student.eval(),
             correct=np.asarray(metrics.correct, dtype=bool))
 
     # ---- sweeps (one seed, a training subset, validation split)
@@ -297,32 +294,30 @@ class DistillationRun(ShipMixin, DownstreamRun):
             self.sweep_scratch = self.train_student(self.cfg.seeds[0], False, sweep=True)
         return self.sweep_scratch
 
-    def sweep_temperature(self) -> Table:
+    def sweep_temperature(self) -> list[dict[str, Any]]:
         """Validation top-1 of students distilled at each of ``sweep_temperatures`` (``alpha`` fixed), one seed,
         ``sweep_train_images`` training images, ``sweep_epochs`` epochs; the scratch student is the reference."""
         start = time.perf_counter()
-        scratch = self._sweep_reference()
-        self.sweeps["temperature"] = [self._sweep_row(self._sweep_point(t, self.cfg.alpha), scratch)
-                                      for t in self.cfg.sweep_temperatures]
+        with self.timer.step("sweep_temperature"):
+            scratch = self._sweep_reference()
+            self.sweeps["temperature"] = [self._sweep_row(self._sweep_point(t, self.cfg.alpha), scratch)
+                                          for t in self.cfg.sweep_temperatures]
         self.timings["sweep_temperature"] = time.perf_counter() - start
-        return self.sweep_table("temperature")
+        return self.sweeps["temperature"]
 
-    def sweep_alpha(self) -> Table:
+    def sweep_alpha(self) -> list[dict[str, Any]]:
         """Validation top-1 of students distilled with each of ``sweep_alphas`` at the configured ``temperature``."""
         start = time.perf_counter()
-        scratch = self._sweep_reference()
-        self.sweeps["alpha"] = [self._sweep_row(self._sweep_point(self.cfg.temperature, a), scratch)
-                                for a in self.cfg.sweep_alphas]
+        with self.timer.step("sweep_alpha"):
+            scratch = self._sweep_reference()
+            self.sweeps["alpha"] = [self._sweep_row(self._sweep_point(self.cfg.temperature, a), scratch)
+                                    for a in self.cfg.sweep_alphas]
         self.timings["sweep_alpha"] = time.perf_counter() - start
-        return self.sweep_table("alpha")
+        return self.sweeps["alpha"]
 
     def _sweep_row(self, r: StudentResult, scratch: StudentResult) -> dict[str, Any]:
         return {"temperature": r.temperature, "alpha": r.alpha, "val_top1": r.top1, "scratch_val_top1": scratch.top1,
                 "gain": r.top1 - scratch.top1, "seconds": r.seconds, "final_loss": r.final_loss}
-
-    def sweep_table(self, which: str) -> Table:
-        """One sweep (``temperature`` or ``alpha``) as a table."""
-        return distillation_sweep_table(self.sweeps[which])
 
     def sweep_summary(self) -> dict[str, Any]:
         """What the sweeps say (for the narrative and the record), with the measured figures."""
@@ -340,14 +335,15 @@ class DistillationRun(ShipMixin, DownstreamRun):
         return out
 
     # ---- the fair comparison
-    def compare_seeds(self) -> Table:
+    def compare_seeds(self) -> list[dict[str, Any]]:
         """For each seed, the same student from the same initial weights and data order, trained with plain
         cross-entropy and with distillation; test top-1, McNemar's exact test per seed, paired t-test over seeds."""
         start = time.perf_counter()
         self.seed_results = []
         for seed in self.cfg.seeds:
-            scratch = self.train_student(seed, distill=False)
-            distilled = self.train_student(seed, distill=True)
+            with self.timer.step("compare_seeds"):
+                scratch = self.train_student(seed, distill=False)
+                distilled = self.train_student(seed, distill=True)
             self.students[seed] = {"scratch": scratch, "distilled": distilled}
             paired = compare_paired(scratch.correct, distilled.correct, resamples=self.mcfg.bootstrap_resamples)
             self.seed_results.append({"seed": seed, "scratch_top1": scratch.top1, "distilled_top1": distilled.top1,
@@ -363,37 +359,138 @@ class DistillationRun(ShipMixin, DownstreamRun):
         self.seed_stats.update(teacher_top1=teacher_top1, teacher_gap=gap,
                                recovered_share=self.seed_stats["gain_mean"] / gap if gap > 0 else None)
         self.timings["compare_seeds"] = time.perf_counter() - start
-        return self.seed_table()
+        return self.seed_results
 
-    def seed_table(self) -> Table:
-        """Per-seed test top-1 of both students, the gains, and mean ± std with the paired t-test."""
-        return distillation_seed_table(self.seed_results, self.seed_stats)
+    # ---- ship: export, compress, measure
+    def choose_recipe(self) -> dict[str, Any]:
+        """The compression recipe: ``recipe``, or for ``auto`` the smallest variant of ``quantization.json`` that
+        met that stage's accuracy budget (a recipe name as run there, not a ``-keep`` variant, whose exceptions
+        name the teacher's layers); ``int8-weights`` when there is no usable record."""
+        if self.cfg.recipe != "auto":
+            return {"recipe": self.cfg.recipe, "why": "set by the `recipe` parameter", "source": None}
+        root = self.model_dir
+        if not (root / "quantization.json").exists():
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": "no quantization.json (stage 02 has not run): int8 weights, the recipe coremltools "
+                           "documents as nearly lossless"}
+        try:
+            record = read_stage_record(root, "quantization")
+        except RecordError as exc:
+            return {"recipe": FALLBACK_RECIPE, "source": None, "why": f"quantization.json unreadable ({exc})"}
+        if record.smoke != self.cfg.smoke:
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": f"quantization.json was made with smoke={record.smoke}, this run has smoke={self.cfg.smoke}"}
+        stale = stale_inputs(root, record)
+        if stale:
+            return {"recipe": FALLBACK_RECIPE, "source": None,
+                    "why": f"quantization.json is stale (inputs changed: {', '.join(stale)}); re-run 02"}
+        candidates = [v for v in record.variants if v.get("within_budget") and isinstance(v.get("recipe"), dict)
+                      and v.name == v.get("recipe").get("name") and v.get("recipe")["name"] != "fp16"]
+        if not candidates:
+            return {"recipe": FALLBACK_RECIPE, "source": "quantization.json",
+                    "why": "no recipe of quantization.json met its accuracy budget"}
+        best = min(candidates, key=lambda v: (v.size_bytes or 0, -(v.top1 or 0.0)))
+        self.lineage["quantization.json"] = sha256_path(root / "quantization.json")
+        qcfg = record.config
+        measured = ", ".join(([f"{best.size_mb:.3f} MB"] if best.size_mb is not None else [])
+                             + ([f"{best.delta_top1:+.2f} points on the teacher"] if best.delta_top1 is not None
+                                else []))
+        return {"recipe": best.name, "source": "quantization.json",
+                "why": f"the smallest package of quantization.json within its {record.get('accuracy_budget')}-point "
+                       f"budget" + (f": {measured}" if measured else ""),
+                "teacher_delta_top1": best.delta_top1, "teacher_size_bytes": best.size_bytes,
+                "finetune": {"steps": int(qcfg.get("finetune_steps", FinetuneConfig.steps)),
+                             "lr": float(qcfg.get("finetune_lr", FinetuneConfig.lr)),
+                             "batch_size": int(qcfg.get("batch_size", FinetuneConfig.batch_size)),
+                             "seed": int(qcfg.get("seed", FinetuneConfig.seed))},
+                "allocation": {"probe_images": int(qcfg.get("sensitivity_images", AllocationSettings.probe_images)),
+                               "check_images": int(qcfg.get("search_images", AllocationSettings.check_images)),
+                               "max_top1_drop": float(record.get("accuracy_budget") or 1.0)}}
 
-    def explain_seeds(self) -> str:
-        """One paragraph with the measured comparison (for the notebook's markdown)."""
-        s = self.seed_stats
-        if not s:
-            return "The seed comparison has not run yet."
+    def ship(self) -> list[VariantRecord]:
+        """Export the distilled student of the first seed (fixed in advance: no choice on the test split), compress
+        it with the chosen recipe, and measure both packages like every other variant."""
+        if not self.students:
+            raise RuntimeError("DistillationRun: call compare_seeds() before ship()")
+        start = time.perf_counter()
+        seed = self.cfg.seeds[0]
+        student = self.students[seed]["distilled"].model
+        choice = self.choose_recipe()
+        recipe = get_recipe(choice["recipe"])
+        facts = {"technique": "distillation", "teacher": self.baseline.record["model_config"],
+                 "teacher_parameters": self.teacher_params, "student": self.cfg.student,
+                 "student_options": dict(self.cfg.student_options), "student_parameters": self.student_params,
+                 "parameter_ratio": self.param_ratio, "temperature": self.cfg.temperature, "alpha": self.cfg.alpha,
+                 "beta": self.cfg.beta, "seed": seed, "epochs": self.cfg.epochs(),
+                 "train_images": len(subset(self.dataset, self.cfg.train_images).train),
+                 "pytorch_test_top1": self.students[seed]["distilled"].top1}
+        weights = self.out_dir / "student.pt"  # the shipped student's weights: reload with train.load_checkpoint
+        save_checkpoint(student, weights, {"model": self.cfg.student_config().to_dict(), **{
+            k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
+            "teacher_checkpoint_sha256": self.teacher_sha256})
+        facts["student_checkpoint"] = relative(weights, self.model_dir)
+        current = self.export_cfg.minimum_deployment_target
+        with self.threads():
+            base = export_model(student, self.dataset, self.export_cfg.replace(precision=self.cfg.precision),
+                                self.out_dir, f"student-{self.cfg.precision}",
+                                metadata={**self._package_metadata(), "playbook.variant": f"student-{self.cfg.precision}"}
+                                ).path
+        plain = self.measure(f"student-{self.cfg.precision}", base,
+                             f"distilled {self.cfg.student} student ({self.student_params:,} parameters, "
+                             f"{self.param_ratio:.0%} of the teacher), {self.cfg.precision.upper()}, uncompressed",
+                             **facts, recipe=None, precision=self.cfg.precision, deployment_target=current,
+                             size_ratio_vs_fp32=self.fp32_bytes / max(1, package_bytes(base)))
+        name = f"student-{recipe.name}"
+        try:
+            with self.threads(), self.timer.step("ship_compress"):
+                made = self.compress_student(student, base, recipe.name, choice, name)
+        except CompressionError as exc:
+            self.add_pitfall(f"{recipe.name} refused on the student", f"{exc.coremltools_message} -- {exc.hint}")
+            self.shipped = {"choice": choice, "variants": [plain.name], "refused": exc.to_dict()}
+            return [plain]
+        packed = self.measure(name, made.path, f"distilled {self.cfg.student} student compressed with {recipe.name}: "
+                                               f"{recipe.description}",
+                              **facts, **made.facts(), recipe=recipe.to_dict(), deployment_target=made.target,
+                              weight_threshold=self.cfg.weight_threshold,
+                              size_ratio_vs_fp32=self.fp32_bytes / max(1, package_bytes(made.path)),
+                              details=made.details)
+        self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
+                        "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
+                        "delta_top1_vs_teacher_fp32": packed.delta_top1,
+                        "compression_delta_top1": packed.top1 - plain.top1}
+        self.timings["ship"] = time.perf_counter() - start
+        return [plain, packed]
 
-        def pm(mean: float, std: float | None) -> str:
-            return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    def _package_metadata(self) -> dict[str, str]:
+        return {"playbook.stage": "distillation", "playbook.model": self.cfg.model, "playbook.student": self.cfg.student}
 
-        t = ("one seed: no test over seeds" if s["p_value"] is None else
-             f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, two-sided p = {s['p_value']:.3g}")
-        mc = max(r["mcnemar_p"] for r in self.seed_results)
-        images = len(subset(self.dataset, self.cfg.train_images).train)
-        text = (f"Over {s['n']} seed(s) ({self.cfg.epochs()} epochs, {images} training images, T = "
-                f"{self.cfg.temperature:g}, alpha = {self.cfg.alpha:g}, beta = {self.cfg.beta:g}, augment = "
-                f"{self.cfg.augment}): scratch {pm(s['scratch_mean'], s['scratch_std'])}%, distilled "
-                f"{pm(s['distilled_mean'], s['distilled_std'])}%, gain {s['gain_mean']:+.2f}"
-                + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}") + f" points; {t}. "
-                f"Distillation won in {s['wins']} of {s['n']} seeds; the largest per-seed McNemar p is {mc:.3g}.")
-        gap = s["teacher_top1"] - s["scratch_mean"]
-        if gap > 0:
-            text += (f" The teacher's FP32 package scores {s['teacher_top1']:.2f}%, {gap:.2f} points above the scratch "
-                     f"student: distillation recovered {100 * s['gain_mean'] / gap:.0f}% of that gap, which bounds "
-                     "what any teacher of this accuracy can add.")
-        return text
+    def compress_student(self, student: nn.Module, base: Path, recipe: str, choice: dict[str, Any],
+                         stem: str) -> Compressed:
+        """``recipe`` applied to the student through ``compress.compress``, the entry point stage 02 uses: ``base`` is
+        the student's uncompressed package (re-exported where the recipe needs another precision or target); a
+        mixed-bit recipe chooses its per-layer palette sizes on the student's own validation outputs; PyTorch-side
+        recipes fine-tune with stage 02's settings when ``choice`` came from its record (``FinetuneConfig``
+        otherwise), capped by the smoke policy."""
+        finetune = FinetuneConfig.from_dict(choice.get("finetune") or {})
+        if self.cfg.smoke:
+            finetune = finetune.replace(steps=SMOKE.steps(finetune.steps))
+        cfg = CompressConfig(precision=self.cfg.precision, weight_threshold=self.cfg.weight_threshold,
+                             finetune=finetune)
+        source = ModelSource(student, self.dataset, self.export_cfg, self.out_dir,
+                             {(self.cfg.precision, self.export_cfg.minimum_deployment_target): base},
+                             metadata=self._package_metadata())
+        example = self.dataset.to_tensor(self.dataset.calib.images[:1])
+        allocation = AllocationSettings(bit_choices=SMOKE.mixed_bit_choices if self.cfg.smoke else (),
+                                        **(choice.get("allocation") or {}))
+        reference = ValidationReference(base, lambda p, split: predict_split(p, self.dataset, split,
+                                                                             self.mcfg.runtime)[0])
+        allocator = BitAllocator(LayerProbes(reference, self.cfg.weight_threshold, self.out_dir), self.dataset,
+                                 allocation, lambda p: weight_layers(p, self.cfg.weight_threshold, student, example))
+        made = compress(recipe, source, cfg, out_dir=self.out_dir, stem=stem, allocator=allocator,
+                        metadata={"playbook.stage": "distillation"})
+        if allocator.allocations:
+            self.allocations = dict(allocator.allocations)
+        return made
 
     # ---- chart data
     def chart_variants(self) -> list[VariantRecord]:
@@ -476,9 +573,11 @@ class DistillationRun(ShipMixin, DownstreamRun):
             "seeds": self.seed_results,
             "seed_statistics": self.seed_stats,
             "shipped": self.shipped,
+            "mixed_bits": self.allocations,
             "timings": self.timings,
+            "student_cache": {"students": len(self.cache_hits), "from_cache": sum(self.cache_hits.values())},
             "cpu_seconds": cpu_seconds() - self._cpu_start,
-            "threads": self.cfg.work_threads() or torch.get_num_threads(),
+            "threads": self.thread_choice.threads,
         }
 
     def finish(self) -> StageRecord:

@@ -1,39 +1,42 @@
 """Stage 02, quantization and compression: every recipe of the catalogue, measured on the five axes.
 
-``QuantizationConfig`` is the parameter list of ``notebooks/02_quantization.ipynb``; ``QuantizationRun``
-holds the notebook's steps (one technique at a time, then the layer sensitivity analysis);
-``run_quantization`` runs them all and writes ``quantization.json``.  The compressors themselves live
-in ``playbook.compress`` and know nothing of this stage.  Two mixins of ``QuantizationRun`` hold the analyses:
-the mixed bit-widths in ``quantization_bits``, the layer sensitivity analysis in ``quantization_sensitivity``.
+Read top to bottom: ``QuantizationConfig`` (the parameters of ``notebooks/02_quantization.ipynb``), then
+``QuantizationRun``, whose methods are the notebook's steps in order -- ``run(technique)`` compresses each selected
+recipe through the one entry point ``compress.compress`` and measures it, ``layer_sensitivity()`` ranks the layers and
+keeps the worst float, ``finish()`` writes ``quantization.json`` -- and ``run_quantization``, the same steps without
+the notebook.  The compressors, the per-layer probes and the bit allocation live in ``playbook.compress`` (they know
+nothing of this stage); what the stage says before it starts is counted in ``quantization_cost``; tables and
+narrative are functions of the record in ``playbook.views.quantization``.
 
-Recipes that need an iOS18 program get one: the stage re-exports the baseline model at iOS18
-(``retarget=True``).  A recipe coremltools refuses is recorded with coremltools' message and a hint.
+Recipes that need an iOS18 program get one (``retarget=True``).  A recipe coremltools refuses is recorded with
+coremltools' message and a hint; any other failure is recorded with its phase, and the stage goes on.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import platform
+import time
 import traceback
-import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, Recipe, WeightLayer,
-                               channel_ranges, compress_converted, compress_package, compress_torch,
-                               compressed_weight_count, get_recipe, recipe_rows, required_target, subclassed_layers,
+from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, CompressionError, WeightLayer,
+                               channel_ranges, compressed_weight_count, get_recipe, subclassed_layers,
                                weight_file_bytes, weight_layers)
+from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
 from playbook.compress.recipes import TECHNIQUES
+from playbook.compress.search import (AllocationSettings, BitAllocator, LayerProbes, ValidationReference, keep_curve,
+                                      rank_layers, validation_subset)
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import ExportConfig, export_model, model_sha256, package_info
+from playbook.coreml import ExportConfig, package_info, predict_split
+from playbook.data import Split
 from playbook.metrics import compare_paired, pareto_front
 from playbook.records import StageRecord, VariantRecord, relative
+from playbook.stages import quantization_cost
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.stages.quantization_bits import MixedBitsMixin
-from playbook.stages.quantization_cost import StageCostMixin
-from playbook.stages.quantization_sensitivity import LayerSensitivityMixin
-from playbook.views import Table, results_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +50,9 @@ class QuantizationConfig(MeasuredStageConfig):
     precision: str = "fp16"
     weight_threshold: int = 256
     retarget: bool = True
-    finetune_steps: int = 200
-    finetune_lr: float = 0.002
-    batch_size: int = 64
+    finetune_steps: int = FinetuneConfig.steps
+    finetune_lr: float = FinetuneConfig.lr
+    batch_size: int = FinetuneConfig.batch_size
     sensitivity_recipe: str = "auto"
     sensitivity_images: int = 1000
     search_images: int = 0
@@ -62,11 +65,7 @@ class QuantizationConfig(MeasuredStageConfig):
         for name in self.recipes:
             get_recipe(name)
         check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
-        check_choice("precision", self.precision, ["fp16", "fp32"])
-        check_range("weight_threshold", self.weight_threshold, 0)
-        check_range("finetune_steps", self.finetune_steps, 0)
-        check_range("finetune_lr", self.finetune_lr, 0.0)
-        check_range("batch_size", self.batch_size, 1)
+        self.compress_config()  # precision, weight_threshold and the fine-tune, checked where they are defined
         if self.sensitivity_recipe not in ("auto", "none"):
             recipe = get_recipe(self.sensitivity_recipe)
             if not recipe.single_step:
@@ -92,6 +91,19 @@ class QuantizationConfig(MeasuredStageConfig):
         """Fine-tune steps actually used (the smoke policy caps them)."""
         return SMOKE.steps(self.finetune_steps) if self.smoke else self.finetune_steps
 
+    def compress_config(self) -> CompressConfig:
+        """How every recipe is applied (``compress.CompressConfig``), fine-tune steps capped in smoke runs."""
+        return CompressConfig(precision=self.precision, weight_threshold=self.weight_threshold, retarget=self.retarget,
+                              finetune=FinetuneConfig(steps=self.steps(), lr=self.finetune_lr,
+                                                      batch_size=self.batch_size, seed=self.seed))
+
+    def allocation_settings(self) -> AllocationSettings:
+        """How mixed bit-widths are chosen: the images of the probes and checks, the budget, and in smoke runs the
+        smoke policy's fewer palette sizes."""
+        return AllocationSettings(bit_choices=SMOKE.mixed_bit_choices if self.smoke else (),
+                                  probe_images=self.sensitivity_images, check_images=self.search_images,
+                                  max_top1_drop=self.max_top1_drop)
+
 
 # Paired comparisons the record and the notebook report when both variants were measured: (a, b) = b minus a.
 COMPARISONS: tuple[tuple[str, str], ...] = (
@@ -103,9 +115,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 
 
-class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, DownstreamRun):
-    """Stage 02's steps: ``run(technique)`` for each technique (or ``run()`` for all selected recipes),
-    ``layer_sensitivity()``, then ``finish()``."""
+class QuantizationRun(DownstreamRun):
+    """Stage 02's steps, in the notebook's order: ``run(technique)`` (or ``run()`` for every selected recipe),
+    ``layer_sensitivity()``, ``finish()``."""
 
     stage = "quantization"
 
@@ -116,270 +128,185 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         self.export_cfg = ExportConfig.from_dict(record["exports"]["fp32"]["config"])
         self.fp32_weight_bytes = weight_file_bytes(self.baseline.fp32_package)
         self.recipes = cfg.recipe_names()
+        self.compress_cfg = cfg.compress_config()
         self.skipped: list[dict[str, str]] = []
         self.failed: list[dict[str, str]] = []
         self.retargeted: list[dict[str, str]] = []
         self.sensitivity: dict[str, Any] | None = None
-        self.mixed: dict[str, dict[str, Any]] = {}
         self.channel_ranges: list[dict[str, Any]] | None = None  # set when data-free recipes collapse
-        self._bit_tables: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
-        self._path_checks: dict[tuple[str, tuple[int, ...]], dict[tuple[tuple[str, int], ...], dict[str, Any]]] = {}
-        self._val_refs: dict[str, np.ndarray] = {}
-        self._probes: dict[tuple[str, ...], dict[str, float]] = {}
-        self._bases: dict[tuple[str, str], Path] = {}
         self._example = self.dataset.to_tensor(self.dataset.calib.images[:1])
+        self._layers: dict[str, list[WeightLayer]] = {}
+        # what every recipe compresses: the trained model, and the baseline's own packages where they fit
+        programs = {(precision, e["config"]["minimum_deployment_target"]): self.model_dir / e["package"]["path"]
+                    for precision, e in record["exports"].items()}
+        self.source = ModelSource(self.model, self.dataset, self.export_cfg, self.out_dir, programs,
+                                  metadata={"playbook.stage": self.stage, "playbook.model": cfg.model})
+        # validation-guided choices (per-layer probes, mixed bit-widths), all against the FP32 package
+        self.probes = LayerProbes(ValidationReference(self.baseline.fp32_package, self._predict),
+                                  cfg.weight_threshold, self.out_dir)
+        self.allocator = BitAllocator(self.probes, self.dataset, cfg.allocation_settings(), self.layers_of)
+
+    def _predict(self, package: Path, split: Split) -> np.ndarray:
+        return predict_split(package, self.dataset, split, self.mcfg.runtime)[0]
+
+    def layers_of(self, package: Path) -> list[WeightLayer]:
+        """A program's conv/linear weights with their PyTorch modules (``compress.weight_layers``), read once."""
+        key = str(package)
+        if key not in self._layers:
+            self._layers[key] = weight_layers(package, self.cfg.weight_threshold, self.model, self._example)
+        return self._layers[key]
 
     @functools.cached_property
     def fp32_layers(self) -> list[WeightLayer]:
-        """The FP32 package's conv/linear weights with their PyTorch modules (``compress.weight_layers``), read once:
-        the cost estimate and the pitfalls share them."""
-        return weight_layers(self.baseline.fp32_package, self.cfg.weight_threshold, self.model, self._example)
+        """The FP32 package's weights: the cost estimate and the pitfalls share them."""
+        return self.layers_of(self.baseline.fp32_package)
 
-    def _far_outside(self, data_free: bool) -> list[VariantRecord]:
-        """The variants that lost more than 5x the accuracy budget, with (``data_free``) or without a data-free
-        recipe."""
-        limit = -5 * max(self.cfg.max_top1_drop, 0.1)
-        return [v for v in self.variants if v.vs_reference is not None and v.vs_reference.delta_top1 < limit
-                and (v.get("recipe")["data"] == "none") == data_free]
+    @property
+    def mixed(self) -> dict[str, dict[str, Any]]:
+        """The mixed-bit allocations chosen in this run, per recipe (the record's ``mixed_bits``)."""
+        return self.allocator.allocations
 
-    # ---- what the notebook shows first
-    def recipe_table(self) -> Table:
-        """The recipes this run measures: side, technique, scheme, bits, oldest target, data, description."""
-        return Table(recipe_rows(self.recipes))
+    # ---- step 1: what it will cost (once, before the first recipe)
+    def estimate_stage_cost(self) -> dict[str, Any]:
+        """Print and keep what measuring, probing, compressing and fine-tuning the selected recipes will take."""
+        measuring = self.estimate_cost(len(self.recipes), self.baseline.fp32_package)
+        work = quantization_cost.validation_work(self.fp32_layers, self.recipes, self.dataset,
+                                                 self.cfg.allocation_settings(), self.cfg.sensitivity_recipe,
+                                                 self.cfg.max_exceptions)
+        with self.threads():
+            unit = (quantization_cost.time_one_probe(self.probes, self.baseline.fp32_package, work["first_layer"])
+                    if work["first_layer"] else 0.0)
+        self.cost = quantization_cost.stage_cost(measuring, work, unit, self.recipes, self.cfg.steps(),
+                                                 self.cfg.batch_size, self.baseline.record)
+        return self.cost
 
-    # ---- packages
-    def base_package(self, target: str, precision: str | None = None) -> Path:
-        """The uncompressed program to compress: the baseline's own package when it matches, else a re-export."""
-        precision = precision or self.cfg.precision
-        key = (precision, target)
-        if key not in self._bases:
-            exports = self.baseline.record["exports"]
-            if precision in exports and exports[precision]["config"]["minimum_deployment_target"] == target:
-                self._bases[key] = self.model_dir / exports[precision]["package"]["path"]
-            else:
-                cfg = self.export_cfg.replace(precision=precision, minimum_deployment_target=target)
-                result = export_model(self.model, self.dataset, cfg, self.out_dir / "_base", f"{precision}-{target}",
-                                      metadata={"playbook.stage": "quantization", "playbook.model": self.cfg.model})
-                self._bases[key] = result.path
-        return self._bases[key]
+    # ---- step 2: the recipes, one technique at a time
+    def run(self, technique: str | None = None) -> list[VariantRecord]:
+        """Compress and measure the selected recipes of one technique (all when ``None``); returns their records."""
+        if technique is not None:
+            check_choice("technique", technique, TECHNIQUES)
+        if self.cost is None:
+            with self.timer.step("cost_estimate"):
+                self.estimate_stage_cost()
+        made = [self.run_recipe(n) for n in self.recipe_names(technique)]
+        return [v for v in made if v is not None]
 
-    def target_for(self, recipe: Recipe) -> str:
-        """The deployment target a recipe's package gets (raised to the recipe's minimum when ``retarget``)."""
-        current = self.export_cfg.minimum_deployment_target
-        return required_target(current, recipe.min_target) if self.cfg.retarget else current
+    def recipe_names(self, technique: str | None = None) -> list[str]:
+        """The recipes of one technique (all when ``None``) this run measures, in catalogue order."""
+        if technique is not None:
+            check_choice("technique", technique, TECHNIQUES)
+        return [n for n in self.recipes if technique is None or RECIPES[n].technique == technique]
 
-    # ---- one recipe
     def run_recipe(self, name: str) -> VariantRecord | None:
         """Compress, save and measure one recipe; returns its record, or ``None`` when it could not be made.
 
         One recipe never stops the stage: coremltools refusing it is recorded in ``skipped`` (its message and a
         hint); any other failure (conversion, an op the prediction interface cannot run, a bug) in ``failed``
-        with the error and the phase it happened in, the traceback goes to the log, and the stage goes on with
-        the next recipe.  Both lists are in the record and become pitfalls in the report."""
-        phase = {"name": "compress"}
+        with the error and the phase it happened in, the traceback goes to the log, and the stage goes on."""
+        recipe = get_recipe(name)
+        target = self.source.target_for(recipe, self.cfg.retarget)
+        if target != self.source.target:
+            self.retargeted.append({"recipe": recipe.name, "from": self.source.target, "to": target})
         try:
-            return self._run_recipe(name, phase)
-        except Exception as exc:  # noqa: BLE001 -- isolated per recipe, recorded with its reason (issue 18)
-            reason = " ".join(str(exc).split())[:600] or type(exc).__name__
-            self.failed.append({"recipe": name, "phase": phase["name"], "error": type(exc).__name__,
-                                "reason": reason})
-            print(f"FAILED {name} ({phase['name']}): {type(exc).__name__}: {reason}\n"
-                  f"{traceback.format_exc()}the stage goes on with the other recipes")
+            with self.threads(), self.timer.step("compress"):
+                made = compress(recipe, self.source, self.compress_cfg, out_dir=self.out_dir,
+                                allocator=self.allocator, metadata={"playbook.stage": self.stage})
+        except CompressionError as exc:
+            self.skipped.append(exc.to_dict())
+            print(f"skipped {recipe.name}: {exc}")
             return None
+        except Exception as exc:  # noqa: BLE001 -- isolated per recipe, recorded with its reason (issue 18)
+            return self._failed(name, "compress", exc)
+        try:
+            with self.timer.step("measure"):
+                return self.measure_compressed(made)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(name, "measure", exc)
 
-    def _run_recipe(self, name: str, phase: dict[str, str]) -> VariantRecord | None:
-        with self.threads():
-            recipe = get_recipe(name)
-            target = self.target_for(recipe)
-            precision = recipe.precision or self.cfg.precision
-            current = self.export_cfg.minimum_deployment_target
-            if target != current:
-                self.retargeted.append({"recipe": recipe.name, "from": current, "to": target})
-            try:
-                if recipe.side == "coreml" and recipe.allocation:
-                    made, details = self._mixed_bits(recipe, self.base_package(target, precision))
-                    path = made.path
-                    extra = {"compress_seconds": made.seconds, "export_seconds": 0.0, "finetune_steps": 0,
-                             "allocation_seconds": details["seconds"], "bits_per_weight": details["bits_per_weight"]}
-                elif recipe.side == "coreml":
-                    made = compress_package(recipe, self.base_package(target, precision), self.out_dir, recipe.name,
-                                            self.cfg.weight_threshold, metadata={"playbook.stage": self.stage})
-                    path, details = made.path, {"messages": list(made.messages)}
-                    extra = {"compress_seconds": made.seconds, "export_seconds": 0.0, "finetune_steps": 0}
-                else:
-                    tc = compress_torch(recipe, self.model, self.dataset, self.cfg.steps(), self.cfg.finetune_lr,
-                                        self.cfg.batch_size, self.cfg.weight_threshold, self.cfg.seed,
-                                        module_bits=self.module_bits(recipe))
-                    with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
-                        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-                        export = export_model(tc.model, self.dataset,
-                                              self.export_cfg.replace(precision=precision,
-                                                                      minimum_deployment_target=target),
-                                              self.out_dir, recipe.name,
-                                              metadata={"playbook.stage": "quantization",
-                                                        "playbook.recipe": recipe.name,
-                                                        "playbook.weights": recipe.description,
-                                                        "playbook.source_model_sha256": model_sha256(self.model)})
-                    path, details = export.path, tc.details
-                    extra = {"compress_seconds": tc.seconds + export.seconds, "export_seconds": export.seconds,
-                             "finetune_steps": tc.finetune_steps, "finetune_seconds": tc.finetune_seconds,
-                             "finetune_images": tc.finetune_steps * self.cfg.batch_size,
-                             "finetune_loss": [tc.losses[0], tc.losses[-1]] if tc.losses else None}
-                    if recipe.steps:  # Core ML steps on top of what the PyTorch algorithm stored (joint)
-                        made = compress_converted(recipe, export.path, self.out_dir, recipe.name,
-                                                  self.cfg.weight_threshold, metadata={"playbook.stage": self.stage})
-                        path = made.path
-                        details = {**details, "messages": [*details.get("messages", []), *made.messages]}
-                        extra["compress_seconds"] += made.seconds
-            except CompressionError as exc:
-                self.skipped.append(exc.to_dict())
-                print(f"skipped {recipe.name}: {exc}")
-                return None
-        phase["name"] = "measure"
-        return self._measure_recipe(recipe.name, path, recipe, target, {**extra, "precision": precision}, details)
+    def _failed(self, name: str, phase: str, exc: Exception) -> None:
+        reason = " ".join(str(exc).split())[:600] or type(exc).__name__
+        self.failed.append({"recipe": name, "phase": phase, "error": type(exc).__name__, "reason": reason})
+        print(f"FAILED {name} ({phase}): {type(exc).__name__}: {reason}\n"
+              f"{traceback.format_exc()}the stage goes on with the other recipes")
+        return None
 
-    def _measure_recipe(self, name: str, path: Path, recipe: Recipe, target: str, extra: dict[str, Any],
-                        details: dict[str, Any], description: str = "") -> VariantRecord:
+    def measure_compressed(self, made: Compressed, name: str | None = None, description: str = "",
+                           **extra: Any) -> VariantRecord:
+        """Measure a compressed package on the five axes and keep its record (with the recipe, the sizes against
+        FP32 and whether it stays within the accuracy budget)."""
+        recipe, path = made.recipe, made.path
         info = package_info(path)
         record = self.measure(
-            name, path, description or recipe.description,
+            name or recipe.name, path, description or recipe.description,
             recipe=recipe.to_dict(), side=recipe.side, technique=recipe.technique, scheme=recipe.scheme,
-            deployment_target=target, weight_threshold=self.cfg.weight_threshold,
+            deployment_target=made.target, weight_threshold=self.cfg.weight_threshold,
             compressed_weights=compressed_weight_count(info.op_histogram),
             size_ratio_vs_fp32=self.fp32_bytes / info.size_bytes, weights_bytes=weight_file_bytes(path),
-            weights_ratio_vs_fp32=self.fp32_weight_bytes / max(weight_file_bytes(path), 1), details=details,
-            **{"precision": self.cfg.precision, **extra})
+            weights_ratio_vs_fp32=self.fp32_weight_bytes / max(weight_file_bytes(path), 1), details=made.details,
+            **made.facts(), **extra)
         record.extra["within_budget"] = bool(record.delta_top1 >= -self.cfg.max_top1_drop)
         return record
 
-    # ---- several recipes
-    def run(self, technique: str | None = None) -> Table:
-        """Run the selected recipes of one technique (all when ``None``) and return their table."""
-        if technique is not None:
-            check_choice("technique", technique, TECHNIQUES)
-        names = [n for n in self.recipes if technique is None or RECIPES[n].technique == technique]
-        if self.cost is None:  # once, before the first recipe: what measuring every selected recipe will cost
-            self.estimate_cost(len(self.recipes), self.baseline.fp32_package)
-        for name in names:
-            self.run_recipe(name)
-        return self.table(names)
-
-    def table(self, names: Sequence[str] | None = None) -> Table:
-        """The measured variants (optionally only ``names``) as a table."""
-        return results_table(self.variants, self.fp32_bytes, names)
-
-    # ---- narrative helpers (numbers for the markdown)
-    def explain(self, name: str) -> str:
-        """One sentence with the measured figures of a variant (or why it is missing)."""
-        v = self.variant(name)
-        refused = next((x for x in self.skipped if x["recipe"] == name), None)
-        if refused is not None:
-            return f"`{name}` was refused by coremltools: {refused['coremltools_message']} ({refused['hint']})."
-        if v is None:
-            return f"`{name}` was not run in this configuration (see `recipes`)."
-        vs = v.vs_reference
-        verdict = "within" if v.get("within_budget") else "outside"
-        extra = ""
-        if v.get("bits_per_weight") is not None:
-            extra += f"; {v.get('bits_per_weight'):.2f} bits per compressed weight on average"
-        if v.get("finetune_steps"):
-            steps, images = v.get("finetune_steps"), v.get("finetune_images")
-            epochs = images / max(len(self.dataset.train), 1)
-            extra += (f"; fine-tune budget {steps} steps x {self.cfg.batch_size} images = {images} images "
-                      f"({epochs:.2f} epochs), {v.get('finetune_seconds', 0.0):.0f} s on this CPU")
-        return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
-                f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
-                f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
-                f"{vs.delta_top1:+.2f} points, 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
-                f"{vs.p_value:.3g}; top-1 agreement with FP32 {v.fidelity.top1_agreement:.2f}% -- "
-                f"{verdict} the {self.cfg.max_top1_drop:g}-point budget.")
-
-    def smallest_within(self, max_drop: float, strict: bool = True) -> VariantRecord | None:
-        """The variant of this stage with the smallest weight file whose change in top-1 stays within ``max_drop``
-        points of FP32: with ``strict``, the whole paired 95% interval (its lower end >= -max_drop); otherwise the
-        point estimate.  ``None`` when no variant qualifies."""
-        fits = [v for v in self.variants if v.vs_reference is not None and
-                (v.vs_reference.ci_low if strict else v.vs_reference.delta_top1) >= -max_drop]
-        return min(fits, key=lambda v: v.get("weights_bytes") or v.size_bytes, default=None)
-
-    def headline_table(self, drops: Sequence[float] | None = None) -> Table:
-        """For each accuracy limit (default: the budget and 30% of it), the smallest variant that stays within it,
-        judged by the paired interval's lower end and by the point estimate, with its weight-file and package
-        ratios against FP32 (the package also holds a fixed program and metadata part that compression does not
-        shrink)."""
-        drops = drops or (self.cfg.max_top1_drop, 0.3 * self.cfg.max_top1_drop)
-        rows = []
-        for drop in drops:
-            for strict in (True, False):
-                v = self.smallest_within(drop, strict)
-                rows.append({"limit (points)": drop, "judged by": "95% CI lower end" if strict else "point estimate",
-                             "variant": v.name if v else "none", "weights x smaller":
-                             v.get("weights_ratio_vs_fp32") if v else None,
-                             "package x smaller": v.get("size_ratio_vs_fp32") if v else None,
-                             "Δ top-1": v.delta_top1 if v else None,
-                             "Δ 95% CI": f"[{v.vs_reference.ci_low:.2f}, {v.vs_reference.ci_high:.2f}]" if v else "",
-                             "weights KB": (v.get("weights_bytes") or 0) / 1e3 if v else None,
-                             "package KB": v.size_bytes / 1e3 if v else None})
-        return Table(rows)
-
-    def _brief(self, name: str) -> str | None:
-        v = self.variant(name)
-        if v is None or v.vs_reference is None:
+    # ---- step 3: the layer sensitivity analysis
+    def choose_sensitivity_recipe(self) -> str | None:
+        """``sensitivity_recipe``, or for ``auto`` the smallest measured single-step Core ML recipe that loses
+        at most 5x the accuracy budget (aggressive, yet recoverable); ``None`` when nothing qualifies."""
+        if self.cfg.sensitivity_recipe == "none":
             return None
-        vs = v.vs_reference
-        return (f"`{name}` {vs.delta_top1:+.2f} points [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}] at "
-                f"{v.get('weights_ratio_vs_fp32'):.1f}x smaller weights")
+        if self.cfg.sensitivity_recipe != "auto":
+            return self.cfg.sensitivity_recipe
+        candidates = [v for v in self.variants if get_recipe(v.get("recipe")["name"]).single_step
+                      and v.name == v.get("recipe")["name"]
+                      and v.delta_top1 >= -5 * max(self.cfg.max_top1_drop, 0.1)]
+        return min(candidates, key=lambda v: v.size_bytes).name if candidates else None
 
-    def findings(self) -> str:
-        """A markdown list of what this run measured, one line per finding, every figure from this run's variants
-        (lines whose variants were not run are left out)."""
-        lines = []
+    def layer_sensitivity(self, recipe: str | None = None) -> dict[str, Any] | None:
+        """Compress one layer at a time, rank layers by damage, keep the worst ``k`` float, measure the result.
 
-        def add(text: str, *names: str) -> None:
-            briefs = [b for b in (self._brief(n) for n in names) if b]
-            if briefs:
-                lines.append(f"* {text}: " + "; ".join(briefs) + ".")
+        Damage = KL divergence from the FP32 package's outputs on ``sensitivity_images`` validation images
+        (validation, so the test split stays untouched by the choice).  Then for ``k = 0..max_exceptions`` the whole
+        recipe is applied with the ``k`` most damaging layers kept uncompressed; the smallest ``k >= 1`` whose
+        validation loss fits the budget (else ``max_exceptions``) is measured on the test split as variant
+        ``<recipe>-keep<k>``.  A control keeps the ``k`` *least* damaging layers instead (``compress.search``)."""
+        name = recipe or self.choose_sensitivity_recipe()
+        self.sensitivity = None
+        if name is None:
+            return None
+        rec = get_recipe(name)
+        if not rec.single_step:
+            raise ConfigError(f"layer sensitivity needs a single-step Core ML recipe, not {name!r}")
+        start = time.perf_counter()
+        with self.threads(), self.timer.step("layer_sensitivity"):
+            base = self.source.program(self.cfg.precision, self.source.target_for(rec, self.cfg.retarget))
+            layers = [layer for layer in self.layers_of(base) if layer.eligible]
+            split = validation_subset(self.dataset, self.cfg.sensitivity_images)
+            _, ref_top1 = self.probes.reference.scores(split)
+            ranked = rank_layers(self.probes, rec, base, layers, split)
+            curve = keep_curve(self.probes, rec, base, ranked, split, self.cfg.max_exceptions, self.cfg.max_top1_drop)
+            variant_name = f"{name}-keep{curve['chosen_kept']}"
+            made = compress(rec, self.source, self.compress_cfg, out_dir=self.out_dir, stem=variant_name,
+                            exclude=curve["keep"], metadata={"playbook.stage": self.stage})
+        record = self.measure_compressed(
+            made, variant_name, f"{rec.description}, with the {curve['chosen_kept']} most damaging layer(s) kept "
+                                f"float: {', '.join(curve['kept_labels'])}", kept_float=curve["kept_labels"])
+        base_variant = self.variant(name)
 
-        add("8-bit weights", "int8-weights")
-        add("4-bit, data-free", "palettize-4bit", "int4-block")
-        add("below 4 bits, data-free", "palettize-3bit", "palettize-2bit")
-        add("below 4 bits, palettes learned while fine-tuning (DKM)", "torch-palettize-3bit-dkm",
-            "torch-palettize-2bit-dkm")
-        add("mixed bit-widths chosen on validation", "palettize-mixed", "palettize-mixed-tight")
-        add("those mixed bit-widths learned while fine-tuning (DKM)", "torch-palettize-mixed-dkm",
-            "torch-palettize-mixed-tight-dkm")
-        add("75% pruning, one-shot vs reached gradually while fine-tuning", "prune-75", "torch-prune-75-ft")
-        add("gradual pruning with a 4-bit palette on the survivors", "torch-prune-50-ft+palettize-4bit",
-            "torch-prune-75-ft+palettize-4bit")
-        add("W8A8, calibrated vs trained", "torch-w8a8-static", "torch-w8a8-qat")
-        s = self.sensitivity
-        if s and s.get("test", {}).get("recipe"):
-            kept, base = s["test"]["guided"], s["test"]["recipe"]
-            lines.append(f"* keeping {s['chosen_kept']} layer(s) of `{s['recipe']}` float moved top-1 by "
-                         f"{kept['delta_top1'] - base['delta_top1']:+.2f} points and cost "
-                         f"{(kept['size_mb'] - base['size_mb']) * 1e3:.1f} KB of package.")
-        for drop in (self.cfg.max_top1_drop, 0.3 * self.cfg.max_top1_drop):
-            v = self.smallest_within(drop)
-            if v is not None:
-                lines.append(f"* smallest variant whose whole 95% interval stays within {drop:g} points: `{v.name}`, "
-                             f"weights {v.get('weights_ratio_vs_fp32'):.1f}x and package "
-                             f"{v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32.")
-            else:
-                lines.append(f"* no variant's whole 95% interval stays within {drop:g} points.")
-        for v in self.variants:
-            steps, seconds = v.get("finetune_steps"), v.get("finetune_seconds", 0.0)
-            if steps:
-                lines.append(f"* `{v.name}` fine-tuned {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s per "
-                             "step on this machine).")
-        return "\n".join(lines) if lines else "*(no variants measured)*"
+        def brief(v: VariantRecord) -> dict[str, Any]:
+            return {"top1": v.top1, "delta_top1": v.delta_top1, "ci": [v.vs_reference.ci_low, v.vs_reference.ci_high],
+                    "size_mb": v.size_mb}
 
-    def package_overhead_bytes(self) -> dict[str, int]:
-        """Package bytes outside the weight file (program, metadata, manifest) per variant, FP32 included: the part
-        compression does not shrink."""
-        out = {self.reference.name: self.fp32_bytes - self.fp32_weight_bytes}
-        out.update({v.name: v.size_bytes - (v.get("weights_bytes") or 0) for v in self.variants})
-        return out
+        self.sensitivity = {
+            "recipe": name, "method": "compress one layer at a time (op_name_configs), rank by KL(FP32 || variant) "
+                                      "on validation images; keep the top-k float (op_name_configs={name: None})",
+            "val_images": len(split), "val_reference_top1": ref_top1, "accuracy_budget": self.cfg.max_top1_drop,
+            "weight_threshold": self.cfg.weight_threshold, "layers": ranked, "keep_curve": curve["keep_curve"],
+            "chosen_kept": curve["chosen_kept"], "control": curve["control"], "variant": variant_name,
+            "test": {"recipe": brief(base_variant) if base_variant else None, "guided": brief(record)},
+            "seconds": time.perf_counter() - start,
+        }
+        return self.sensitivity
 
+    # ---- step 4: comparisons, the Pareto front, pitfalls, the record
     def compare(self, a: str, b: str) -> dict[str, Any] | None:
         """Paired comparison of two measured variants (``b`` minus ``a``) on the same test images."""
         if a not in self.scores or b not in self.scores:
@@ -389,23 +316,6 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                                 resamples=self.mcfg.bootstrap_resamples).to_dict()
         return {"a": a, "b": b, **result}
 
-    def comparison_table(self) -> Table:
-        """The paired comparisons of this run (``COMPARISONS`` whose two variants were measured): trained vs
-        data-free, gradual vs one-shot, mixed vs uniform; the change is the second minus the first."""
-        rows = []
-        for a, b in COMPARISONS:
-            c = self.compare(a, b)
-            if c is not None:
-                rows.append({"variant": b, "minus": a, "Δ top-1": c["delta_top1"],
-                             "Δ 95% CI": f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", "McNemar p": c["p_value"]})
-        return Table(rows)
-
-    def recipe_names(self, technique: str) -> list[str]:
-        """The recipes of one technique this run measures (catalogue order)."""
-        check_choice("technique", technique, TECHNIQUES)
-        return [n for n in self.recipes if RECIPES[n].technique == technique]
-
-    # ---- chart data, pitfalls, record
     def chart_variants(self) -> list[VariantRecord]:
         """The baseline's packages and every variant of this stage: what the accuracy chart plots."""
         return [*self.baseline_variants, *self.variants]
@@ -413,6 +323,13 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
     def pareto(self) -> list[str]:
         """Names of the variants on the size/top-1 Pareto front (baseline packages included), smallest first."""
         return [v.name for v in pareto_front(self.chart_variants(), lambda v: v.size_bytes, lambda v: v.top1)]
+
+    def _far_outside(self, data_free: bool) -> list[VariantRecord]:
+        """The variants that lost more than 5x the accuracy budget, with (``data_free``) or without a data-free
+        recipe."""
+        limit = -5 * max(self.cfg.max_top1_drop, 0.1)
+        return [v for v in self.variants if v.vs_reference is not None and v.vs_reference.delta_top1 < limit
+                and (v.get("recipe")["data"] == "none") == data_free]
 
     def collect_pitfalls(self) -> list[dict[str, str]]:
         """Pitfalls this run actually met, each with the measured numbers."""
@@ -434,8 +351,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
                              f"{figures}; {advice[data_free]}")
         self._channel_pitfall()
         self._coverage_pitfall()
-        layers = weight_layers(self.base_package(self.export_cfg.minimum_deployment_target), self.cfg.weight_threshold,
-                               self.model, self._example)
+        layers = self.layers_of(self.source.program(self.cfg.precision, self.source.target))
         small = [x for x in layers if not x.eligible]
         if small:
             self.add_pitfall(f"weight_threshold={self.cfg.weight_threshold}: {len(small)} weight tensor(s) stay "
@@ -477,16 +393,15 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
         if self.retargeted:
             names = sorted({r["recipe"] for r in self.retargeted})
             self.add_pitfall(f"{len(names)} recipe(s) needed a newer deployment target",
-                             f"{', '.join(names)} were re-exported at {self.retargeted[0]['to']}: the app must "
-                             "require iOS 18 / macOS 15 to ship them")
+                             f"{', '.join(names)} were re-exported at {self.retargeted[0]['to']}: these packages "
+                             "load only on iOS 18 / macOS 15 or later (an app that supports older systems can use "
+                             "them behind `if #available(iOS 18, macOS 15, *)`)")
         for s in self.skipped:
             self.add_pitfall(f"{s['recipe']} refused by coremltools", f"{s['coremltools_message']} -- {s['hint']}")
         for f in self.failed:
             self.add_pitfall(f"{f['recipe']} failed ({f['phase']}) and was left out",
                              f"{f['error']}: {f['reason']} -- the other recipes were measured; the traceback is in "
                              "the stage's output (for a CLI run, reports/<model>/run.log)")
-        import platform
-
         if platform.system() != "Darwin":
             self.add_pitfall("W8A8 on the Core ML model needs macOS",
                              "ct.optimize.coreml.linear_quantize_activations calibrates by running Core ML "
@@ -561,6 +476,7 @@ class QuantizationRun(StageCostMixin, MixedBitsMixin, LayerSensitivityMixin, Dow
             "baseline": {"record": "baseline.json", "fp32_package": relative(self.baseline.fp32_package,
                                                                               self.model_dir),
                          "fp32_size_bytes": self.fp32_bytes, "fp32_top1": self.reference.correct.mean() * 100.0,
+                         "fp32_weights_bytes": self.fp32_weight_bytes,
                          "fp16_size_bytes": fp16.size_bytes if fp16 else None,
                          "deployment_target": self.export_cfg.minimum_deployment_target},
             "reference_variant": self.reference.name,

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from playbook.config import check_choice, check_range
+from playbook.config import check_choice
 from playbook.env import environment, playbook_version
-from playbook.records import atomic_write_text, write_json
+from playbook.records import atomic_write_text, write_report_summary
 from playbook.report import content as report_content
 from playbook.report import render
 from playbook.report.i18n import LANGUAGES, REPORT_FILES, Locale
-from playbook.report.pages import REPORT_RECORD
-from playbook.report.recommend import OBJECTIVES, Budget, Recommendation, ReportData, Row, load, recommend
+from playbook.report.recommend import Budget, Recommendation, ReportData, Row, load, recommend
 from playbook.stages.common import StageConfig
 
 
@@ -26,19 +25,17 @@ from playbook.stages.common import StageConfig
 class ReportConfig(StageConfig):
     """The parameters of ``06_report`` (see the notebook for each one's meaning)."""
 
-    max_top1_drop: float = 1.0
-    max_size_mb: float = 0.0
-    max_latency_ms: float = 0.0
-    objective: str = "auto"
+    max_top1_drop: float = Budget.max_top1_drop
+    max_size_mb: float = Budget.max_size_mb
+    max_latency_ms: float = Budget.max_latency_ms
+    objective: str = Budget.objective
+    accuracy_rule: str = Budget.accuracy_rule
     client: str = ""
     language: str = "en"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
-        check_range("max_size_mb", self.max_size_mb, 0.0)
-        check_range("max_latency_ms", self.max_latency_ms, 0.0)
-        check_choice("objective", self.objective, OBJECTIVES)
+        self.budget()  # the budget fields are checked where they are defined (report.recommend.Budget)
         check_choice("language", self.language, LANGUAGES)
         if len(self.client) > 200 or "\n" in self.client:
             from playbook.config import ConfigError
@@ -46,7 +43,8 @@ class ReportConfig(StageConfig):
             raise ConfigError(f"client={self.client[:40]!r}...: a client name is one line of at most 200 characters")
 
     def budget(self) -> Budget:
-        return Budget(self.max_top1_drop, self.max_size_mb, self.max_latency_ms, self.objective)
+        """The client's budget (``report.recommend.Budget``) from this stage's flat parameters."""
+        return Budget(self.max_top1_drop, self.max_size_mb, self.max_latency_ms, self.objective, self.accuracy_rule)
 
 
 class _Section:
@@ -116,11 +114,11 @@ class ReportRun:
 
         base = data.records.get("baseline")
         return {
-            "schema": 2, "stage": "report", "model": self.cfg.model, "playbook_version": playbook_version(),
+            "stage": "report", "model": self.cfg.model, "playbook_version": playbook_version(),
             "config": self.cfg.to_dict(), "dataset": (base.get("dataset") or {}).get("name") if base else None,
             "smoke": data.smoke, "stages": list(data.records), "n_variants": len(data.rows),
             "warnings": list(data.warnings), "provisional": report_content.provisional(data, Locale("en")),
-            "budgets": rec.budgets, "objective": rec.objective,
+            "budgets": rec.budgets, "objective": rec.objective, "accuracy_rule": self.cfg.accuracy_rule,
             "meets_budget": rec.meets_budget, "recommended": brief(rec.chosen), "closest": brief(rec.closest),
             "why": rec.why, "technique": rec.technique, "run": data.command().to_dict(),
             "reproduce": data.command().shell(), "environment": environment(),
@@ -132,7 +130,7 @@ class ReportRun:
         """Render the report in every language, then write ``report.json``, ``report.html`` and ``report.ja.html``
         (each atomically; nothing is written if a page fails to render).  Returns the path of ``report.json``."""
         pages = {lang: render.render_page(self.content(lang)) for lang in LANGUAGES}
-        path = write_json(self.model_dir / REPORT_RECORD, self.summary())
+        path = write_report_summary(self.model_dir, self.summary())
         self.pages = {lang: atomic_write_text(self.model_dir / REPORT_FILES[lang], page) for lang, page in pages.items()}
         return path
 

@@ -21,9 +21,13 @@ from playbook.views.benchmark import (bench_measurements_table, compute_plan_tab
                                       latency_distributions, ratio_table, work_table)
 from playbook.views.core import (AXIS_LABELS, PALETTE, STAGE_COLOURS, TECHNIQUE_COLOURS, Chart, Table, figure_png,
                                  japanese_font, results_table, variant_row)
-from playbook.views.distillation import (distillation_seed_table, distillation_sweep_table, plot_distillation_sweeps,
-                                         plot_seed_comparison, plot_soft_labels)
-from playbook.views.quantization import explore, plot_bit_allocation, plot_sensitivity
+from playbook.views.distillation import (distillation_seed_table, distillation_sweep_table, explain_seeds,
+                                         explain_shipped, plot_distillation_sweeps, plot_seed_comparison,
+                                         plot_soft_labels, student_table)
+from playbook.views.quantization import (bit_allocation_table, bit_search_table, comparison_table, explain_variant,
+                                         explore, findings, headline_table, keep_curve_table, package_overhead_bytes,
+                                         plot_bit_allocation, plot_sensitivity, quantization_table, recipe_table,
+                                         sensitivity_table, smallest_within)
 
 __all__ = [
     # core
@@ -34,10 +38,12 @@ __all__ = [
     # stage 01
     "plot_confusion", "plot_history",
     # stage 02
-    "explore", "plot_bit_allocation", "plot_sensitivity",
+    "bit_allocation_table", "bit_search_table", "comparison_table", "explain_variant", "explore", "findings",
+    "headline_table", "keep_curve_table", "package_overhead_bytes", "plot_bit_allocation", "plot_sensitivity",
+    "quantization_table", "recipe_table", "sensitivity_table", "smallest_within",
     # stage 03
-    "distillation_seed_table", "distillation_sweep_table", "plot_distillation_sweeps", "plot_seed_comparison",
-    "plot_soft_labels",
+    "distillation_seed_table", "distillation_sweep_table", "explain_seeds", "explain_shipped",
+    "plot_distillation_sweeps", "plot_seed_comparison", "plot_soft_labels", "student_table",
     # stage 04
     "architecture_figure", "architecture_table", "mobile_fidelity_table", "scan_findings_table", "scan_overview_table",
     # stage 05

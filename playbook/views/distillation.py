@@ -2,10 +2,12 @@
 comparison of scratch and distilled students."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from playbook.records import StageRecord
 from playbook.views.core import PALETTE, Chart, Table, _figure, _mpl_text
 
 
@@ -125,3 +127,68 @@ def plot_seed_comparison(results: Sequence[dict[str, Any]]) -> Chart:
     fig.tight_layout()
     return Chart(fig, "test top-1 per seed, scratch vs distilled: " + "; ".join(
         f"seed {r['seed']}: {r['scratch_top1']:.2f} -> {r['distilled_top1']:.2f}" for r in results))
+
+
+# --------------------------------------------------------------------------- tables and narrative of the record
+# Every function below reads a stage-03 record (``DistillationRun.snapshot()`` while the notebook runs, or
+# ``distillation.json`` afterwards): display only.
+def student_table(record: StageRecord) -> Table:
+    """Teacher and student side by side: architecture, knobs, parameters, share of the teacher, FLOPs, weights."""
+    teacher, student = record.get("teacher"), record.get("student")
+    shapes = student.get("feature_shapes")
+    rows = [{"role": "teacher", "architecture": teacher["architecture"]["name"],
+             "options": teacher["architecture"].get("knobs") or {}, "parameters": teacher["parameters"],
+             "share of teacher": 1.0, "FLOPs per image": student["teacher_flops"],
+             "weights": f"{Path(teacher['checkpoint']).name} (sha256 {teacher['checkpoint_sha256'][:12]})"},
+            {"role": "student", "architecture": student["architecture"]["name"],
+             "options": student["architecture"].get("knobs") or {}, "parameters": student["parameters"],
+             "share of teacher": student["parameter_ratio"], "FLOPs per image": student["flops"],
+             "weights": "trained here"}]
+    if shapes:
+        rows[0]["feature map"] = "x".join(map(str, shapes["teacher"]))
+        rows[1]["feature map"] = "x".join(map(str, shapes["student"]))
+    return Table(rows)
+
+
+def explain_seeds(record: StageRecord) -> str:
+    """One paragraph with the measured distilled-versus-scratch comparison (for the notebook's markdown)."""
+    s, results, cfg = record.get("seed_statistics"), record.get("seeds") or [], record.config
+    if not s:
+        return "The seed comparison has not run yet."
+
+    def pm(mean: float, std: float | None) -> str:
+        return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+    t = ("one seed: no test over seeds" if s["p_value"] is None else
+         f"paired t-test over seeds t({s['n'] - 1}) = {s['t']:.2f}, two-sided p = {s['p_value']:.3g}")
+    mc = max(r["mcnemar_p"] for r in results)
+    training = record.get("training") or {}
+    text = (f"Over {s['n']} seed(s) ({training.get('epochs')} epochs, {training.get('train_images')} training images, "
+            f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}, beta = {cfg['beta']:g}, augment = "
+            f"{cfg['augment']}): scratch {pm(s['scratch_mean'], s['scratch_std'])}%, distilled "
+            f"{pm(s['distilled_mean'], s['distilled_std'])}%, gain {s['gain_mean']:+.2f}"
+            + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}") + f" points; {t}. "
+            f"Distillation won in {s['wins']} of {s['n']} seeds; the largest per-seed McNemar p is {mc:.3g}.")
+    gap = s["teacher_top1"] - s["scratch_mean"]
+    if gap > 0:
+        text += (f" The teacher's FP32 package scores {s['teacher_top1']:.2f}%, {gap:.2f} points above the scratch "
+                 f"student: distillation recovered {100 * s['gain_mean'] / gap:.0f}% of that gap, which bounds "
+                 "what any teacher of this accuracy can add.")
+    return text
+
+
+def explain_shipped(record: StageRecord) -> str:
+    """The stacked result in one paragraph: the shipped student's size and accuracy against the FP32 teacher."""
+    shipped = record.get("shipped")
+    if not shipped or "shipped" not in shipped:
+        return "No compressed student was measured (see the pitfalls)."
+    v, plain = record.variant(shipped["shipped"]), record.variant(shipped["variants"][0])
+    base = record.get("baseline")
+    fp32_bytes, vs = base["fp32_size_bytes"], v.vs_reference
+    return (f"`{v.name}`: {v.size_bytes / 1e3:.1f} kB against the FP32 teacher's {fp32_bytes / 1e3:.1f} kB "
+            f"(**{fp32_bytes / v.size_bytes:.1f}x smaller**), test top-1 {v.top1:.2f}% "
+            f"[{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}] against the teacher's {base['fp32_top1']:.2f}%: "
+            f"**{vs.delta_top1:+.2f} points**, paired 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
+            f"{vs.p_value:.3g}. The uncompressed student ({plain.name}, {plain.size_bytes / 1e3:.1f} kB) scores "
+            f"{plain.top1:.2f}%, so compression with `{shipped['choice']['recipe']}` costs "
+            f"{v.top1 - plain.top1:+.2f} points. Recipe: {shipped['choice']['why']}.")

@@ -121,3 +121,193 @@ def plot_bit_allocation(mixed: dict[str, Any], title: str = "") -> Chart:
     fig.tight_layout()
     alt = "; ".join(f"{r['label']}: {r['bits']} bits ({s:.1f}% of weights)" for r, s in zip(rows, share))
     return Chart(fig, f"palette size per layer ({len(rows)} layers): {alt}")
+
+
+# --------------------------------------------------------------------------- tables and narrative of the record
+# Every function below reads a stage-02 record (``QuantizationRun.snapshot()`` while the notebook runs, or
+# ``quantization.json`` afterwards): display only, no measuring.
+def recipe_table(names: list[str]) -> Table:
+    """The recipes a run measures: side, technique, scheme, bits, oldest target, data, description."""
+    from playbook.compress import recipe_rows
+
+    return Table(recipe_rows(names))
+
+
+def quantization_table(record: StageRecord, names: list[str] | None = None) -> Table:
+    """The measured variants of stage 02 (optionally only ``names``) as a table."""
+    return results_table(record.variants, (record.get("baseline") or {}).get("fp32_size_bytes"), names)
+
+
+def explain_variant(record: StageRecord, name: str) -> str:
+    """One sentence with the measured figures of a variant (or why it is missing)."""
+    v = record.variant(name)
+    refused = next((x for x in record.get("skipped") or [] if x["recipe"] == name), None)
+    if refused is not None:
+        return f"`{name}` was refused by coremltools: {refused['coremltools_message']} ({refused['hint']})."
+    failed = next((x for x in record.get("failed") or [] if x["recipe"] == name), None)
+    if failed is not None:
+        return f"`{name}` failed ({failed['phase']}): {failed['error']}: {failed['reason']}."
+    if v is None:
+        return f"`{name}` was not run in this configuration (see `recipes`)."
+    vs = v.vs_reference
+    budget = float(record.config.get("max_top1_drop", 1.0))
+    verdict = "within" if v.get("within_budget") else "outside"
+    extra = ""
+    if v.get("bits_per_weight") is not None:
+        extra += f"; {v.get('bits_per_weight'):.2f} bits per compressed weight on average"
+    if v.get("finetune_steps"):
+        steps, images = v.get("finetune_steps"), v.get("finetune_images")
+        epochs = images / max(int((record.get("dataset") or {}).get("train") or 0), 1)
+        extra += (f"; fine-tune budget {steps} steps x {record.config.get('batch_size')} images = {images} images "
+                  f"({epochs:.2f} epochs), {v.get('finetune_seconds', 0.0):.0f} s on this CPU")
+    return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
+            f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
+            f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
+            f"{vs.delta_top1:+.2f} points, 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
+            f"{vs.p_value:.3g}; top-1 agreement with FP32 {v.fidelity.top1_agreement:.2f}% -- "
+            f"{verdict} the {budget:g}-point budget.")
+
+
+def smallest_within(record: StageRecord, max_drop: float, strict: bool = True) -> Any:
+    """The variant with the smallest weight file whose change in top-1 stays within ``max_drop`` points of FP32:
+    with ``strict``, the whole paired 95% interval (its lower end >= -max_drop); otherwise the point estimate.
+    ``None`` when no variant qualifies."""
+    fits = [v for v in record.variants if v.vs_reference is not None and
+            (v.vs_reference.ci_low if strict else v.vs_reference.delta_top1) >= -max_drop]
+    return min(fits, key=lambda v: v.get("weights_bytes") or v.size_bytes, default=None)
+
+
+def headline_table(record: StageRecord, drops: tuple[float, ...] | None = None) -> Table:
+    """For each accuracy limit (default: the budget and 30% of it), the smallest variant that stays within it,
+    judged by the paired interval's lower end and by the point estimate, with its weight-file and package ratios
+    against FP32 (the package also holds a fixed program and metadata part that compression does not shrink)."""
+    budget = float(record.config.get("max_top1_drop", 1.0))
+    rows = []
+    for drop in drops or (budget, 0.3 * budget):
+        for strict in (True, False):
+            v = smallest_within(record, drop, strict)
+            rows.append({"limit (points)": drop, "judged by": "95% CI lower end" if strict else "point estimate",
+                         "variant": v.name if v else "none",
+                         "weights x smaller": v.get("weights_ratio_vs_fp32") if v else None,
+                         "package x smaller": v.get("size_ratio_vs_fp32") if v else None,
+                         "Δ top-1": v.delta_top1 if v else None,
+                         "Δ 95% CI": f"[{v.vs_reference.ci_low:.2f}, {v.vs_reference.ci_high:.2f}]" if v else "",
+                         "weights KB": (v.get("weights_bytes") or 0) / 1e3 if v else None,
+                         "package KB": v.size_bytes / 1e3 if v else None})
+    return Table(rows)
+
+
+FINDING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("8-bit weights", ("int8-weights",)),
+    ("4-bit, data-free", ("palettize-4bit", "int4-block")),
+    ("below 4 bits, data-free", ("palettize-3bit", "palettize-2bit")),
+    ("below 4 bits, palettes learned while fine-tuning (DKM)", ("torch-palettize-3bit-dkm", "torch-palettize-2bit-dkm")),
+    ("mixed bit-widths chosen on validation", ("palettize-mixed", "palettize-mixed-tight")),
+    ("those mixed bit-widths learned while fine-tuning (DKM)", ("torch-palettize-mixed-dkm",
+                                                                "torch-palettize-mixed-tight-dkm")),
+    ("75% pruning, one-shot vs reached gradually while fine-tuning", ("prune-75", "torch-prune-75-ft")),
+    ("gradual pruning with a 4-bit palette on the survivors", ("torch-prune-50-ft+palettize-4bit",
+                                                               "torch-prune-75-ft+palettize-4bit")),
+    ("W8A8, calibrated vs trained", ("torch-w8a8-static", "torch-w8a8-qat")),
+)
+
+
+def findings(record: StageRecord) -> str:
+    """A markdown list of what the run measured, one line per finding, every figure from the record's variants
+    (lines whose variants were not run are left out)."""
+    def brief(name: str) -> str | None:
+        v = record.variant(name)
+        if v is None or v.vs_reference is None:
+            return None
+        vs = v.vs_reference
+        return (f"`{name}` {vs.delta_top1:+.2f} points [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}] at "
+                f"{v.get('weights_ratio_vs_fp32'):.1f}x smaller weights")
+
+    lines = []
+    for text, names in FINDING_GROUPS:
+        briefs = [b for b in (brief(n) for n in names) if b]
+        if briefs:
+            lines.append(f"* {text}: " + "; ".join(briefs) + ".")
+    s = record.get("sensitivity")
+    if s and s.get("test", {}).get("recipe"):
+        kept, base = s["test"]["guided"], s["test"]["recipe"]
+        lines.append(f"* keeping {s['chosen_kept']} layer(s) of `{s['recipe']}` float moved top-1 by "
+                     f"{kept['delta_top1'] - base['delta_top1']:+.2f} points and cost "
+                     f"{(kept['size_mb'] - base['size_mb']) * 1e3:.1f} KB of package.")
+    budget = float(record.config.get("max_top1_drop", 1.0))
+    for drop in (budget, 0.3 * budget):
+        v = smallest_within(record, drop)
+        if v is not None:
+            lines.append(f"* smallest variant whose whole 95% interval stays within {drop:g} points: `{v.name}`, "
+                         f"weights {v.get('weights_ratio_vs_fp32'):.1f}x and package "
+                         f"{v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32.")
+        else:
+            lines.append(f"* no variant's whole 95% interval stays within {drop:g} points.")
+    for v in record.variants:
+        steps, seconds = v.get("finetune_steps"), v.get("finetune_seconds", 0.0)
+        if steps:
+            lines.append(f"* `{v.name}` fine-tuned {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s per "
+                         "step on this machine).")
+    return "\n".join(lines) if lines else "*(no variants measured)*"
+
+
+def package_overhead_bytes(record: StageRecord) -> dict[str, int]:
+    """Package bytes outside the weight file (program, metadata, manifest) per variant, FP32 included: the part
+    compression does not shrink."""
+    base = record.get("baseline") or {}
+    out = {record.get("reference_variant"): int(base["fp32_size_bytes"]) - int(base.get("fp32_weights_bytes") or 0)}
+    out.update({v.name: v.size_bytes - (v.get("weights_bytes") or 0) for v in record.variants})
+    return out
+
+
+def comparison_table(record: StageRecord) -> Table:
+    """The paired comparisons of the run (trained vs data-free, gradual vs one-shot, mixed vs uniform); the change
+    is the second variant minus the first."""
+    return Table([{"variant": c["b"], "minus": c["a"], "Δ top-1": c["delta_top1"],
+                   "Δ 95% CI": f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", "McNemar p": c["p_value"]}
+                  for c in (record.get("comparisons") or {}).values()])
+
+
+def sensitivity_table(record: StageRecord) -> Table:
+    """The per-layer ranking of the layer sensitivity analysis (most damaging first)."""
+    s = record.get("sensitivity")
+    if not s:
+        return Table([])
+    return Table([{"rank": i + 1, "layer": e["label"], "shape": "x".join(map(str, e["shape"])),
+                   "elements": e["size"], "KL": e["kl"], "val Δ top-1": e["val_delta_top1"]}
+                  for i, e in enumerate(s["layers"])])
+
+
+def keep_curve_table(record: StageRecord) -> Table:
+    """Validation top-1 and size as the k most damaging layers stay float (and the control)."""
+    s = record.get("sensitivity")
+    if not s:
+        return Table([])
+    rows = [{"kept float": c["kept"], "layers": ", ".join(c["kept_layers"]) or "-", "size MB": c["size_mb"],
+             "val top-1": c["val_top1"], "val Δ": c["val_delta_top1"], "KL": c["kl"]} for c in s["keep_curve"]]
+    c = s.get("control")
+    if c:
+        rows.append({"kept float": f"{c['kept']} (control: least damaging)", "layers": ", ".join(c["kept_layers"]),
+                     "size MB": c["size_mb"], "val top-1": c["val_top1"], "val Δ": c["val_delta_top1"], "KL": c["kl"]})
+    return Table(rows)
+
+
+def bit_allocation_table(record: StageRecord, name: str) -> Table:
+    """One row per layer of a mixed-bit variant: PyTorch module, shape, elements, the palette size chosen, and the
+    measured damage (validation KL) of that layer alone at each candidate size."""
+    info = (record.get("mixed_bits") or {}).get(name)
+    if not info:
+        return Table([])
+    return Table([{"layer": row["label"], "shape": "x".join(map(str, row["shape"])), "elements": row["size"],
+                   "bits": row["bits"], **{f"KL@{b}": row["kl"][str(b)] for b in info["bit_choices"]}}
+                  for row in info["allocation"]])
+
+
+def bit_search_table(record: StageRecord, name: str) -> Table:
+    """The allocations checked on validation while choosing a mixed-bit variant, in search order."""
+    info = (record.get("mixed_bits") or {}).get(name)
+    if not info:
+        return Table([])
+    return Table([{"path point": c["index"], "bits/weight": c["bits_per_weight"], "weights KB":
+                   c["weights_bytes"] / 1e3, "val Δ top-1": c["val_delta_top1"], "val KL": c["val_kl"],
+                   "predicted KL": c["predicted_kl"], "accepted": c["accepted"]} for c in info["checks"]])

@@ -1,0 +1,152 @@
+"""Threads that fit the free cores (``playbook.env.choose_threads``), OpenMP's wait policy set before torch loads,
+worker processes x threads within the free cores (``playbook.family_training.plan_workers``), and the step timer's
+wall and CPU seconds (``playbook.env.StepTimer``).  The load is injected, never taken from the machine."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from playbook.env import FREE_SHARE, StepTimer, ThreadChoice, choose_threads, core_budget, torch_threads
+from playbook.family_training import plan_workers
+
+
+@pytest.fixture(autouse=True)
+def _no_core_share(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_CORES", raising=False)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 16])
+@pytest.mark.parametrize("busy", [0.0, 0.3, 0.7, 1.0, 1.6, 3.0, 40.0])
+def test_threads_never_exceed_the_cores_nor_the_free_ones(cores, busy):
+    choice = choose_threads(busy=busy, cores=cores, limit=64)
+    assert 1 <= choice.threads <= cores
+    # with the busy cores of other work, never more busy threads than cores (unless one thread is already too many)
+    assert choice.threads == 1 or choice.threads + busy <= cores + FREE_SHARE
+    assert choice.source == "given" and choice.busy == pytest.approx(busy) and choice.cores == cores
+
+
+def test_threads_drop_as_the_load_rises():
+    counts = [choose_threads(busy=b, cores=8, limit=8).threads for b in (0, 0.4, 1, 2, 3.5, 6, 7, 9)]
+    assert counts == [8, 8, 7, 6, 5, 2, 1, 1]
+    assert counts == sorted(counts, reverse=True)
+    assert [choose_threads(busy=b, cores=2, limit=2).threads for b in (0.0, 0.2, 0.6, 1.0, 2.5)] == [2, 2, 1, 1, 1]
+
+
+def test_torch_default_and_the_core_share_cap_the_choice(monkeypatch):
+    assert choose_threads(busy=0, cores=16, limit=4).threads == 4  # torch's default (physical cores, OMP_NUM_THREADS)
+    monkeypatch.setenv("PLAYBOOK_CORES", "3")  # a batch's share of the machine for this model
+    assert core_budget(16) == 3
+    choice = choose_threads(busy=0, cores=16, limit=16)
+    assert (choice.threads, choice.budget, choice.cores) == (3, 3, 16)
+    assert choose_threads(busy=2.2, cores=16, limit=16).threads == 1
+    monkeypatch.setenv("PLAYBOOK_CORES", "not a number")
+    assert core_budget(16) == 16
+
+
+def test_an_explicit_request_is_respected_whatever_the_load():
+    choice = choose_threads(3, busy=40.0, cores=2)
+    assert choice.threads == 3 and choice.source == "requested" and choice.requested == 3
+    assert "more than the 2 core(s)" in choice.reason
+    assert choose_threads(1, cores=2).threads == 1
+    with pytest.raises(ValueError, match="requested=-1"):
+        choose_threads(-1)
+
+
+def test_the_choice_sets_torch_threads_for_the_block_and_is_a_record():
+    before = torch.get_num_threads()
+    choice = choose_threads(1, cores=2)
+    with choice as c:
+        assert c is choice and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(choice) as n:  # the existing helper takes a choice too
+        assert n == 1
+    record = json.loads(json.dumps(choose_threads(busy=1.0, cores=2, limit=2).to_dict()))
+    assert record["threads"] == 1 and record["busy_cores"] == 1.0 and record["cores"] == 2
+    assert {"budget", "source", "load_average", "reason", "wait_policy"} <= set(record)
+    assert "OMP_WAIT_POLICY" in record["wait_policy"]
+
+
+def test_the_measured_load_is_a_number_of_cores():
+    choice = choose_threads(sample_s=0.05)
+    assert isinstance(choice, ThreadChoice) and choice.source in ("sampled", "load average", "unknown")
+    assert choice.busy is not None and choice.busy >= 0 and 1 <= choice.threads <= choice.cores
+
+
+def test_workers_times_threads_never_exceed_the_free_cores():
+    for free in range(1, 9):
+        for jobs in range(1, 5):
+            for pending in range(0, 5):
+                plan = plan_workers(jobs, pending, free_cores=free)
+                assert plan.workers * plan.threads_per_worker <= free
+                assert plan.workers <= max(jobs, 0) and plan.workers <= pending
+                assert plan.workers == 0 or plan.workers >= 2
+    one_core = plan_workers(2, 4, free_cores=1)
+    assert one_core.workers == 0 and one_core.main_threads == 1 and "only 1 core(s) free" in one_core.reason
+    assert plan_workers(2, 4, free_cores=8).threads_per_worker == 4
+    assert plan_workers(2, 4, threads=1, free_cores=8).main_threads == 1
+    cached = plan_workers(2, 0)  # nothing to train: nothing measured
+    assert cached.workers == 0 and cached.choice is None
+
+
+_PROBE = ("import os, json, sys; import playbook.cli; assert 'torch' not in sys.modules; import torch; "
+          "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'KMP_BLOCKTIME')}))")
+
+
+def _fresh_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME",
+                                                               "PLAYBOOK_SET_OPENMP", "PLAYBOOK_OPENMP_DEFAULTS")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**clean, "OMP_DISPLAY_ENV": "TRUE", **env})
+
+
+def test_openmp_wait_policy_is_set_before_torch_loads_its_runtime():
+    """The CLI's module imports the package first; torch's OpenMP runtime then reads PASSIVE when it loads (GNU
+    OpenMP prints what it read with OMP_DISPLAY_ENV)."""
+    done = _fresh_python(_PROBE)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+    if "OPENMP DISPLAY ENVIRONMENT" in done.stderr:  # GNU OpenMP (torch's Linux wheels)
+        assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr
+    # the user's own setting wins; the marker tells child processes which values the playbook set
+    env = "import playbook, os, json; print(json.dumps({k: os.environ.get(k) for k in " \
+          "('OMP_WAIT_POLICY', 'KMP_BLOCKTIME', 'PLAYBOOK_SET_OPENMP')}))"
+    mine = _fresh_python(env, OMP_WAIT_POLICY="ACTIVE")
+    assert json.loads(mine.stdout.splitlines()[-1]) == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0",
+                                                        "PLAYBOOK_SET_OPENMP": "KMP_BLOCKTIME"}
+    off = _fresh_python(env, PLAYBOOK_OPENMP_DEFAULTS="0")
+    assert json.loads(off.stdout.splitlines()[-1]) == {"OMP_WAIT_POLICY": None, "KMP_BLOCKTIME": None,
+                                                       "PLAYBOOK_SET_OPENMP": None}
+
+
+def test_the_record_says_who_set_the_wait_policy(monkeypatch):
+    from playbook.env import wait_policy
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("KMP_BLOCKTIME", "0")
+    monkeypatch.setenv("PLAYBOOK_SET_OPENMP", "KMP_BLOCKTIME")
+    policy = wait_policy()
+    assert policy["OMP_WAIT_POLICY"] == "ACTIVE" and policy["OMP_WAIT_POLICY_set_by"] == "user"
+    assert policy["KMP_BLOCKTIME"] == "0" and policy["KMP_BLOCKTIME_set_by"] == "playbook"
+
+
+def test_step_timer_records_wall_and_the_cpu_seconds_of_a_child_process():
+    timer = StepTimer()
+    with timer.step("child"):
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                                              "while time.process_time() - t < 0.4: pass"], check=True)
+    with timer.step("sleep"):
+        time.sleep(0.2)
+    with timer.step("sleep"):
+        time.sleep(0.05)
+    steps = timer.to_dict()["steps"]
+    assert steps["child"]["cpu_children_s"] >= 0.35 and steps["child"]["cpu_s"] >= steps["child"]["cpu_children_s"]
+    assert steps["child"]["wall_s"] >= 0.35
+    assert steps["sleep"]["calls"] == 2 and steps["sleep"]["wall_s"] >= 0.24 and steps["sleep"]["cpu_s"] < 0.1
+    record = json.loads(json.dumps(timer.to_dict()))
+    assert record["total"]["wall_s"] >= 0.6 and record["total"]["cpu_children_s"] >= 0.35
