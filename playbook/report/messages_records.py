@@ -79,6 +79,15 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "pit.overcompression.title": {"en": "over-compression: {names} {what}", "ja": "圧縮のしすぎ：{names} は{what}"},
     "pit.overcompression.free": {"en": "collapse without data", "ja": "データなしの圧縮で精度が崩れます"},
     "pit.overcompression.data": {"en": "collapse", "ja": "精度が崩れます"},
+    "pit.coverage.title": {"en": "{name} compressed only {done} of {expected} weights",
+                           "ja": "{name} が圧縮したのは {expected} 個中 {done} 個の重みだけです"},
+    "pit.coverage.detail": {
+        "en": "its package is {ratio}x smaller than FP32, not what its recipe promises{why}; its size and accuracy are "
+              "those of a model with only {n} weight(s) compressed",
+        "ja": "パッケージは FP32 の {ratio} 分の 1 で、レシピが想定する大きさではありません{why}。サイズと精度は、"
+              "{n} 個の重みだけを圧縮したモデルのものです"},
+    "pit.coverage.why": {"en": "; some layers are subclasses of torch layer types, which the compressor did not see",
+                         "ja": "。一部の層は torch のレイヤー型のサブクラスで、圧縮器から見えずに浮動小数点のまま残りました"},
     "pit.overcompression.far": {"en": "lose far more than the budget", "ja": "許容低下幅を大きく超えて精度が落ちます"},
     "pit.overcompression.detail_data": {
         "en": "{figures}; more fine-tuning steps, a lower target, or layer exceptions",

@@ -72,6 +72,9 @@ PATTERNS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("spread", r"why the data-free palettes and pruning collapse here: channels of very different widths in one tensor",
      ((r"(?P<n>\d+) of (?P<total>\d+) compressed weight tensors have an output channel over 10x wider than their "
        r"median channel.*", "detail"),)),
+    ("coverage", r"(?P<name>\S+) compressed only (?P<done>\d+) of (?P<expected>\d+) weights",
+     ((r"its package is (?P<ratio>[\d.]+)x smaller than FP32, not what its recipe promises(?P<why>.*?); its size and "
+       r"accuracy are those of a model with only (?P<n>\d+) weight\(s\) compressed", "detail"),)),
 )
 _BLOCK_ITEM = re.compile(r"per_block: block_size (?P<block>\d+) does not divide the (?P<channels>\d+) channels "
                          r"\(axis (?P<axis>\d+)\) of (?P<weight>\S+?); used (?P<used>\d+)")
@@ -95,6 +98,8 @@ def translate(title: str, detail: str, loc: Locale) -> tuple[str, str, str] | No
             values["what"] = loc.t("pit.overcompression.free" if "without data" in values["what"]
                                    else "pit.overcompression.far" if "far more" in values["what"]
                                    else "pit.overcompression.data")
+        if key == "coverage":
+            values["why"] = loc.t("pit.coverage.why") if values["why"].strip() else ""
         if key == "batchnorm":
             values["where"] = (loc.t("pit.batchnorm.n", n=values["n"]) if values["n"]
                                else loc.t("pit.batchnorm.one", name=values["one"]))
