@@ -19,6 +19,7 @@ The report reads these files, never notebook outputs.  Writes are atomic (temp f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -394,17 +395,26 @@ def recorded_sha256(package: Path) -> tuple[str, Path] | None:
     for root in list(package.parents)[1:3]:
         for stage in VARIANT_STAGES:
             path = Path(root) / f"{stage}.json"
-            if not path.is_file():
-                continue
             try:
-                values = json.loads(path.read_text())
-            except (OSError, ValueError):
+                stat = path.stat()
+            except OSError:
                 continue
-            for v in values.get("variants") or []:
-                if isinstance(v, dict) and v.get("package") and v.get("package_sha256") and \
-                        (Path(root) / v["package"]).resolve() == package:
-                    return str(v["package_sha256"]), path
+            for name, digest in _recorded_packages(str(path), stat.st_mtime_ns, stat.st_size):
+                if (Path(root) / name).resolve() == package:
+                    return digest, path
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_packages(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    """``(package, package_sha256)`` of every variant a record file names, parsed once per version of the file (the
+    prediction interface asks for every package it loads: hundreds of probes in stage 02)."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return ()
+    return tuple((str(v["package"]), str(v["package_sha256"])) for v in values.get("variants") or []
+                 if isinstance(v, dict) and v.get("package") and v.get("package_sha256"))
 
 
 def verify_package(package: Path) -> None:

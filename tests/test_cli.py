@@ -13,8 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
+from stand_ins import write_notebook
 
 from playbook import cli
 from playbook.command import parse_assignments, parse_budget
@@ -125,20 +125,14 @@ print(f"REPORT value={value} budget={max_top1_drop}")
 """
 
 
-def _notebook(path: Path, params: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
-                                         nbformat.v4.new_code_cell(body)],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nbformat.write(nb, str(path))
 
 
 @pytest.fixture()
 def fake(tmp_path, monkeypatch, capsys):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
-    _notebook(nbs / "01_baseline.ipynb", FAKE_01, FAKE_01_BODY)
-    _notebook(nbs / "06_report.ipynb", FAKE_06, FAKE_06_BODY)
+    write_notebook(nbs / "01_baseline.ipynb", FAKE_01, FAKE_01_BODY)
+    write_notebook(nbs / "06_report.ipynb", FAKE_06, FAKE_06_BODY)
     monkeypatch.setenv("PLAYBOOK_HEARTBEAT_S", "0")
     reports = tmp_path / "reports"
 

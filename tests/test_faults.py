@@ -17,9 +17,9 @@ import time
 import warnings
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
+from stand_ins import write_notebook
 import torch
 
 from playbook import cli, pipeline, run_plan
@@ -75,12 +75,6 @@ def _smoke_reports(root: Path) -> Path:
     return model_dir
 
 
-def _notebook(path: Path, params: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
-                                         nbformat.v4.new_code_cell(body)],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nbformat.write(nb, str(path))
 
 
 PARAMS = 'model: str = "resnet"  # model\nsmoke: bool = False  # smoke\nreports_dir: str = ""  # reports\n'
@@ -92,7 +86,7 @@ def stand_in_notebooks(tmp_path):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     for name in ("01_baseline", "02_quantization", "05_benchmark", "06_report"):
-        _notebook(nbs / f"{name}.ipynb", PARAMS, "print('stand-in')")
+        write_notebook(nbs / f"{name}.ipynb", PARAMS, "print('stand-in')")
     return nbs
 
 
@@ -151,7 +145,7 @@ def test_1_a_signal_mid_stage_is_one_line_the_right_exit_status_and_no_half_writ
     # the stage stand-in writes into its staging folder, as StageRun.out_dir does, then waits for the signal
     body = ("import time\nfrom pathlib import Path\nstaging = Path(reports_dir) / model / '.staging' / 'baseline'\n"
             "staging.mkdir(parents=True)\n(staging / 'weight.bin').write_text('new')\ntime.sleep(120)\n")
-    _notebook(nbs / "01_baseline.ipynb", PARAMS, body)
+    write_notebook(nbs / "01_baseline.ipynb", PARAMS, body)
     env = dict(os.environ, PLAYBOOK_HEARTBEAT_S="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "playbook", "run", "--model", "resnet", "--reports-dir",
                              str(reports), "--notebooks-dir", str(nbs)], cwd=REPO, env=env, stdout=subprocess.PIPE,

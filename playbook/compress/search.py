@@ -16,14 +16,14 @@ The test split is never used here: every figure comes from the validation images
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -108,22 +108,12 @@ class LayerProbes:
             out["weights_bytes"] = float(weight_file_bytes(made.path))
         return out
 
-    def workspace(self, prefix: str) -> "_Workspace":
-        """A temporary folder inside ``work_root``, removed on exit."""
-        return _Workspace(self.work_root, prefix)
-
-
-class _Workspace:
-    def __init__(self, root: Path, prefix: str) -> None:
-        self.root, self.prefix = root, prefix
-
-    def __enter__(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.prefix}-", dir=self.root))
-        return self.path
-
-    def __exit__(self, *exc: Any) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    @contextlib.contextmanager
+    def workspace(self, prefix: str) -> Iterator[Path]:
+        """A temporary folder inside ``work_root`` (created if needed), removed on exit."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{prefix}-", dir=self.work_root, ignore_cleanup_errors=True) as name:
+            yield Path(name)
 
 
 # --------------------------------------------------------------------------- mixed bit-widths

@@ -32,7 +32,7 @@ from playbook.compress import CompressionError, get_recipe, weight_layers
 from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
 from playbook.compress.search import AllocationSettings, BitAllocator, LayerProbes, ValidationReference
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import ExportConfig, export_model, predict_split
+from playbook.coreml import ExportConfig, directory_size, export_model, predict_split
 from playbook.data import Dataset
 from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256,
                               paired_seed_test, soft_targets, subset, teacher_logits, train_or_load_student)
@@ -122,11 +122,6 @@ class DistillationConfig(MeasuredStageConfig):
         """One student training run: identical for scratch and distilled students of the same ``seed``."""
         return TrainConfig(epochs=self.sweep_epoch_count() if sweep else self.epochs(), batch_size=self.batch_size,
                            lr=self.student_lr, augment=self.augment, validate=False, seed=seed, threads=self.threads)
-
-
-def package_bytes(path: Path) -> int:
-    """Bytes of every file of a package folder."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def cpu_seconds() -> float:
@@ -439,7 +434,7 @@ class DistillationRun(DownstreamRun):
                              f"distilled {self.cfg.student} student ({self.student_params:,} parameters, "
                              f"{self.param_ratio:.0%} of the teacher), {self.cfg.precision.upper()}, uncompressed",
                              **facts, recipe=None, precision=self.cfg.precision, deployment_target=current,
-                             size_ratio_vs_fp32=self.fp32_bytes / max(1, package_bytes(base)))
+                             size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(base)))
         name = f"student-{recipe.name}"
         try:
             with self.threads(), self.timer.step("ship_compress"):
@@ -452,7 +447,7 @@ class DistillationRun(DownstreamRun):
                                                f"{recipe.description}",
                               **facts, **made.facts(), recipe=recipe.to_dict(), deployment_target=made.target,
                               weight_threshold=self.cfg.weight_threshold,
-                              size_ratio_vs_fp32=self.fp32_bytes / max(1, package_bytes(made.path)),
+                              size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(made.path)),
                               details=made.details)
         self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
                         "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
