@@ -639,3 +639,14 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     assert describe(family, ja) == "squeezenet（width=8）をベースラインの設定で 6 エポック学習（最大学習率 0.05）、FP16 の ML プログラム"
     lite0 = row("efficientnet-lite0-fp16", "architecture", "efficientnet-lite0, ImageNet weights", technique="architecture")
     assert describe(lite0, ja) == "efficientnet-lite0, ImageNet weights"  # no family facts: the English line stays
+
+
+def test_the_mixed_bits_budget_miss_reads_in_japanese():
+    """CI met this pitfall (a smoke run where no allocation met the budget) and the Japanese page showed English."""
+    from playbook.report.pitfalls import translate
+    title = "palettize-mixed: no allocation met 1.00 points on validation"
+    detail = ("not even the widest palette on every layer met it; the variant written is that widest allocation "
+              "(raise max_top1_drop or keep some layers in float)")
+    ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
+    assert lang == "ja" and "palettize-mixed" in ja_title and "1.00" in ja_title and "最も広いパレット" in ja_detail
+    assert translate(title, detail, Locale("en"))[:2] == (title, detail)

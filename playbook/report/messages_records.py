@@ -106,6 +106,13 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "pit.block.title": {"en": "{name}: some weights were skipped or got an adapted block size",
                         "ja": "{name}：一部の重みは圧縮されないか、ブロックサイズを調整しました"},
     "pit.block.detail": {"en": "{items} ({n} weights compressed)", "ja": "{items}（圧縮した重みは {n} 個）"},
+    "pit.no_allocation.title": {"en": "{name}: no allocation met {budget} points on validation",
+                                "ja": "{name}：検証データで {budget} ポイント以内に収まる割り当てがありません"},
+    "pit.no_allocation.detail": {
+        "en": "not even the widest palette on every layer met it; the variant written is that widest allocation "
+              "(raise max_top1_drop or keep some layers in float)",
+        "ja": "全層を最も広いパレットにしても収まりませんでした。書き出したのはその最も広い割り当てです"
+              "（max_top1_drop を上げるか、一部の層を浮動小数点のまま残してください）"},
     "pit.batchnorm.title": {"en": "batch_norm op(s) left in {where}", "ja": "{where}に batch_norm 演算が残っています"},
     "pit.batchnorm.n": {"en": "{n} programs", "ja": "{n} 個のプログラム"},
     "pit.batchnorm.one": {"en": "the program of {name}", "ja": "{name} のプログラム"},

@@ -37,6 +37,8 @@ PATTERNS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
        r"small model uncompressed", "detail"),)),
     ("block", r"(?P<name>\S+): some weights were skipped or got an adapted block size",
      ((r"(?P<items>.+) \((?P<n>\d+) weights compressed\)", "detail"),)),
+    ("no_allocation", rf"(?P<name>\S+): no allocation met (?P<budget>{_NUM}) points on validation",
+     ((r"not even the widest palette on every layer met it; .*", "detail"),)),
     ("batchnorm", r"batch_norm op\(s\) left in (?:(?P<n>\d+) programs|the program of (?P<one>\S+))",
      ((r"(?P<counts>.+?); the converted program applies BatchNorm as separate ops .*", "detail"),)),
     ("dkm_slow", r"(?P<name>\S+): DKM fine-tuning is slow on a CPU",

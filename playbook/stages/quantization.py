@@ -380,8 +380,8 @@ class QuantizationRun(DownstreamRun):
         for name, info in self.mixed.items():
             if not info["met_budget"]:
                 self.add_pitfall(f"{name}: no allocation met {info['budget_points']:.2f} points on validation",
-                                 "even every layer at the widest palette was refused; the variant written is that "
-                                 "widest allocation (raise max_top1_drop or add float exceptions)")
+                                 "not even the widest palette on every layer met it; the variant written is that "
+                                 "widest allocation (raise max_top1_drop or keep some layers in float)")
         for v in self.variants:
             if v.get("recipe", {}).get("algorithm") == "dkm" and v.get("finetune_steps"):
                 steps = v.get("finetune_steps")
