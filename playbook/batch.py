@@ -339,6 +339,7 @@ def run_batch(specs: list["RunSpec"], jobs: int = 2, reports_root: Path | None =
 
     Raises ``BatchInterrupted`` after a SIGINT/SIGTERM once every model has its page and the index is written.
     """
+    from playbook.env import core_share
     from playbook.pipeline import RunOutcome, record_failure
 
     lock = threading.Lock()
@@ -347,6 +348,7 @@ def run_batch(specs: list["RunSpec"], jobs: int = 2, reports_root: Path | None =
     root = Path(reports_root or specs[0].reports_root).resolve()
     progress = BatchProgress(len(specs), say)
     runnable, outcomes = validate(specs, progress)
+    share = core_share(min(max(1, jobs), max(1, len(runnable))))  # each run's cores: together no more than we have
 
     def one(spec: "RunSpec") -> None:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -354,7 +356,8 @@ def run_batch(specs: list["RunSpec"], jobs: int = 2, reports_root: Path | None =
             if stop.is_set():
                 return
             launched, t0 = time.time(), time.monotonic()
-            proc = start_child(child_argv(spec.command, spec.reports_root, spec.notebooks_dir), child_env())
+            proc = start_child(child_argv(spec.command, spec.reports_root, spec.notebooks_dir),
+                               child_env({"PLAYBOOK_CORES": str(share)}))
             running[spec.model] = proc
         progress.started(spec.model)
         assert proc.stdout is not None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from playbook.cli_parser import build_parser
-from playbook.command import BUDGET_NAMES, RunCommand, parse_assignments, parse_budget
+from playbook.command import RunCommand, canonical_budget, option_for, parse_assignments, parse_budget
 from playbook.config import ConfigError
 from playbook.paths import default_reports_root, model_dir, notebooks_dir
 
@@ -73,8 +73,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         scheduler = Scheduler.parse(args.scheduler)
     check_reports_folder(_reports_root(args))  # each model's failure page would fail to be written there too
     specs = [_spec(args, RunCommand(model=e["model"], dataset=e["dataset"] or "", smoke=e["smoke"] or args.smoke,
-                                    params=dict(e["params"]), budget=parse_budget([f"{k}={v!r}" for k, v in
-                                                                                   e["budget"].items()]),
+                                    params=dict(e["params"]), budget=canonical_budget(e["budget"]),
                                     stages=args.stages, force=args.force), update_index=False)
              for e in load_batch(args.file)]
     # a misspelled parameter is the batch author's mistake, not one model's: refuse the batch before anything runs
@@ -145,13 +144,11 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 def cmd_list_params(args: argparse.Namespace) -> int:
     from playbook.notebooks import notebook_parameters, stage_notebooks
 
-    flags = {"model": "--model", "dataset": "--dataset", "smoke": "--smoke", "reports_dir": "--reports-dir"}
     for stage, path in stage_notebooks(args.notebooks_dir):
         print(f"{stage.stem}:")
         for name, info in notebook_parameters(path).items():
-            flag = flags.get(name, f"--budget {name}=" if name in BUDGET_NAMES else f"-p {name}=")
             print(f"  {name:<18} {info.get('inferred_type_name', ''):<6} = {info.get('default', ''):<16} "
-                  f"[{flag}]  {info.get('help', '')}")
+                  f"[{option_for(name)}]  {info.get('help', '')}")
     return EXIT_OK
 
 
@@ -167,15 +164,15 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from playbook.stages.benchmark import cli_bench
+    from playbook.cli_bench import run_bench
 
-    out = cli_bench(args.model, str(_reports_root(args)), args.smoke, parse_assignments(args.params, "-p"), args.out)
+    out = run_bench(args.model, str(_reports_root(args)), args.smoke, parse_assignments(args.params, "-p"), args.out)
     print(f"benchmark record: {model_dir(args.model, _reports_root(args)) / 'benchmark.json'}; results file: {out}")
     return EXIT_OK
 
 
 def cmd_import_bench(args: argparse.Namespace) -> int:
-    from playbook.stages.benchmark import import_results
+    from playbook.cli_bench import import_results
 
     done = import_results(args.file, args.model, _reports_root(args))
     print(f"imported {done['n']} measurement(s) from {done['file']} ({done['produced_by']}; "

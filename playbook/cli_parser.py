@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from playbook.command import BUDGET_NAMES
+from playbook.command import BUDGET_NAMES, OPTIONS
 from playbook.paths import repository_root
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--reports-dir", type=Path, default=None,
+        p.add_argument(OPTIONS["reports_dir"], type=Path, default=None,
                        help="folder for reports/<model>/ (default: $PLAYBOOK_REPORTS_DIR, the repository's reports/ "
                             "in a checkout, else ./reports)")
         p.add_argument("--stages", default="",
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--notebooks-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
     run = sub.add_parser("run", help="run the stage notebooks for one model and write its report")
-    run.add_argument("--model", required=True, help="model name (playbook list-models), torchvision:NAME, "
+    run.add_argument(OPTIONS["model"], required=True, help="model name (playbook list-models), torchvision:NAME, "
                      "module:function or path/to/file.py:function")
-    run.add_argument("--dataset", default="", help="digits, fashion-mnist or imagefolder:PATH (default: 01's)")
-    run.add_argument("--smoke", action="store_true", help="tiny data and one epoch: checks the pipeline quickly")
+    run.add_argument(OPTIONS["dataset"], default="", help="digits, fashion-mnist or imagefolder:PATH (default: 01's)")
+    run.add_argument(OPTIONS["smoke"], action="store_true", help="tiny data and one epoch: checks the pipeline quickly")
     run.add_argument("-p", "--param", dest="params", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
                      help="notebook parameter; VALUE is a Python literal (3, 0.5, True, {'width': 16}) or text")
     run.add_argument("--budget", action="extend", nargs="+", default=[], metavar="NAME=VALUE",

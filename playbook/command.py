@@ -14,12 +14,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import shlex
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from playbook.config import ConfigError
 
 BUDGET_NAMES = ("max_top1_drop", "max_size_mb", "max_latency_ms")
-RESERVED = ("model", "dataset", "smoke", "reports_dir")
+# the parameters ``playbook run`` takes as options of their own, not as ``-p name=value``
+OPTIONS = {"model": "--model", "dataset": "--dataset", "smoke": "--smoke", "reports_dir": "--reports-dir"}
+RESERVED = tuple(OPTIONS)
 PROGRAM = ("python", "-m", "playbook")
 
 
@@ -61,13 +63,24 @@ def budget_name(name: str) -> str:
 
 def parse_budget(items: Sequence[str] | None) -> dict[str, Any]:
     """``["top1_drop=0.5", "max_size_mb=1"]`` -> ``{"max_top1_drop": 0.5, "max_size_mb": 1}``."""
+    return canonical_budget(parse_assignments(items, "--budget"))
+
+
+def canonical_budget(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Budgets under their canonical names (``{"top1_drop": 0.5}`` -> ``{"max_top1_drop": 0.5}``), values as they
+    are: what ``--budget`` and a batch file's ``budget:`` both give; a name given twice raises ``ConfigError``."""
     out: dict[str, Any] = {}
-    for name, value in parse_assignments(items, "--budget").items():
+    for name, value in values.items():
         canonical = budget_name(name)
         if canonical in out:
             raise ConfigError(f"--budget gives {canonical!r} twice")
         out[canonical] = value
     return out
+
+
+def option_for(name: str) -> str:
+    """How ``playbook run`` takes the notebook parameter ``name``: its own option, ``--budget name=`` or ``-p name=``."""
+    return OPTIONS.get(name) or (f"--budget {name}=" if name in BUDGET_NAMES else f"-p {name}=")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +126,11 @@ class RunCommand:
 
     def argv(self, program: Sequence[str] = PROGRAM, extra: Sequence[str] = ()) -> list[str]:
         """The command as an argument list (``program`` first)."""
-        parts = [*program, "run", "--model", self.model]
+        parts = [*program, "run", OPTIONS["model"], self.model]
         if self.dataset:
-            parts += ["--dataset", self.dataset]
+            parts += [OPTIONS["dataset"], self.dataset]
         if self.smoke:
-            parts.append("--smoke")
+            parts.append(OPTIONS["smoke"])
         if self.stages:
             parts += ["--stages", self.stages]
         for name, value in self.params.items():
@@ -125,7 +138,7 @@ class RunCommand:
         if self.budget:
             parts += ["--budget", *(format_assignment(n, v) for n, v in self.budget.items())]
         if self.reports_dir:
-            parts += ["--reports-dir", self.reports_dir]
+            parts += [OPTIONS["reports_dir"], self.reports_dir]
         if self.force:
             parts.append("--force")
         return parts + list(extra)

@@ -116,16 +116,44 @@ class StrictConfig:
         for f in dataclasses.fields(self):
             if f.name in skip:
                 continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if getattr(self, f.name) != default:
+            if getattr(self, f.name) != field_default(f):
                 out[f.name] = getattr(self, f.name)
         return out
+
+    def technique_config(self, technique: type[T], **overrides: Any) -> T:
+        """``technique`` (e.g. ``bench.BenchConfig``) built from this config's fields of the same names, ``overrides``
+        winning: a stage parameter named like a technique field *is* that field (see ``technique_field``), so the
+        technique validates it and nothing is copied by hand."""
+        names = set(self.field_names()) & set(technique.field_names())
+        return technique(**{**{n: getattr(self, n) for n in sorted(names)}, **overrides})
 
     def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
         """A short stable hash of the config (for cache keys and skip-if-done checks)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def technique_field(technique: type[StrictConfig], name: str, stage_default: Any = dataclasses.MISSING) -> Any:
+    """A stage config's field that is ``technique``'s field ``name`` under the same name (a flat notebook parameter):
+    its default is the technique's, read from there, unless the stage declares its own with ``stage_default`` (then
+    ``tests/test_config.py`` names it).  A name the technique does not have fails when the stage module is imported.
+    ``StrictConfig.technique_config`` passes the value on, where the technique checks it."""
+    fields = {f.name: f for f in dataclasses.fields(technique)}
+    if name not in fields:
+        raise TypeError(f"{technique.__name__} has no field {name!r}; its fields are {sorted(fields)}")
+    metadata = {"technique": technique, "stage_default": stage_default is not dataclasses.MISSING}
+    if stage_default is not dataclasses.MISSING:
+        return dataclasses.field(default=stage_default, metadata=metadata)
+    source = fields[name]
+    if source.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
+    return dataclasses.field(default=source.default, metadata=metadata)
+
+
+def field_default(f: "dataclasses.Field[Any]") -> Any:
+    """A dataclass field's default value (its factory called), or ``dataclasses.MISSING``."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 _NAMESPACE_IGNORED = {"In", "Out", "get_ipython", "exit", "quit", "open"}

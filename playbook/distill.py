@@ -104,6 +104,47 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * hard + (1.0 - alpha) * soft
 
 
+def logit_loss(logits: TeacherLogits | np.ndarray, temperature: float, alpha: float
+               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``loss_fn(student_logits, labels, index)`` for ``train.fit``: ``distillation_loss`` against the cached
+    teacher logits of the batch's training images (``index`` = their rows in ``dataset.train``).  Compression
+    fine-tunes use it so that a compressed student keeps learning from its teacher, not only from the labels."""
+    table = torch.from_numpy(np.asarray(logits.logits if isinstance(logits, TeacherLogits) else logits,
+                                        dtype=np.float32))
+    check_temperature("temperature", temperature)
+
+    def loss(student_logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        teacher = table[index.cpu()].to(student_logits.device)
+        return distillation_loss(student_logits, teacher, labels, temperature, alpha)
+
+    return loss
+
+
+# --------------------------------------------------------------------------- a student sized by the budget
+def bytes_per_element(fp16_bytes: int, eligible_elements: int, compressed_bytes: int) -> float:
+    """Bytes one eligible weight element takes after a recipe, measured on one network: its FP16 package minus the
+    recipe's package is what the recipe saved, spread over the elements it could compress (2 bytes each in FP16)."""
+    if eligible_elements <= 0:
+        raise ValueError("eligible_elements must be > 0")
+    return 2.0 - (fp16_bytes - compressed_bytes) / eligible_elements
+
+
+def choose_student(candidates: Sequence[dict[str, Any]], rate: float, max_bytes: float) -> dict[str, Any]:
+    """The student to train: the one with the most parameters whose predicted compressed package (its FP16 package
+    less ``2 - rate`` bytes per eligible element) is at most ``max_bytes``; when none is, the smallest prediction.
+
+    ``candidates``: ``{"width", "parameters", "fp16_bytes", "eligible"}`` each (sizes of untrained students: exact,
+    since a package's size does not depend on the weights' values).  Returns ``chosen``, ``fits`` and every
+    candidate with its ``predicted_bytes``."""
+    if not candidates:
+        raise ValueError("choose_student needs at least one candidate")
+    rows = [{**c, "predicted_bytes": float(c["fp16_bytes"]) - float(c["eligible"]) * (2.0 - rate)} for c in candidates]
+    fitting = [r for r in rows if r["predicted_bytes"] <= max_bytes]
+    chosen = (max(fitting, key=lambda r: (r["parameters"], -r["predicted_bytes"])) if fitting
+              else min(rows, key=lambda r: r["predicted_bytes"]))
+    return {"chosen": chosen, "fits": bool(fitting), "candidates": rows}
+
+
 # --------------------------------------------------------------------------- cached teacher logits
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (the teacher checkpoint's identity)."""

@@ -340,10 +340,13 @@ def connect(scheduler: Scheduler) -> Iterator["Client"]:
     """A Dask client for ``scheduler``: a ``LocalCluster`` of worker processes, or a running scheduler."""
     from distributed import Client, LocalCluster
 
+    from playbook.env import core_share
+
     if scheduler.address is None:
         # a free port for the scheduler's HTTP server (the dashboard when bokeh is installed): 8787 may be taken
+        # each worker runs one model at a time; together they get this machine's cores, split evenly
         with LocalCluster(n_workers=scheduler.local_workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0",
+                          dashboard_address=":0", env={"PLAYBOOK_CORES": str(core_share(scheduler.local_workers))},
                           scheduler_kwargs={"allowed_failures": WORKER_DEATHS_ALLOWED}) as cluster, \
                 Client(cluster) as client:
             yield client

@@ -205,6 +205,13 @@ def core_budget(cores: int | None = None) -> int:
     return cores
 
 
+def core_share(processes: int, cores: int | None = None) -> int:
+    """The cores each of ``processes`` model runs started side by side from this process may use (at least 1):
+    this process's ``core_budget`` split evenly.  ``playbook batch --jobs N`` and a local Dask cluster of N workers
+    give it to each run as ``$PLAYBOOK_CORES``, so that the runs together keep no more busy threads than cores."""
+    return max(1, core_budget(cores) // max(1, int(processes)))
+
+
 def choose_threads(requested: int | None = None, *, busy: float | None = None, cores: int | None = None,
                    sample_s: float = 0.5, limit: int | None = None) -> ThreadChoice:
     """torch threads for work about to start: the cores this process may use that other work leaves free.
@@ -365,6 +372,7 @@ def environment(compute_unit: str | None = None, runtime: str | None = None) -> 
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cores_available": available_cores(),
+        "core_budget": core_budget(),  # the cores this run may use: $PLAYBOOK_CORES, set by a batch, caps them
         "load_average": list(load_average() or ()) or None,
         "openmp": wait_policy(),
         "python": platform.python_version(),

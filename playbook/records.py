@@ -127,6 +127,9 @@ def lineage_of(root: Path, paths: list[Path]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the variant record
 _DERIVED_KEYS = ("size_mb", "zip_mb")
+# What a variant is: a Core ML package (.mlpackage) or a Core AI model (.aimodel, iOS / macOS 27+).
+VARIANT_TARGETS = ("coreml", "coreai")
+COREAI_MIN_OS = 27
 
 
 @dataclasses.dataclass
@@ -136,7 +139,9 @@ class VariantRecord:
     Every stage produces these through ``stages.common.StageRun.measure``; the report reads them.
     ``None`` means *not measured*; ``provenance[axis]`` says how each figure was obtained or why
     it is missing.  ``extra`` holds stage-specific facts (recipe, technique, deployment target...),
-    written at the top level of the variant's JSON.
+    written at the top level of the variant's JSON.  ``target`` is what the variant is: a Core ML package
+    (``"coreml"``, an ``.mlpackage``; the default, so older records read unchanged) or a Core AI model (``"coreai"``,
+    an ``.aimodel``, which loads only on iOS / macOS 27 or later).
     """
 
     name: str
@@ -164,6 +169,7 @@ class VariantRecord:
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     measure_seconds: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    target: str = "coreml"
 
     # ---- derived
     @property
@@ -207,6 +213,8 @@ class VariantRecord:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in values.items() if k in names}
         extra = {k: v for k, v in values.items() if k not in names and k not in _DERIVED_KEYS}
+        if known.get("target") is None:
+            known.pop("target", None)
         if "name" not in known or "stage" not in known:
             raise ValueError(f"a variant record needs 'name' and 'stage'; got keys {sorted(values)}")
         if isinstance(known.get("vs_reference"), dict):

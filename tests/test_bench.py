@@ -21,7 +21,8 @@ from playbook.records import StageRecord, VariantRecord, load_stage_records, rea
 from playbook.report.device import best_latencies, with_best_latency
 from playbook.report.recommend import variant_rows
 from playbook.stages.baseline import BaselineConfig, run_baseline
-from playbook.stages.benchmark import BenchmarkConfig, BenchmarkRun, import_results, run_benchmark
+from playbook.cli_bench import import_results
+from playbook.stages.benchmark import BenchmarkConfig, BenchmarkRun, run_benchmark
 from playbook.swift_bench import SWIFT_KEYS, resource_name, swift_benchmark
 
 ON_MAC = platform.system() == "Darwin"
@@ -224,6 +225,26 @@ def test_best_latency_prefers_device_then_host_then_reference():
     shown = with_best_latency(base.variants[1], best)
     assert shown.latency_ms == 1.1 and shown.provenance["latency"]["runtime"] == "coreml"
     assert base.variants[1].latency_ms == 7.0  # a copy: the record is untouched
+
+
+# --------------------------------------------------------------------------- the views of the record
+def test_the_notebook_tables_are_functions_of_the_record(benched):
+    """What notebook 05 shows comes from the record (``run.snapshot()`` while it runs): the packages, every setting
+    (the ones that cannot run here with their reason), the host's peak, this run's and the imported measurements."""
+    from playbook import views
+
+    cfg, record = benched
+    targets = views.bench_targets_table(record).rows
+    assert [(r["stage"], r["variant"]) for r in targets] == [(t["stage"], t["variant"]) for t in record["targets"]]
+    assert all(r["size MB"] > 0 and len(r["sha256"]) == 12 for r in targets)
+    settings = views.bench_settings_table(record).rows
+    assert len(settings) == len(record["settings"]) + len(record["skipped"])
+    assert {r["tier"] for r in settings if r["runs here"] == "no" and r["setting"].startswith("coreml")} <= {"device"}
+    assert [r["setting"] for r in views.host_peak_table(record).rows] == list(record["host_peak"])
+    here, imported = views.measurements_of(record), views.measurements_of(record, imported=True)
+    assert here == record["measurements"] and imported == []
+    assert len(views.bench_measurements_table(here).rows) == len(here)
+    assert len(views.ratio_table(record["comparisons"]).rows) == len(record["comparisons"])
 
 
 # --------------------------------------------------------------------------- import-bench

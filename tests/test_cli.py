@@ -40,6 +40,26 @@ def test_values_are_python_literals_with_a_string_fallback():
             parse_budget(bad)
 
 
+def test_a_command_parses_back_into_itself_and_budgets_are_never_reparsed_from_text():
+    """The parser's options are ``command.OPTIONS``: the argv a ``RunCommand`` builds parses back into the same
+    command; a batch file's budget (a mapping) is canonicalised as values, so a string stays a string."""
+    from playbook.cli_parser import build_parser
+    from playbook.command import OPTIONS, RunCommand, canonical_budget, option_for
+
+    command = RunCommand(model="resnet", dataset="digits", smoke=True, params={"epochs": 1, "note": "a b"},
+                         budget={"max_top1_drop": 0.5}, stages="01,06", reports_dir="/tmp/r", force=True)
+    args = build_parser().parse_args(command.argv()[3:])
+    again = RunCommand(model=args.model, dataset=args.dataset, smoke=args.smoke, stages=args.stages, force=args.force,
+                       params=parse_assignments(args.params, "-p"), budget=parse_budget(args.budget),
+                       reports_dir=str(args.reports_dir))
+    assert again == command
+    assert canonical_budget({"top1_drop": "0.5", "size_mb": 1}) == {"max_top1_drop": "0.5", "max_size_mb": 1}
+    with pytest.raises(ConfigError, match="twice"):
+        canonical_budget({"top1_drop": 1, "max_top1_drop": 2})
+    assert [option_for(n) for n in ("reports_dir", "max_size_mb", "epochs")] == [
+        OPTIONS["reports_dir"], "--budget max_size_mb=", "-p epochs="]
+
+
 def test_batch_file_validation(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(textwrap.dedent("""\
@@ -318,6 +338,9 @@ def test_batch_isolates_a_failing_model(resnet_run, tmp_path, cache_env):
     for model in ("resnet", "squeezenet"):
         _assert_complete_report(reports / model / "report.html")
         assert json.loads((reports / model / "run.json").read_text())["status"] == "ok"
+    from playbook.env import core_share
+    squeezenet = json.loads((reports / "squeezenet" / "baseline.json").read_text())["environment"]
+    assert squeezenet["core_budget"] == core_share(2)  # two jobs side by side: each gets half of the cores
     failed_dir = next(d for d in reports.iterdir() if d.name.endswith("broken"))
     page = (failed_dir / "report.html").read_text()
     assert "FAILED" in page and "broken on purpose" in page and "Log tail" in page

@@ -305,6 +305,58 @@ def test_stage_writes_the_record(stage):
     assert set(record["pareto_front"]) <= {v["name"] for v in record["variants"]} | {"baseline-fp32", "baseline-fp16"}
 
 
+def test_core_ai_variants_beside_core_ml_a_refused_recipe_recorded_not_fatal(stage, monkeypatch, capsys):
+    """Issue 24: with the Core AI packages, stage 02 exports the trained model as .aimodel and measures it through
+    Apple's runtime (target="coreai", host-interpreter latency never ranked); a coreai-opt compression that fails is
+    recorded in the record's ``coreai`` details and the stage goes on."""
+    from playbook.compress import coreai_variants as cv
+    from playbook.compress.coreai_side import CoreAICompressionError, coreai_available
+
+    if not coreai_available()[0]:
+        pytest.skip(f"Core AI packages not importable: {coreai_available()[1]}")
+
+    def refuse(model, technique, *args, **kwargs):
+        raise CoreAICompressionError(f"coreai-{technique}", technique, "coreai-opt prepare", "RuntimeError: boom",
+                                     "see coreai-opt's documentation")
+
+    monkeypatch.setattr(cv, "compress_coreai", refuse)
+    st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], sensitivity_recipe="none", coreai_images=50))
+    assert st.cfg.coreai_settings().names() == ["coreai-fp16", "coreai-int8"]  # the smoke policy's few
+    made = st.run_coreai()
+    assert "skipped coreai-int8" in capsys.readouterr().out
+    assert [v.name for v in made] == ["coreai-fp16"] and st.coreml_variants == []
+    v = made[0]
+    assert v.target == "coreai" and v.package.endswith("coreai-fp16.aimodel")
+    assert v.n_test == 50 < len(stage.dataset.test)  # coreai_images bounds the runtime's (slow) share of the split
+    assert st.scores["coreai-fp16"].shape[0] == 50
+    assert v.top1_ci[0] <= v.top1 <= v.top1_ci[1] and v.vs_reference is not None and v.reference == "baseline-fp32"
+    assert v.provenance["accuracy"]["runtime"] == "coreai" and v.provenance["latency"]["runtime"] == "coreai-host"
+    assert "never ranked" in v.provenance["latency"]["note"] and v.size_bytes > 0
+    assert st.coreai["available"] and st.coreai["variants"] == ["coreai-fp16"] and not st.coreai["failed"]
+    assert st.coreai["skipped"][0]["recipe"] == "coreai-int8" and st.coreai["skipped"][0]["side"] == "coreai"
+    assert "coreai-fp16" not in st.pareto() and "coreai-fp16" in {v.name for v in st.chart_variants(coreai=True)}
+    table = views.coreai_table(st.snapshot())
+    assert [r["variant"] for r in table.rows] == ["coreai-fp16"] and "refused" in views.explain_coreai(st.snapshot())
+    # any other failure is recorded with its phase
+    monkeypatch.setattr(cv, "compress_coreai", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad weights")))
+    monkeypatch.setattr(cv, "export_aimodel", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    assert st.run_coreai() == []
+    assert {(f["recipe"], f["phase"], f["error"]) for f in st.coreai["failed"]} == {
+        ("coreai-fp16", "export", "OSError"), ("coreai-int8", "compress", "ValueError")}
+
+
+def test_without_the_core_ai_packages_the_stage_records_why(stage, monkeypatch):
+    from playbook.compress import coreai_variants as cv
+
+    monkeypatch.setattr(cv, "coreai_available", lambda: (False, "coreai-core is not installed"))
+    st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], sensitivity_recipe="none"))
+    assert st.run_coreai() == [] and st.coreai["available"] is False
+    assert st.coreai["why"] == "coreai-core is not installed" and st.snapshot()["coreai"]["why"]
+    assert "No Core AI variants" in views.explain_coreai(st.snapshot())
+    off = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], coreai=False))
+    assert off.run_coreai() == [] and "coreai=False" in off.coreai["why"]
+
+
 def test_stage_refuses_a_dataset_other_than_the_baselines(stage):
     with pytest.raises(ConfigError, match="was made on 'digits'"):
         QuantizationRun(stage.cfg.replace(dataset="fashion-mnist"))

@@ -61,3 +61,57 @@ def test_values_of_the_wrong_type_are_rejected_naming_the_field(field, value, me
 def test_values_of_the_right_type_pass():
     ok = Typed(name="y", size=2, rate=1, flag=True, options={"a": 1}, items=("a",), folder=None)
     assert ok.rate == 1 and Typed(folder="/tmp").folder == "/tmp"
+
+
+# --------------------------------------------------------------------------- stage parameters that are technique fields
+def _builds():
+    """(stage config, technique config it builds with ``technique_config``, the fields stage 01/05 deliberately give
+    their own default).  Anything else a stage names like one of the technique's fields must be that field."""
+    from playbook.bench import BenchConfig
+    from playbook.stages.baseline import BaselineConfig
+    from playbook.stages.benchmark import BenchmarkConfig
+    from playbook.train import TrainConfig
+
+    return [(BaselineConfig, TrainConfig, {"min_steps", "patience"}), (BenchmarkConfig, BenchConfig, set())]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["baseline-train", "benchmark-bench"])
+def test_a_stage_parameter_named_like_a_technique_field_is_that_field(index):
+    """One place per value: a stage field that shadows a technique field is declared with ``technique_field`` (its
+    default read from the technique), the stage's own defaults for such fields are the ones listed, and the
+    technique config built from the stage's defaults carries every shared value."""
+    from playbook.config import field_default
+    from playbook.stages.common import MeasuredStageConfig
+
+    stage, technique, own_defaults = _builds()[index]
+    mine = {f.name: f for f in dataclasses.fields(stage)}
+    theirs = {f.name: f for f in dataclasses.fields(technique)}
+    shared = set(mine) & set(theirs)
+    common = {f.name for f in dataclasses.fields(MeasuredStageConfig)}  # every stage's (threads): same default
+    tagged = {n for n, f in mine.items() if f.metadata.get("technique") is technique}
+    assert shared - common == tagged, "declare these with technique_field(...): " + str(sorted(shared - common - tagged))
+    assert {n for n in tagged if mine[n].metadata["stage_default"]} == own_defaults
+    for name in shared - own_defaults:
+        assert field_default(mine[name]) == field_default(theirs[name]), name
+    built, defaults = stage().technique_config(technique), stage()
+    assert {n: getattr(built, n) for n in shared} == {n: getattr(defaults, n) for n in shared}
+
+
+def test_technique_field_refuses_a_name_the_technique_does_not_have():
+    from playbook.config import technique_field
+
+    assert technique_field(Example, "a").default == 1
+    with pytest.raises(TypeError, match=r"Example has no field 'c'; its fields are \['a', 'b'\]"):
+        technique_field(Example, "c")
+
+
+def test_technique_config_passes_same_named_fields_and_overrides_win():
+    from playbook.config import technique_field
+
+    @dataclasses.dataclass(frozen=True)
+    class Stage(StrictConfig):
+        a: int = technique_field(Example, "a")
+        other: str = "y"
+
+    assert Stage().a == 1 and Stage(a=4).technique_config(Example) == Example(a=4)
+    assert Stage(a=4).technique_config(Example, a=5, b="z") == Example(a=5, b="z")

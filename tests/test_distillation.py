@@ -255,7 +255,8 @@ def test_paired_seed_test_matches_scipy_and_reports_mean_and_std():
 from playbook.stages.distillation import DistillationConfig, DistillationRun, run_distillation  # noqa: E402
 
 SMALL_TEACHER = {"dataset": "digits", "model_options": {"width": 8}, "epochs": 2, "lr": 0.05}
-FAST = {"student_options": {"width": 4}, "seeds": [0, 1], "sweep_temperatures": [1.0, 4.0], "sweep_alphas": [0.5, 0.9]}
+FAST = {"student_options": {"width": 4}, "seeds": [0, 1], "sweep_temperatures": [1.0, 4.0], "sweep_alphas": [0.5, 0.9],
+        "student_widths": [4, 6], "min_size_ratio": 1000.0}  # no width reaches 1000x: the smallest (4) is trained
 
 
 @pytest.mark.parametrize("changes, error, message", [
@@ -484,3 +485,57 @@ def test_explanation_reports_the_gap_to_the_teacher_and_survives_a_single_seed(s
     text = views.explain_seeds(run.snapshot())
     assert "one seed: no test over seeds" in text and "gain +5.00 points" in text
     assert "20.00 points above the scratch student: distillation recovered 25% of that gap" in text
+
+
+def test_the_student_is_the_widest_whose_predicted_package_fits_the_size_budget():
+    from playbook.distill import bytes_per_element, choose_student
+
+    rate = bytes_per_element(fp16_bytes=360_000, eligible_elements=170_000, compressed_bytes=100_000)
+    assert rate == pytest.approx(2 - 260_000 / 170_000)
+    widths = [{"width": w, "parameters": 300 * w * w, "fp16_bytes": 18_000 + 600 * w * w, "eligible": 290 * w * w}
+              for w in (8, 12, 16)]
+    plan = choose_student(widths, rate, max_bytes=45_000)
+    predicted = {c["width"]: c["predicted_bytes"] for c in plan["candidates"]}
+    assert predicted[8] < predicted[12] <= 45_000 < predicted[16]
+    assert plan["fits"] and plan["chosen"]["width"] == 12  # the widest that fits, not the smallest
+    none_fit = choose_student(widths, rate, max_bytes=1_000)
+    assert not none_fit["fits"] and none_fit["chosen"]["width"] == 8
+
+
+def test_the_plan_is_recorded_with_measured_candidates_and_checked_against_the_shipped_package(smoke_stage):
+    cfg, record, root = smoke_stage
+    plan = record["student"]["plan"]
+    assert plan["chosen"] and not plan["fits"] and "no width of [4, 6]" in plan["why"]
+    sizes = {c["width"]: c for c in plan["candidates"]}
+    assert sizes[4]["fp16_bytes"] < sizes[6]["fp16_bytes"] and sizes[4]["eligible"] < sizes[6]["eligible"]
+    assert record["student"]["architecture"]["knobs"] == {"width": 4}
+    assert sizes[4]["parameters"] == record["student"]["parameters"]  # the student trained is the one planned
+    plain = record.variant("student-fp16")
+    # an untrained student's package has the trained one's size, but for the metadata the shipped package carries
+    assert abs(plain.size_bytes - sizes[4]["fp16_bytes"]) < 0.01 * plain.size_bytes
+    shipped = record["shipped"]
+    assert shipped["predicted_bytes"] == pytest.approx(sizes[4]["predicted_bytes"])
+    assert abs(shipped["predicted_bytes"] - record.variant(shipped["shipped"]).size_bytes) < 0.35 * shipped["predicted_bytes"]
+
+
+def test_a_compression_fine_tune_learns_from_the_teachers_logits(digits):
+    """``ModelSource.loss_fn`` reaches ``train.fit``: the fine-tune of a PyTorch-side recipe calls the distillation
+    loss with the batch's training-image indices, and its loss differs from cross-entropy's."""
+    from playbook.compress.torch_side import compress_torch
+    from playbook.distill import logit_loss
+
+    teacher = _tiny(digits, seed=3, width=8)
+    with torch.no_grad():
+        table = teacher(digits.to_tensor(digits.train.images)).numpy()
+    seen = []
+    loss = logit_loss(table, temperature=4.0, alpha=0.0)
+
+    def spy(logits, labels, index):
+        seen.append(index.clone())
+        return loss(logits, labels, index)
+
+    student = _tiny(digits, seed=0, width=4)
+    with_teacher = compress_torch("torch-w8a8-qat", student, digits, finetune_steps=3, batch_size=16, loss_fn=spy)
+    plain = compress_torch("torch-w8a8-qat", student, digits, finetune_steps=3, batch_size=16)
+    assert len(seen) == 3 and all(len(i) == 16 and int(i.max()) < len(digits.train) for i in seen)
+    assert with_teacher.losses != plain.losses

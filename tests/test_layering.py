@@ -23,7 +23,8 @@ PACKAGE = ROOT / "playbook"
 LAYERS = ("playbook.stages.", "playbook.views", "playbook.report")
 REGISTRY = "playbook.stages"
 # the command-line layer: it runs stages and renders reports, so it may import them
-ENTRY_POINTS = {"playbook", "playbook.__main__", "playbook.cli", "playbook.cli_parser", "playbook.pipeline", "playbook.run_plan",
+ENTRY_POINTS = {"playbook", "playbook.__main__", "playbook.cli", "playbook.cli_parser", "playbook.cli_bench",
+                "playbook.pipeline", "playbook.run_plan",
                 "playbook.batch", "playbook.notebooks", "playbook.distributed", "playbook.distributed_transfer"}
 LONG_MODULES_ALLOWED = {"playbook.mlprogram"}
 MAX_LINES = 600

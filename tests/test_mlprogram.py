@@ -365,6 +365,42 @@ def test_w8a8_matches_fake_quantized_torch(precision, w8a8_resnet, tmp_dir):
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
 
 
+class _PoolViewHead(nn.Module):
+    """conv -> ReLU6 -> global pool -> ``view`` -> dropout -> linear: efficientnet-lite0's head in small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(1, 16, 3, padding=1), nn.ReLU6()
+        self.pool, self.drop, self.fc = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv(x)))
+        return self.fc(self.drop(x.view(-1, 16)))
+
+
+def test_w8a8_requantization_across_a_view_follows_torch(tmp_dir, digits):
+    """Issue 23: LinearQuantizer observes the dropout after ``view`` on its own (pooled features re-quantized from
+    (6/255, zero point 0) to (12/255, 128)); coremltools' ``int_op_canonicalization`` turns
+    dequantize -> reshape -> quantize into a bare reshape of the integers whatever the two parameter pairs, so the
+    classifier read the codes with the wrong scale/zero point (lite0: 89 % in torch, 38 % through the package).
+    ``compress_torch`` gives such re-quantizations the parameters of the tensor they read, which makes the rewrite
+    exact: the package must then compute what the torch model computes."""
+    from playbook.compress import compress_torch
+
+    torch.manual_seed(0)
+    made = compress_torch("torch-w8a8-static", _PoolViewHead().eval(), digits, prepare=(), weight_threshold=0)
+    assert made.details["shared_requantization"]  # the pooled features' re-quantization was aligned
+    size = digits.input_shape[-1]
+    prog = _load(_convert(made.model, size, "fp32", target=ct.target.iOS17), tmp_dir, "pool-view-w8a8")
+    x = digits.to_tensor(digits.test.images).numpy()
+    got = prog.predict({"x": x})["logits"].astype(np.float32)
+    ref = _torch(made.model, x)
+    quantum = float(np.max(prog.const_input([n for n in prog.nodes if n.op_type == "dequantize"][-1], "scale")))
+    diff = np.abs(got - ref)
+    assert diff.max() <= 2 * quantum + 1e-6, (diff.max(), quantum)  # without the fix: 0.43, ~150 quanta
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+
+
 def test_quantize_rounds_half_to_even_with_reciprocal():
     node = mlprogram.Node("main", 0, "quantize", "q", {}, ("q",),
                           {"input": mlprogram.VarType((4,), "fp32"), "scale": mlprogram.VarType((), "fp32")},

@@ -610,8 +610,8 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     ja, en = Locale("ja"), Locale("en")
     japanese = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
-    def row(name, stage, description, **raw):
-        return SimpleNamespace(name=name, stage=stage, description=description, raw=raw)
+    def row(name, stage, description, target="coreml", **raw):
+        return SimpleNamespace(name=name, stage=stage, description=description, raw=raw, target=target)
 
     for recipe in RECIPES.values():
         if recipe.technique == "precision":
@@ -639,6 +639,12 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     assert describe(family, ja) == "squeezenet（width=8）をベースラインの設定で 6 エポック学習（最大学習率 0.05）、FP16 の ML プログラム"
     lite0 = row("efficientnet-lite0-fp16", "architecture", "efficientnet-lite0, ImageNet weights", technique="architecture")
     assert describe(lite0, ja) == "efficientnet-lite0, ImageNet weights"  # no family facts: the English line stays
+    from playbook.compress.coreai_side import TECHNIQUES
+    for technique, t in TECHNIQUES.items():  # Core AI models: coreai-opt's techniques in Japanese too
+        text = describe(row(f"coreai-{technique}", "quantization", t.description, "coreai", technique=technique), ja)
+        assert japanese.search(text) and "coreai-opt" in text, technique
+    fp16 = row("coreai-fp16", "quantization", "", "coreai", technique="float", scheme="fp16")
+    assert describe(fp16, ja) == "学習済みモデルをそのまま Core AI モデルに（FP16、coreai-torch）"
 
 
 def test_the_mixed_bits_budget_miss_reads_in_japanese():
@@ -650,3 +656,114 @@ def test_the_mixed_bits_budget_miss_reads_in_japanese():
     ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
     assert lang == "ja" and "palettize-mixed" in ja_title and "1.00" in ja_title and "最も広いパレット" in ja_detail
     assert translate(title, detail, Locale("en"))[:2] == (title, detail)
+
+
+def test_the_student_size_miss_reads_in_japanese():
+    from playbook.report.pitfalls import translate
+    title = "the shipped student misses min_size_ratio=20"
+    detail = ("18.2x smaller than the teacher's FP32 package: 39.2 KB measured against 34.4 KB predicted from the "
+              "recipe's rate on the teacher; a small network keeps more bits per weight (...): lower the width")
+    ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
+    assert lang == "ja" and "min_size_ratio=20" in ja_title and "39.2 KB" in ja_detail and "34.4 KB" in ja_detail
+
+
+# --------------------------------------------------------------------------- Core AI beside Core ML (issue 24)
+def _with_coreai(root: Path, package: Path, coreai_info=None, baseline_target="iOS17"):
+    """The three records of ``write_records`` plus a Core AI model in the quantization record: smaller than every
+    Core ML variant and within one point, so it wins on size wherever it may compete; its latency is a
+    host-interpreter figure, the fastest of all, which must never rank."""
+    from playbook.records import read_stage_record
+
+    model_dir = write_records(root, package)
+    base = read_stage_record(model_dir, "baseline")
+    base.config["deployment_target"] = baseline_target
+    write_stage_record(model_dir, base)
+    quant = read_stage_record(model_dir, "quantization")
+    ai = _variant("quantization", "coreai-int4", 89.7, 0.06, 0.05, package, drop=0.3)
+    ai.target = "coreai"
+    ai.provenance["latency"] = {"runtime": "coreai-host", "measured": True, "rankable": False,
+                                "what": "host interpreter: coreai-core's runtime on this machine's CPU"}
+    ai.io = {"inputs": [{"name": "image", "type": "ndArray", "dtype": "FLOAT32", "shape": [1, 1, 8, 8],
+                         "batch": "dynamic (1-4096)"}], "outputs": [{"name": "logits", "type": "ndArray",
+                                                                     "shape": [1, 10]}], "min_os": "27.0"}
+    ai.extra.update(technique="int4", side="coreai", deployment_target="iOS27",
+                    details={"messages": ["palettizer skipped layer fc (16 does not divide 10)"]})
+    quant.variants.append(ai)
+    quant.details["coreai"] = coreai_info or {
+        "available": True, "versions": "coreai-core 1.0.0b3", "variants": ["coreai-int4"], "skipped": [],
+        "failed": [{"recipe": "coreai-prune50", "phase": "compress", "error": "RuntimeError", "reason": "boom"}],
+        "oracle": {"coreai-int4": {"top1_agreement": 100.0, "max_rel_error": 3e-7, "passed": True, "n": 400}}}
+    write_stage_record(model_dir, quant)
+    return model_dir
+
+
+def test_variant_records_carry_their_target_and_old_records_read_as_core_ml():
+    old = {"name": "int8", "stage": "quantization", "size_bytes": 10}
+    assert VariantRecord.from_dict(old).target == "coreml"
+    ai = VariantRecord(name="coreai-fp16", stage="quantization", target="coreai")
+    assert ai.to_dict()["target"] == "coreai" and VariantRecord.from_dict(ai.to_dict()).target == "coreai"
+
+
+def test_core_ai_variants_compete_only_for_a_deployment_target_of_27_or_later(tmp_path, tiny_package):
+    _with_coreai(tmp_path, tiny_package)
+    below = recommend(_data(tmp_path))  # the baseline's deployment target, iOS17
+    assert below.chosen.name == "int8-linear" and below.chosen.target == "coreml"
+    assert [(r.name, "iOS17" in why) for r, why in below.excluded] == [("coreai-int4", True)]
+    assert "coreai-int4" not in {r.name for r in below.feasible} and "Not competing" in below.why
+    for target in ("iOS18", "macOS15", "iOS26"):
+        assert recommend(_data(tmp_path, app_target=target)).chosen.name == "int8-linear", target
+    at27 = recommend(_data(tmp_path, app_target="iOS27"))
+    assert at27.chosen.name == "coreai-int4" and not at27.excluded  # it competes, and is the smallest
+    assert recommend(_data(tmp_path, app_target="macOS28")).chosen.name == "coreai-int4"
+    only_ml = recommend(_data(tmp_path, app_target="iOS27", framework="coreml"))
+    assert only_ml.chosen.name == "int8-linear"
+    only_ai = recommend(_data(tmp_path, app_target="iOS17", framework="coreai"))
+    assert only_ai.chosen is None and only_ai.closest is None  # nothing may ship: Core AI needs 27, Core ML is excluded
+    # its host-interpreter latency (the fastest figure of all) never ranks: a latency objective falls back
+    fast = recommend(_data(tmp_path, app_target="iOS27", objective="latency"))
+    assert fast.objective == "size" and "cannot rank" in fast.objective_reason
+    with pytest.raises(ConfigError, match="app_target"):
+        Budget(app_target="twenty-seven")
+    with pytest.raises(ConfigError, match="framework"):
+        Budget(framework="tflite")
+
+
+def test_the_core_ml_or_core_ai_section_in_both_languages(tmp_path, tiny_package):
+    _with_coreai(tmp_path, tiny_package)
+    en = _page(tmp_path, "en")
+    section = en[en.index('id="coreai"'):en.index('id="next"')]
+    assert "Core AI models did not compete" in section and "iOS17" in section
+    assert "int8-linear" in section and "coreai-int4" in section and "0.060 MB" in section
+    assert "top-1 agreement 100.00%" in section and "3.0e-07" in section
+    assert "1 recipe(s) failed: coreai-prune50" in section
+    assert "import CoreML" in section and "import CoreAI" in section
+    assert "AIModel(contentsOf: url)" in section and "loadFunction(named: &#34;main&#34;)" in section
+    assert "not compiled here" in section and "https://developer.apple.com/documentation/coreai/aimodel" in section
+    assert "host-interpreter" in section and "palettizer skipped layer fc" in section
+    at27 = _page(tmp_path, "en", app_target="iOS27")
+    assert "Core AI models competed" in at27[at27.index('id="coreai"'):]
+    delivered = at27[at27.index('id="deliverables"'):at27.index('id="coreai"')]
+    assert "import CoreAI" in delivered and "import CoreML" not in delivered  # the delivered model's own Swift
+    ja = _page(tmp_path, "ja")
+    section = ja[ja.index('id="coreai"'):ja.index('id="next"')]
+    assert "Core ML か Core AI か" in section and "比較対象にしていません" in section
+    prose = re.sub(r"<pre.*?</pre>", "", section, flags=re.S)  # Swift comments stay English, as in the Core ML snippet
+    assert "not compiled" not in prose and "コンパイルしていません" in prose and "Core AI models" not in prose
+
+
+def test_the_section_says_why_there_is_no_core_ai_variant(tmp_path, tiny_package):
+    write_records(tmp_path, tiny_package)
+    en = _page(tmp_path, "en")
+    section = en[en.index('id="coreai"'):en.index('id="next"')]
+    assert "No Core AI variants were made" in section and "re-run stage 02 with coreai=True" in section
+    assert "import CoreML" in section and "import CoreAI" not in section
+    from playbook.records import read_stage_record
+
+    quant = read_stage_record(tmp_path / "resnet", "quantization")
+    quant.details["coreai"] = {"available": False, "why": "coreai-core is not installed (pip install "
+                                                          "'coreml-playbook[coreai]')", "variants": []}
+    write_stage_record(tmp_path / "resnet", quant)
+    for lang, text in (("en", "the quantization stage recorded why"), ("ja", "量子化ステージが記録した理由")):
+        page = _page(tmp_path, lang)
+        section = page[page.index('id="coreai"'):page.index('id="next"')]
+        assert text in section and "coreai-core is not installed" in section

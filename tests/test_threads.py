@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from playbook.env import FREE_SHARE, StepTimer, ThreadChoice, choose_threads, core_budget, torch_threads
+from playbook.env import FREE_SHARE, StepTimer, ThreadChoice, choose_threads, core_budget, core_share, torch_threads
 from playbook.family_training import plan_workers
 
 
@@ -47,6 +47,14 @@ def test_torch_default_and_the_core_share_cap_the_choice(monkeypatch):
     assert choose_threads(busy=2.2, cores=16, limit=16).threads == 1
     monkeypatch.setenv("PLAYBOOK_CORES", "not a number")
     assert core_budget(16) == 16
+
+
+def test_side_by_side_runs_split_the_cores_they_were_given(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_CORES", raising=False)
+    assert [core_share(jobs, cores=2) for jobs in (1, 2, 3)] == [2, 1, 1]  # never 0: one thread each at least
+    assert core_share(3, cores=16) == 5
+    monkeypatch.setenv("PLAYBOOK_CORES", "8")  # a batch inside a worker that was itself given 8 of 16 cores
+    assert core_share(2, cores=16) == 4
 
 
 def test_an_explicit_request_is_respected_whatever_the_load():

@@ -85,15 +85,19 @@ class ModelSource:
 
     ``programs`` maps ``(precision, deployment target)`` to packages that already exist (e.g. the baseline's
     exports); any other combination is exported once into ``out_dir/_base`` and kept.  ``metadata`` goes into
-    every package exported here."""
+    every package exported here.  ``loss_fn(logits, labels, index)`` is the PyTorch-side fine-tune's loss
+    (``train.fit``'s hook, e.g. ``distill.logit_loss`` for a student with its teacher's logits); ``None``:
+    cross-entropy on the labels."""
 
     def __init__(self, model: nn.Module, dataset: Dataset, export_cfg: ExportConfig, out_dir: Path,
-                 programs: dict[tuple[str, str], Path] | None = None, metadata: dict[str, Any] | None = None) -> None:
+                 programs: dict[tuple[str, str], Path] | None = None, metadata: dict[str, Any] | None = None,
+                 loss_fn: Any = None) -> None:
         self.model = model
         self.dataset = dataset
         self.export_cfg = export_cfg
         self.out_dir = Path(out_dir)
         self.metadata = dict(metadata or {})
+        self.loss_fn = loss_fn
         self._programs: dict[tuple[str, str], Path] = {k: Path(v) for k, v in (programs or {}).items()}
 
     @property
@@ -187,7 +191,7 @@ def compress(recipe: str | Recipe, source: ModelSource, cfg: CompressConfig, *, 
                                                                            source.target_for(origin, cfg.retarget)))
     ft = cfg.finetune
     tc = compress_torch(recipe, source.model, source.dataset, ft.steps, ft.lr, ft.batch_size, cfg.weight_threshold,
-                        ft.seed, module_bits=module_bits)
+                        ft.seed, module_bits=module_bits, loss_fn=source.loss_fn)
     with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         export = export_model(tc.model, source.dataset,

@@ -139,13 +139,31 @@ def quiet_native(messages: list[str] | None = None) -> Iterator[list[str]]:
         with contextlib.suppress(Exception):
             stream.flush()
     text = io.StringIO()
+    # coreai-torch prints its progress line through rich's global console, which in Jupyter is a display, not stdout
+    console = None
+    with contextlib.suppress(Exception):
+        import rich
+
+        console = rich.get_console()
+    quiet = getattr(console, "quiet", False)
+    if console is not None:
+        console.quiet = True
+    with contextlib.ExitStack() as restore:
+        if console is not None:
+            restore.callback(setattr, console, "quiet", quiet)
+        with _quiet_native_streams(out, text):
+            yield out
+
+
+@contextlib.contextmanager
+def _quiet_native_streams(out: list[str], text: Any) -> Iterator[None]:
     with tempfile.TemporaryFile(mode="w+b") as sink, _quiet_python():
         saved = [os.dup(1), os.dup(2)]
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
             with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-                yield out
+                yield
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)

@@ -33,14 +33,15 @@ def prune_updates(steps: int) -> list[int]:
 
 
 def finetune(model: nn.Module, dataset: Dataset, steps: int, lr: float, batch_size: int, seed: int,
-             on_step: Any) -> tuple[float, ...]:
+             on_step: Any, loss_fn: Any = None) -> tuple[float, ...]:
     """``steps`` optimiser steps of ``train.fit`` (SGD, momentum 0.9, cosine decay from ``lr``, no weight decay,
-    no validation passes: evaluating would feed the quantizers' observers); returns the per-step losses."""
+    no validation passes: evaluating would feed the quantizers' observers); returns the per-step losses.
+    ``loss_fn(logits, labels, index)``: ``fit``'s loss hook (e.g. ``distill.logit_loss``); default cross-entropy."""
     if steps <= 0:
         return ()
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, schedule="cosine", nesterov=False,
                       weight_decay=0.0, validate=False)
-    losses = fit(model, dataset, cfg, progress=False, on_step=on_step).losses
+    losses = fit(model, dataset, cfg, progress=False, loss_fn=loss_fn, on_step=on_step).losses
     model.eval()
     return losses
 
@@ -92,6 +93,76 @@ def depthwise_modules(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
 
 
+# Ops that only move or keep values (no arithmetic): a re-quantization after them can take the quantization
+# parameters of the value they read.  coremltools turns them into MIL ``reshape`` (or drops them: dropout, identity).
+_VALUE_KEEPING_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
+_VALUE_KEEPING_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_VALUE_KEEPING_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)
+
+
+def share_requantization(model: nn.Module) -> list[str]:
+    """Give every activation re-quantization that follows a value-keeping op (``view``/``flatten``/dropout...) the
+    quantization parameters of the tensor it re-quantizes; returns the re-quantizations changed.
+
+    Why: a finalized W8A8 model (``LinearQuantizer``) observes some such ops on their own, e.g. efficientnet-lite0's
+    ``x.view(n, -1)`` -> ``_dropout`` re-quantizes the pooled features from (scale 6/255, zero point 0) to
+    (12/255, 128).  coremltools 9's pass ``common::int_op_canonicalization`` rewrites
+    ``dequantize -> reshape -> quantize`` into a bare ``reshape`` of the integers *without* comparing the two
+    pairs of parameters, so the program's next ``dequantize`` reads the codes with the wrong scale and zero point
+    (features v -> 2 v - 6 before the classifier: 89 % in torch, 38 % through the package).  With equal parameters
+    the re-quantization is the identity (the values already lie on that grid), the rewrite is exact, and torch and
+    the package compute the same thing.  Models other than ``torch.fx.GraphModule`` are left alone.
+    """
+    import torch.fx
+
+    if not isinstance(model, torch.fx.GraphModule):
+        return []
+    modules = dict(model.named_modules())
+
+    def keeps_values(node: torch.fx.Node) -> bool:
+        if node.op == "call_method":
+            return node.target in _VALUE_KEEPING_METHODS
+        if node.op == "call_function":
+            return node.target in _VALUE_KEEPING_FUNCTIONS
+        return node.op == "call_module" and isinstance(modules.get(node.target), _VALUE_KEEPING_MODULES)
+
+    def value(arg: Any) -> float:
+        return float(_attr(model, arg.target) if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" else arg)
+
+    changed = []
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target is not torch.quantize_per_tensor:
+            continue
+        src = node.args[0]
+        while isinstance(src, torch.fx.Node) and keeps_values(src) and src.args:
+            src = src.args[0]
+        if src is node.args[0] or not (isinstance(src, torch.fx.Node) and src.op == "call_method"
+                                       and src.target == "dequantize"):
+            continue  # no value-keeping op in between, or it does not read a dequantized tensor
+        upstream = src.args[0]
+        if not (isinstance(upstream, torch.fx.Node) and upstream.op == "call_function"
+                and upstream.target is torch.quantize_per_tensor):
+            continue
+        if len(node.args) != 4 or len(upstream.args) != 4:
+            continue
+        (_, s_new, z_new, dtype), (_, s_old, z_old, dtype_old) = node.args, upstream.args
+        if (value(s_new), value(z_new), dtype) != (value(s_old), value(z_old), dtype_old):
+            node.args = (node.args[0], s_old, z_old, dtype_old)
+            changed.append(node.name)
+    if changed:
+        model.graph.eliminate_dead_code()  # the re-quantizations' own scale/zero-point reads
+        model.graph.lint()
+        model.recompile()
+    return changed
+
+
+def _attr(model: nn.Module, target: str) -> Any:
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _small_modules(model: nn.Module, weight_threshold: int) -> list[str]:
     return [n for n, m in model.named_modules()
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
@@ -113,7 +184,8 @@ class TorchCompression:
 def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, finetune_steps: int = 200,
                    lr: float = 0.002, batch_size: int = 64, weight_threshold: int = 256,
                    seed: int = 0, module_bits: Mapping[str, int] | None = None, *,
-                   prepare: Sequence[str] | None = None, calibration_images: int | None = None) -> TorchCompression:
+                   prepare: Sequence[str] | None = None, calibration_images: int | None = None,
+                   loss_fn: Any = None) -> TorchCompression:
     """Apply a PyTorch-side recipe to a copy of ``model`` with ``coremltools.optimize.torch``.
 
     Weight tensors with at most ``weight_threshold`` elements are left alone (as on the Core ML
@@ -128,7 +200,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     data-aware post-training algorithms (SKM, GPTQ, bias correction; default: their own caps).  ``details`` records
     each preparation step, the share of conv/linear weights compressed (``weights_compressed`` / ``weights_total``,
     elements, from coremltools' metadata on the result) and, with a recipe option ``correct_bias``, the empirical
-    bias correction after compression.
+    bias correction after compression.  ``loss_fn(logits, labels, index)`` replaces the fine-tune's
+    cross-entropy (``train.fit``'s hook): a distilled student passes ``distill.logit_loss`` to keep its teacher.
     """
     from playbook.compress.graph import correct_bias, prepare_model
     from coremltools.optimize.torch import palettization as pal
@@ -165,7 +238,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     def tune(prepared: nn.Module, on_step: Any) -> list[float]:
         nonlocal tuned
         begin = time.perf_counter()
-        out = list(finetune(prepared, dataset, steps, lr, batch_size, seed, on_step))
+        out = list(finetune(prepared, dataset, steps, lr, batch_size, seed, on_step, loss_fn))
         tuned += time.perf_counter() - begin
         return out
 
@@ -189,6 +262,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                         prepared(calib[i:i + 64])
                 net = quantizer.finalize(prepared)
                 details["calibration_images"] = len(calib)
+                details["shared_requantization"] = share_requantization(net)
             elif recipe.algorithm == "qat":
                 steps = finetune_steps
                 # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
@@ -200,6 +274,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 prepared = quantizer.prepare(example_inputs=example)
                 losses = tune(prepared, quantizer.step)
                 net = quantizer.finalize(prepared.eval())
+                details["shared_requantization"] = share_requantization(net)
             elif recipe.algorithm == "prune-finetune":
                 steps = finetune_steps
                 updates = prune_updates(steps)

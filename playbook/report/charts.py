@@ -19,7 +19,11 @@ def chart_images(data: ReportData, rec: Recommendation, loc: Locale) -> list[dic
     ref_top1 = ref.top1 if ref is not None else None
     budget = rec.budgets["top1_drop"]
     highlight = rec.deliverable.name if rec.deliverable is not None else None
-    variants = [r.raw for r in data.rows]
+    # what may ship to this client (Core AI models only from OS 27: rec.excluded), and on the latency chart no Core AI
+    # host-interpreter figure beside the others (it is never comparable; the "Core ML or Core AI" section shows it)
+    out = {r.key for r, _ in rec.excluded}
+    shown = {"size_mb": [r.raw for r in data.rows if r.key not in out],
+             "latency_ms": [r.raw for r in data.rows if r.key not in out and r.target != "coreai"]}
     zoom = None
     if ref_top1 is not None:
         pool = list(rec.feasible) or list(data.rows)
@@ -33,7 +37,7 @@ def chart_images(data: ReportData, rec: Recommendation, loc: Locale) -> list[dic
         images = {}
         host_only = x == "latency_ms" and not device_latency
         for layout, (width, height) in CHART_LAYOUTS.items():  # a wide one, and a tall one for phones
-            chart = views.accuracy_figure(variants, (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
+            chart = views.accuracy_figure(shown[x], (x,), zooms=(zoom,), lang=loc.lang, reference_top1=ref_top1,
                                           max_top1_drop=budget, highlight=highlight, highlight_label=ringed,
                                           budget_x=rec.budgets.get(x) if x == "size_mb" else None, width=width,
                                           height=height)

@@ -22,11 +22,12 @@ from playbook.report.facts import (TARGET_OS, WHERE_PREFIX, _baseline, _environm
 from playbook.report.i18n import REPORT_FILES, Locale
 from playbook.report.recommend import (Recommendation, ReportData, Row, check_budgets, latency_rankable,
                                        latency_runtime)
-from playbook.report.swift import swift_snippet
+from playbook.report.coreai import coreai_section
+from playbook.report.swift import coreai_swift_snippet, swift_snippet
 from playbook.stages import STAGES
 
-SECTIONS = ("summary", "recommendation", "charts", "variants", "per_class", "deliverables", "next", "risks",
-            "pitfalls", "methodology", "glossary", "sources")
+SECTIONS = ("summary", "recommendation", "charts", "variants", "per_class", "deliverables", "coreai", "next",
+            "risks", "pitfalls", "methodology", "glossary", "sources")
 
 
 # --------------------------------------------------------------------------- sections
@@ -317,7 +318,7 @@ def provenance_text(row: Row, axis: str, loc: Locale) -> str:
     name = loc.t(f"axis.{axis}")
     prov = row.provenance.get(axis)
     if axis == "size":
-        return loc.t("prov.size")
+        return loc.t("prov.size_aimodel" if row.target == "coreai" else "prov.size")
     if not isinstance(prov, dict):
         return loc.t("prov.unknown", axis=name)
     if prov.get("measured") is False:
@@ -336,6 +337,9 @@ def provenance_text(row: Row, axis: str, loc: Locale) -> str:
     if runtime == "coreml":
         units = f" ({prov.get('compute_units')})" if prov.get("compute_units") else ""
         return loc.t("prov.coreml", axis=name, units=units, device=device, what=what)
+    if runtime in ("coreai", "coreai-host"):  # Apple's Core AI runtime on the stage's machine (issue 24)
+        return loc.t(f"prov.{runtime.replace('-', '_')}", axis=name, device=device,
+                     what=what if axis == "accuracy" else "")
     return f"{name}{loc.t('colon')}{prov.get('note') or prov.get('device') or '—'}{what}"
 
 
@@ -405,8 +409,12 @@ def _table(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]
             tags.append(loc.t("tag.reference"))
         if r.key == deliverable:
             tags.append(loc.t("tag.recommended") if rec.chosen is not None else loc.t("tag.closest"))
+        if r.target == "coreai":
+            tags.append(loc.t("tag.coreai"))
         checks = rec.checks.get(r.key, ())
         ok = all(c.ok for c in checks) if checks else None
+        if ok and any(x.key == r.key for x, _ in rec.excluded):
+            ok = False  # within the budgets, but it may not ship to this client (its OS or framework)
         lat_measured = r.latency_ms is not None
         ratio = (ref.size_mb / r.size_mb) if ref is not None and ref.size_mb and r.size_mb else None
         rows.append({
@@ -496,8 +504,9 @@ def _deliverables(data: ReportData, rec: Recommendation, loc: Locale, folder: st
     metadata = package_metadata(d.raw.package_path(data.model_dir))
     swift = None
     if d.raw.io.get("inputs"):
-        swift = swift_snippet(path, d.raw.io, normalisation={"mean": ds.get("mean"), "std": ds.get("std")}
-                              if ds.get("mean") else None, class_names=ds.get("classes"))
+        norm = {"mean": ds.get("mean"), "std": ds.get("std")} if ds.get("mean") else None
+        swift = (coreai_swift_snippet(path, d.raw.io, norm, ds.get("classes")) if d.target == "coreai"
+                 else swift_snippet(path, d.raw.io, normalisation=norm, class_names=ds.get("classes")))
     out.update({"path": path, "where": loc.t("del.package_where", folder=folder), "outside": rec.chosen is None,
                 "facts": facts, "metadata": metadata, "swift": swift, "name": d.name})
     return out
@@ -523,7 +532,8 @@ def build(data: ReportData, rec: Recommendation, lang: str = "en", client: str =
         "summary": _summary(data, rec, loc), "recommendation": _recommendation(data, rec, loc),
         "charts": chart_images(data, rec, loc) if charts else [],
         "table": _table(data, rec, loc), "per_class": per_class,
-        "deliverables": _deliverables(data, rec, loc, folder), "next_steps": _next_steps(data, rec, loc, per_class),
+        "deliverables": _deliverables(data, rec, loc, folder), "coreai": coreai_section(data, rec, loc),
+        "next_steps": _next_steps(data, rec, loc, per_class),
         "risks": _risks(data, rec, loc), "pitfalls": pitfalls, "methodology": _methodology(data, loc),
         "pitfalls_note": loc.t("recorded_in_english") if any(p["detail_lang"] != lang for p in pitfalls) else "",
         "glossary": _glossary(loc), "sources": _sources(loc),

@@ -14,7 +14,7 @@ from playbook.report.i18n import MESSAGES, Locale
 from playbook.report.recommend import ReportData, Row, latency_runtime
 
 TARGET_OS = {"iOS15": "iOS 15 / macOS 12", "iOS16": "iOS 16 / macOS 13", "iOS17": "iOS 17 / macOS 14",
-             "iOS18": "iOS 18 / macOS 15"}
+             "iOS18": "iOS 18 / macOS 15", "iOS27": "iOS 27 / macOS 27"}
 TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
 _MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
 
@@ -99,6 +99,8 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
         return row.description
     raw = row.raw
     technique = raw.get("technique")
+    if row.target == "coreai" and f"tech.coreai.{technique}" in MESSAGES:  # a Core AI model (stage 02)
+        return loc.t(f"tech.coreai.{technique}", precision=str(raw.get("scheme") or "").upper())
     if row.stage == "baseline" or not technique:
         precision = str(raw.get("precision") or "")
         return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
@@ -212,6 +214,8 @@ def _where(row: Row, loc: Locale) -> str:
         device = f", {prov.get('device')}" if prov.get("device") else ""
         return loc.t("where.coreml", units=units, device=device)
     prov = row.provenance.get("latency") or {}
+    if runtime == "coreai-host":
+        return loc.t("where.coreai_host", device=prov.get("device") or loc.t("where.unknown"))
     if runtime == "torch":
         threads = prov.get("threads")
         return loc.t("where.torch", device=prov.get("device") or loc.t("where.unknown"),
@@ -230,7 +234,7 @@ def _environment_line(data: ReportData) -> str:
         "python") else None, vtxt) if p)
 
 
-WHERE_TIERS = {"coreml": "device", "torch": "host", "reference": "reference"}
+WHERE_TIERS = {"coreml": "device", "torch": "host", "coreai-host": "host", "reference": "reference"}
 WHERE_PREFIX = {"device": "D", "host": "H", "reference": "R"}
 
 
@@ -250,6 +254,8 @@ def _where_short(row: Row, loc: Locale) -> str:
     if tier == "device":
         prov = row.provenance.get("latency") or {}
         return loc.t("where.device_short", device=prov.get("device") or "—")
+    if latency_runtime(row) == "coreai-host":
+        return loc.t("where.coreai_host_short")
     return loc.t(f"where.{tier}_short")
 
 

@@ -558,3 +558,8 @@ MESSAGES: dict[str, dict[str, str]] = {
 from playbook.report.messages_records import RECORD_MESSAGES  # noqa: E402 - after MESSAGES, which it extends
 
 MESSAGES.update(RECORD_MESSAGES)
+
+# the "Core ML or Core AI" section
+from playbook.report.messages_coreai import COREAI_MESSAGES  # noqa: E402 - after MESSAGES, which it extends
+
+MESSAGES.update(COREAI_MESSAGES)

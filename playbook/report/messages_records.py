@@ -18,6 +18,17 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "tech.precision": {"en": "a change of compute precision", "ja": "演算精度の変更"},
     "tech.fp32": {"en": "FP32 ML program", "ja": "FP32 の ML プログラム（比較の基準）"},
     "tech.fp16": {"en": "FP16 ML program", "ja": "FP16 の ML プログラム（標準の Core ML 書き出し）"},
+    "tech.coreai.float": {"en": "the trained model as a Core AI model, {precision} (coreai-torch)",
+                          "ja": "学習済みモデルをそのまま Core AI モデルに（{precision}、coreai-torch）"},
+    "tech.coreai.int8": {"en": "coreai-opt Quantizer, int8 weights per channel (symmetric), weight-only",
+                         "ja": "coreai-opt の Quantizer：重みをチャネルごとに int8（対称）、重みのみ"},
+    "tech.coreai.int4": {"en": "coreai-opt Quantizer, int4 weights per channel (symmetric), weight-only",
+                         "ja": "coreai-opt の Quantizer：重みをチャネルごとに int4（対称）、重みのみ"},
+    "tech.coreai.palette4": {"en": "coreai-opt KMeansPalettizer, 4-bit palette per group of 16 output channels",
+                             "ja": "coreai-opt の KMeansPalettizer：出力チャネル 16 個ごとに 4 ビットのパレット"
+                                   "（16 で割り切れない層は浮動小数点のまま）"},
+    "tech.coreai.prune50": {"en": "coreai-opt MagnitudePruner, 50 % of each weight zeroed by magnitude, no fine-tune",
+                            "ja": "coreai-opt の MagnitudePruner：各重みの 50 % を大きさの順にゼロに（再学習なし）"},
     "tech.keep": {"en": ", {n} most damaging layer(s) kept float", "ja": "、影響の大きい {n} 層は浮動小数点のまま"},
     "tech.mixed-bits": {"en": "a palette size per layer (from {choices} bits), chosen on validation images from each "
                                "layer's measured damage, within {share}% of the accuracy budget",
@@ -106,6 +117,13 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "pit.block.title": {"en": "{name}: some weights were skipped or got an adapted block size",
                         "ja": "{name}：一部の重みは圧縮されないか、ブロックサイズを調整しました"},
     "pit.block.detail": {"en": "{items} ({n} weights compressed)", "ja": "{items}（圧縮した重みは {n} 個）"},
+    "pit.student_size.title": {"en": "the shipped student misses min_size_ratio={want}",
+                               "ja": "出荷する生徒モデルが min_size_ratio={want} に届きません"},
+    "pit.student_size.detail": {
+        "en": "{ratio}x smaller than the teacher's FP32 package: {size} KB measured against {predicted} KB predicted",
+        "ja": "教師の FP32 パッケージの {ratio} 分の 1：実測 {size} KB、教師でのレシピの圧縮率からの予測 {predicted} KB。"
+              "小さなネットワークは重みあたりのビット数が多く残ります（層の冗長性が小さく、ルックアップテーブルと小さな"
+              "テンソルの比重が大きい）。幅を下げてください"},
     "pit.no_allocation.title": {"en": "{name}: no allocation met {budget} points on validation",
                                 "ja": "{name}：検証データで {budget} ポイント以内に収まる割り当てがありません"},
     "pit.no_allocation.detail": {

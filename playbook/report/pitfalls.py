@@ -25,6 +25,9 @@ PATTERNS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
        "detail"),)),
     ("student_hurt", r"(?P<recipe>\S+) hurts the small student more than the teacher",
      ((rf"(?P<student>{_NUM}) points on the student against (?P<teacher>{_NUM}) on the teacher: .*", "detail"),)),
+    ("student_size", rf"the shipped student misses min_size_ratio=(?P<want>{_NUM})",
+     ((rf"(?P<ratio>{_NUM})x smaller than the teacher's FP32 package: (?P<size>{_NUM}) KB measured against "
+       rf"(?P<predicted>{_NUM}) KB predicted .*", "detail"),)),
     ("student_big", r"the student is more than 1/5 of the teacher",
      ((r"(?P<student>[\d,]+) vs (?P<teacher>[\d,]+) parameters \((?P<ratio>\d+%)\): .*", "detail"),)),
     ("overcompression", r"over-compression: (?P<names>.+?) (?P<what>collapses? without data|loses? far more than the "

@@ -24,6 +24,11 @@ How a variant is chosen (``recommend``):
    and W8A8 programs add quantize/dequantize ops: its timings are the cost of that executor on that CPU
    and say nothing about the order on a device.  They never pick a variant, break a tie or meet a
    latency budget; a latency objective without device figures falls back (and says so).
+   *Core AI variants* (``.aimodel``, ``VariantRecord.target == "coreai"``) load only on iOS / macOS 27 or later:
+   they compete only when the client's deployment target (``Budget.app_target``; empty: the baseline's
+   ``deployment_target``) is 27 or later, and ``Budget.framework`` may restrict the choice to one framework.  An
+   excluded variant is listed in ``Recommendation.excluded`` with the reason, never chosen nor shown as closest.
+   Their latency is the Core AI runtime on this host (an interpreter on Linux) and never ranks.
 3. *None meets it.*  Then the report says so and shows the closest variant: the one whose
    summed relative excess over the budgets is smallest.
 
@@ -34,12 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from playbook.command import RunCommand
-from playbook.config import StrictConfig, check_choice, check_range
-from playbook.records import RecordError, StageRecord, VariantRecord, load_stage_records, stale_inputs
+from playbook.config import ConfigError, StrictConfig, check_choice, check_range
+from playbook.records import (COREAI_MIN_OS, VARIANT_TARGETS, RecordError, StageRecord, VariantRecord,
+                              load_stage_records, stale_inputs)
 from playbook.stages import VARIANT_STAGES, get_stage
 
 OBJECTIVES = ("auto", "size", "latency", "accuracy")
@@ -48,6 +55,15 @@ ACCURACY_RULES = ("interval", "point")
 # Runtimes whose latency may rank variants and meet a latency budget: Apple's Core ML runtime on a device
 # or a Mac.  The reference executor's (and host PyTorch's) timings are shown, never used to choose.
 RANKABLE_LATENCY = ("coreml",)
+# Which framework may deliver the model: either, or only Core ML packages, or only Core AI models.
+FRAMEWORKS = ("any", *VARIANT_TARGETS)
+_OS = re.compile(r"(iOS|iPadOS|macOS|tvOS|visionOS|watchOS) ?(\d+)(?:\.\d+)*", re.IGNORECASE)
+
+
+def os_major(target: str) -> int | None:
+    """The major OS version a deployment target names (``iOS17`` -> 17, ``macOS 27`` -> 27); ``None`` if unreadable."""
+    m = _OS.fullmatch(str(target or "").strip())
+    return int(m.group(2)) if m else None
 
 
 def latency_runtime(row: "Row") -> str | None:
@@ -75,9 +91,15 @@ class Budget(StrictConfig):
     max_latency_ms: float = 0.0
     objective: str = "auto"
     accuracy_rule: str = "interval"
+    app_target: str = ""  # the oldest OS the client's app supports (iOS17, macOS15, iOS27...); "": the baseline's
+    framework: str = "any"  # any, coreml (.mlpackage only) or coreai (.aimodel only)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.app_target and os_major(self.app_target) is None:
+            raise ConfigError(f"app_target={self.app_target!r} must name an OS and its version (iOS17, macOS15, "
+                              "iOS27...) or be empty for the baseline's deployment target")
+        check_choice("framework", self.framework, FRAMEWORKS)
         check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
         check_range("max_size_mb", self.max_size_mb, 0.0)
         check_range("max_latency_ms", self.max_latency_ms, 0.0)
@@ -120,6 +142,7 @@ class Row:
     is_reference: bool
     provenance: dict[str, Any]
     raw: VariantRecord
+    target: str = "coreml"  # coreml (.mlpackage) or coreai (.aimodel)
 
     @property
     def key(self) -> str:
@@ -181,6 +204,7 @@ def variant_rows(records: dict[str, StageRecord]) -> list[Row]:
             significant=significant, size_mb=_num(v.size_mb), zip_mb=_num(v.zip_mb), latency_ms=_num(v.latency_ms),
             latency_p90_ms=_num(v.latency_p90_ms), fps=_num(v.fps), memory_mb=_num(v.peak_memory_mb),
             energy_mj=_num(v.energy_mj), is_reference=bool(is_ref), provenance=dict(v.provenance), raw=v,
+            target=str(v.target or "coreml"),
         ))
     return rows
 
@@ -201,6 +225,33 @@ class ReportData:
     def smoke(self) -> bool:
         return any(r.smoke for r in self.records.values())
 
+    def app_target(self) -> tuple[str | None, str]:
+        """The client's deployment target and where it comes from: the budget's ``app_target``, else the baseline
+        record's ``deployment_target`` (what its packages were exported for), else ``None``."""
+        if self.budget.app_target:
+            return self.budget.app_target, "budget"
+        base = self.records.get("baseline")
+        target = (base.config.get("deployment_target") if base is not None else None) or next(
+            (str(r.raw.get("deployment_target")) for r in self.rows
+             if r.is_reference and r.raw.get("deployment_target")), None)
+        return (str(target), "baseline") if target else (None, "unknown")
+
+    def exclusion(self, row: "Row") -> str | None:
+        """Why ``row`` may not be delivered to this client (its framework, or an OS its app does not require), or
+        ``None`` when it competes."""
+        if self.budget.framework != "any" and row.target != self.budget.framework:
+            return f"framework={self.budget.framework!r} was asked for; {row.name} is a {TARGET_NAMES[row.target]}"
+        if row.target == "coreai":
+            target, where = self.app_target()
+            major = os_major(target) if target else None
+            if major is None:
+                return (f"{row.name} is a Core AI model (iOS / macOS {COREAI_MIN_OS}+) and no deployment target is "
+                        "known; set app_target")
+            if major < COREAI_MIN_OS:
+                return (f"{row.name} is a Core AI model, which loads only on iOS / macOS {COREAI_MIN_OS} or later; the "
+                        f"deployment target is {target} ({'the budget' if where == 'budget' else 'the baseline'})")
+        return None
+
     def row(self, name: str, stage: str | None = None) -> Row:
         for r in self.rows:
             if r.name == name and (stage is None or r.stage == stage):
@@ -214,9 +265,10 @@ class ReportData:
         merged = commands[0] if commands else RunCommand(model=self.model)
         for other in commands[1:]:
             merged = merged.merged(other)
-        budget = {k: v for k, v in self.budget.non_defaults(skip=("objective", "accuracy_rule")).items()}
+        report_params = ("objective", "accuracy_rule", "app_target", "framework")
+        budget = {k: v for k, v in self.budget.non_defaults(skip=report_params).items()}
         params = dict(merged.params)
-        for name in ("objective", "accuracy_rule"):  # report parameters (-p), not budgets
+        for name in report_params:  # report parameters (-p), not budgets
             if getattr(self.budget, name) != getattr(Budget(), name):
                 params[name] = getattr(self.budget, name)
         done = [s for s in VARIANT_STAGES if s in self.records]
@@ -292,6 +344,7 @@ class Check:
         return f"{label} {self.value:.{AXIS_DIGITS[self.axis]}f} {sign} {self.limit:g} {unit}"
 
 
+TARGET_NAMES = {"coreml": "Core ML package (.mlpackage)", "coreai": "Core AI model (.aimodel)"}
 AXIS_LABELS = {"top1_drop": "top-1 drop", "size_mb": "size", "latency_ms": "latency"}
 AXIS_UNITS = {"top1_drop": "pp", "size_mb": "MB", "latency_ms": "ms"}
 AXIS_DIGITS = {"top1_drop": 2, "size_mb": 3, "latency_ms": 3}
@@ -376,6 +429,7 @@ class Recommendation:
     technique: str
     accuracy_rule: str = "interval"
     objective_default: bool = False  # the objective was not asked for (objective="auto")
+    excluded: tuple[tuple[Row, str], ...] = ()  # variants that may not be delivered here (framework / OS), and why
 
     @property
     def rule_risk(self) -> bool:
@@ -456,10 +510,13 @@ def technique_finding(candidates: Sequence[Row], rows: Sequence[Row]) -> str:
 def recommend(data: ReportData) -> Recommendation:
     """Choose the variant that meets the budgets with the best remaining axis (see the module docstring)."""
     budgets = data.budget.limits()
-    objective, objective_reason = resolve_objective(data.budget, data.rows)
+    excluded = tuple((r, why) for r in data.rows if (why := data.exclusion(r)))
+    out = {r.key for r, _ in excluded}
+    eligible = [r for r in data.rows if r.key not in out]
+    objective, objective_reason = resolve_objective(data.budget, eligible)
     rule = data.budget.accuracy_rule
     checks = {r.key: tuple(check_budgets(r, budgets, rule)) for r in data.rows}
-    feasible = [r for r in data.rows if all(c.ok for c in checks[r.key])]
+    feasible = [r for r in eligible if all(c.ok for c in checks[r.key])]
     ranked = sorted(feasible, key=objective_key(objective))
     chosen = ranked[0] if ranked else None
     runner_up = ranked[1] if len(ranked) > 1 else None
@@ -481,8 +538,8 @@ def recommend(data: ReportData) -> Recommendation:
                     "more images before relying on it.")
         technique = technique_finding(feasible, data.rows)
     else:
-        if data.rows:
-            closest = min(data.rows, key=lambda r: (sum(c.excess for c in checks[r.key]), objective_key(objective)(r)))
+        if eligible:
+            closest = min(eligible, key=lambda r: (sum(c.excess for c in checks[r.key]), objective_key(objective)(r)))
             missed = "; ".join(c.text() for c in checks[closest.key] if not c.ok)
             why = (f"No variant meets the budgets ({budget_text(budgets)}). The closest is {closest.name} "
                    f"({closest.stage}), which misses: {missed}. Relax the budget, or run more stages "
@@ -490,8 +547,10 @@ def recommend(data: ReportData) -> Recommendation:
         else:
             why = "No variant was measured, so nothing can be recommended."
         technique = technique_finding([], data.rows)
+    if excluded:
+        why += f" Not competing: {'; '.join(w for _, w in excluded)}."
     return Recommendation(objective, objective_reason, budgets, chosen, closest, tuple(feasible), checks, runner_up,
-                          why, technique, rule, data.budget.objective == "auto")
+                          why, technique, rule, data.budget.objective == "auto", excluded)
 
 
 def budget_text(budgets: dict[str, float]) -> str:

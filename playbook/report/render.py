@@ -58,7 +58,8 @@ def render_section(content: dict[str, Any], name: str) -> str:
     module = environment().get_template(TEMPLATE).make_module({"c": content, "css": ""})
     sections = {"cover": module.cover, "alerts": module.alerts, "summary": module.summary,
                 "recommendation": module.recommendation, "charts": module.charts, "variants": module.variants,
-                "per_class": module.per_class, "deliverables": module.deliverables, "pitfalls": module.pitfalls,
+                "per_class": module.per_class, "deliverables": module.deliverables, "coreai": module.coreai,
+                "pitfalls": module.pitfalls,
                 "glossary": module.glossary, "sources": module.sources}
     lists = {"next": ("next_steps", "sec.next"), "risks": ("risks", "sec.risks"),
              "methodology": ("methodology", "sec.methodology")}

@@ -175,3 +175,61 @@ def swift_snippet(package: str | Path, info: dict[str, Any], normalisation: dict
             lines += [f"if let {var} {{", f"    let (label, probability) = topClass({var})",
                       "    print(\"\\(label): \\(probability)\")", "}"]
     return "\n".join(lines) + "\n"
+
+
+# Apple's Core AI documentation the Core AI snippet is written from (the framework is in beta; nothing here was
+# compiled): loading, functions, arrays, running, outputs.
+COREAI_DOCS = (
+    "https://developer.apple.com/documentation/coreai/aimodel",
+    "https://developer.apple.com/documentation/coreai/aimodel/loadfunction(named:)",
+    "https://developer.apple.com/documentation/coreai/ndarray/init(scalars:shape:)",
+    "https://developer.apple.com/documentation/coreai/inferencefunction/run(inputs:states:outputviews:)-mqfb",
+    "https://developer.apple.com/documentation/coreai/inferencefunction/outputs",
+    "https://developer.apple.com/documentation/coreai/inferencevalue",
+)
+
+
+def coreai_swift_snippet(model: str | Path, info: dict[str, Any], normalisation: dict[str, Any] | None = None,
+                         class_names: Sequence[str] | None = None, min_os: str = "27") -> str:
+    """Swift that loads a ``.aimodel`` with Apple's Core AI framework and runs its ``main`` function once, from the
+    recorded input and output names and shape (a Core AI variant record's ``io``).  Only documented calls are used
+    (``COREAI_DOCS``): ``AIModel(contentsOf:)``, ``loadFunction(named:)``, ``NDArray(scalars:shape:)``,
+    ``run(inputs:)``, ``Outputs.remove(_:)`` and ``InferenceValue.ndArray``; reading the scores out of the output
+    array is left to the reader, with a pointer to the documentation, rather than guessed."""
+    inputs, outputs = list(info.get("inputs") or []), list(info.get("outputs") or [])
+    stem = Path(model).name.rsplit(".", 1)[0]
+    first = inputs[0] if inputs else {"name": "image", "shape": []}
+    out = outputs[0] if outputs else {"name": "logits", "shape": []}
+    shape = [int(s) for s in first.get("shape") or []]
+    scalar = "Float16" if str(first.get("dtype")) == "FLOAT16" else "Float"
+    lines = ["import CoreAI", "import Foundation", "",
+             f"// {_swift_comment(Path(model).name)}: add it to your app target; it loads on iOS / macOS {min_os} or "
+             "later.",
+             f"// input  {_swift_comment(first.get('name'))}: {scalar} array, shape {shape} (N, C, H, W; the batch "
+             f"may be {_swift_comment(first.get('batch') or 'fixed')})",
+             f"// output {_swift_comment(out.get('name'))}: shape {out.get('shape')}, one score per class",
+             "// Written from Apple's Core AI documentation; not compiled here (the framework is in beta).", ""]
+    if normalisation and normalisation.get("mean"):
+        lines.append(f"// normalise each channel as in training: (value / 255 - mean) / std, mean "
+                     f"{normalisation.get('mean')}, std {normalisation.get('std')}")
+    if class_names:
+        lines += ["/// Class names in the order of the model's outputs.",
+                  f"let classLabels = [{', '.join(_swift_string(c) for c in class_names)}]", ""]
+    lines += [f"@available(iOS {min_os}, macOS {min_os}, *)",
+              f"func classScores(pixels: [{scalar}]) async throws -> NDArray? {{",
+              f"    // `pixels`: {'x'.join(str(s) for s in shape) or 'the input'} values in N, C, H, W order, "
+              "normalised as above",
+              f"    guard let url = Bundle.main.url(forResource: {_swift_string(stem)}, withExtension: \"aimodel\") "
+              "else {",
+              f"        fatalError(\"{_swift_comment(stem)}.aimodel is not in the app bundle\")", "    }",
+              "    let model = try await AIModel(contentsOf: url)",
+              "    guard let function = try model.loadFunction(named: \"main\") else {",
+              "        fatalError(\"the model has no function named main\")", "    }",
+              f"    let input = NDArray(scalars: pixels, shape: {shape})",
+              f"    var outputs = try await function.run(inputs: [{_swift_string(first.get('name'))}: input])",
+              f"    return outputs.remove({_swift_string(out.get('name'))})?.ndArray",
+              "}",
+              "// Read the scores from the returned NDArray as its documentation describes, then take the largest"
+              + (" (its index into classLabels is the class)." if class_names else "."),
+              "// Load the model and function once and keep them: loading specializes the model for the device."]
+    return "\n".join(lines) + "\n"

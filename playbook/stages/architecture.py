@@ -2,7 +2,8 @@
 compatibility scan of every exported program, and a real mobile network checked on real photos.
 
 ``ArchitectureConfig`` is the parameter list of ``notebooks/04_architecture.ipynb``; ``ArchitectureRun`` holds
-the notebook's steps in order; ``run_architecture`` runs them all and writes ``architecture.json``.
+the notebook's steps in order; ``run_architecture`` runs them all and writes ``architecture.json``.  Each step
+returns data; tables and narrative are functions of the record in ``playbook.views.architecture``.
 
 * Families: the registry's ``resnet``, ``mobilenetv2``, ``squeezenet`` and ``efficientnet`` at the widths in
   ``families`` (default: two per family; the baseline itself is the ResNet at its own width), each trained with
@@ -36,10 +37,9 @@ from playbook.coreml import COMPUTE_UNITS, ExportConfig, export_model
 from playbook.family_training import FAMILY_NAMES, Family, parse_family, train_families
 from playbook.metrics import pareto_front
 from playbook.models import create_model
-from playbook.pretrained_check import check_lite0, check_lite0_inputs, explain_lite0, lite0_pitfalls
+from playbook.pretrained_check import check_lite0, check_lite0_inputs, lite0_pitfalls
 from playbook.records import StageRecord, VariantRecord, relative
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.views import Table, architecture_table, scan_findings_table, scan_overview_table
 
 # Two widths per family at the matched budget (the baseline is the ResNet at its own width): for each family the
 # largest width under a quarter of the default baseline's 174,466 parameters, and a small one that shows the curve
@@ -168,21 +168,13 @@ class ArchitectureRun(DownstreamRun):
             self.cpu[step] = self.cpu.get(step, 0.0) + cpu_seconds() - cpu
 
     # ---- 1. what will be trained
-    def plan(self) -> Table:
-        """Every family to train, with parameters and MACs counted before training (nothing is trained here)."""
-        rows = [self._plan_row("baseline", self.cfg.model, record_knobs(self.baseline.record), self.baseline_facts)]
+    def plan(self) -> dict[str, ModelFacts]:
+        """Count every family's parameters and MACs before training (nothing is trained here); by family name."""
         for fam in self.families:
             net = create_model(fam.family, self.dataset.num_classes, self.dataset.in_channels, self.dataset.image_size,
                                **fam.knobs)
             self.facts[fam.name] = model_facts(net, self.input_shape)
-            rows.append(self._plan_row(fam.name, fam.family, fam.knobs, self.facts[fam.name]))
-        return Table(rows)
-
-    def _plan_row(self, name: str, family: str, knobs: dict[str, Any], facts: ModelFacts) -> dict[str, Any]:
-        base = self.baseline_facts
-        return {"variant": name, "family": family, "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
-                "parameters": facts.parameters, "params vs baseline": facts.parameters / base.parameters,
-                "MACs": facts.macs, "MACs vs baseline": facts.macs / max(base.macs, 1)}
+        return dict(self.facts)
 
     # ---- 2. train at the matched budget
     def train_cfg_for(self, fam: Family) -> Any:
@@ -203,19 +195,20 @@ class ArchitectureRun(DownstreamRun):
                         + ("" if not own else "; own peak learning rate for " + ", ".join(
                             f"{k} ({v:g} instead of {self.train_cfg.lr:g})" for k, v in own.items()))}
 
-    def train(self, progress: bool = True) -> Table:
+    def train(self, progress: bool = True) -> dict[str, dict[str, Any]]:
         """Train every family with the matched config (or load it from the checkpoint cache).
 
         With ``train_jobs`` >= 2 families train side by side, each in its own process with one torch thread
         (small networks use two processes better than two threads); the models are then read back from the cache.
         Families already in the cache are loaded without starting any process.  The per-epoch validation pass is
         skipped (it does not change the weights, nor the cache key): the test split measures every family.
+        Returns each family's training facts (parameters, seconds, history, cache use) by name.
         """
         if not self.facts:
             self.plan()
         with self._timed("train"):
             self._train(progress)
-        return self.training_table()
+        return dict(self.training)
 
     def _train(self, progress: bool) -> None:
         # Smoke runs train their tiny models in this process: starting workers would cost more than the training.
@@ -240,26 +233,15 @@ class ArchitectureRun(DownstreamRun):
             counts[fam.name] = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         return counts
 
-    def training_table(self) -> Table:
-        rows = []
-        for fam in self.families:
-            t = self.training.get(fam.name)
-            if t is None:
-                continue
-            last = t["history"][-1] if t["history"] else {}
-            rows.append({"variant": fam.name, "parameters": t["parameters"], "epochs": self.train_cfg.epochs,
-                         "peak lr": self.train_cfg_for(fam).lr, "from cache": t["from_cache"],
-                         "train s (wall)": t["seconds"], "last epoch loss": last.get("loss")})
-        return Table(rows)
-
     # ---- 3. export, scan and measure
-    def measure_families(self) -> Table:
-        """Export every trained family like the baseline's deployment package, scan it, measure it."""
+    def measure_families(self) -> list[VariantRecord]:
+        """Export every trained family like the baseline's deployment package, scan it, measure it; returns the
+        family variants measured."""
         if not self.models:
             raise RuntimeError("ArchitectureRun: call train() first")
         with self._timed("export_scan_measure"):
             self._measure_families()
-        return self.table()
+        return [v for v in (self.variant(f.name) for f in self.families) if v is not None]
 
     def _measure_families(self) -> None:
         base_fp16 = next((v for v in self.baseline_variants if v.name == f"baseline-{self.cfg.precision}"), None)
@@ -302,11 +284,6 @@ class ArchitectureRun(DownstreamRun):
                 for v in self.baseline_variants]
         return [*base, *self.variants]
 
-    def table(self) -> Table:
-        """Every family next to the baseline: parameters, MACs, size, top-1, change vs FP32, host latency, scan."""
-        verdicts = {name: scan.verdict() for name, scan in self.scans.items()}
-        return architecture_table(self.chart_variants(), self.baseline_facts.parameters, verdicts)
-
     def pareto(self) -> dict[str, list[str]]:
         """Variants on the top-1 Pareto front against MACs and against package size (cheapest first)."""
         chart = self.chart_variants()
@@ -329,41 +306,10 @@ class ArchitectureRun(DownstreamRun):
                     "delta_ci": [best.vs_reference.ci_low, best.vs_reference.ci_high],
                     "p_value": best.vs_reference.p_value}}
 
-    def explain_criterion(self) -> str:
-        """One sentence with the measured figures of the best compact family (or the closest miss)."""
-        c = self.criterion()
-        limit = f"at most {c['max_param_ratio']:.0%} of the baseline's {c['baseline_parameters']:,} parameters"
-        if c["best"] is not None:
-            b = c["best"]
-            who = ("a compact family" if c["compact_families_meeting_it"] else
-                   f"only the baseline's own family ({self.cfg.model}) meets it, no other family")
-            return (f"`{b['variant']}` ({who}): {b['parameters']:,} parameters ({b['param_ratio']:.1%} of the "
-                    f"baseline), top-1 {b['top1']:.2f}% [{b['top1_ci'][0]:.2f}, {b['top1_ci'][1]:.2f}], change vs FP32 "
-                    f"{b['delta_top1']:+.2f} points (95% CI [{b['delta_ci'][0]:+.2f}, {b['delta_ci'][1]:+.2f}], "
-                    f"McNemar p = {b['p_value']:.3g}) -- within {c['max_top1_drop']:g} points with {limit}. "
-                    f"All variants meeting it: {', '.join(f'`{n}`' for n in c['met_by'])}.")
-        small = [v for v in self.variants if v.get("param_ratio", 1) <= self.cfg.max_param_ratio]
-        if not small:
-            return f"No family in this run has {limit}; nothing to check."
-        closest = max(small, key=lambda v: v.top1)
-        return (f"No family meets it in this run: the closest with {limit} is `{closest.name}` at top-1 "
-                f"{closest.top1:.2f}% ({closest.delta_top1:+.2f} points vs FP32, needs >= -{c['max_top1_drop']:g}).")
-
     # ---- 4. the scan
-    def rules(self) -> Table:
-        """The rules table the scan applies: one row per pattern, with its source."""
-        return Table(rules_table(RULES))
-
-    def scan_overview(self) -> Table:
-        """Every scanned package: ops, verdict and findings per rule."""
-        return scan_overview_table({name: s.to_dict() for name, s in self.scans.items()})
-
-    def scan_findings(self, name: str, examples: int = 3) -> Table:
-        """The findings of one scanned package grouped by rule, with example locations."""
-        return scan_findings_table(self.scans[name].to_dict(), examples)
-
-    def scan_demo(self) -> Table:
-        """Scan a clean program and the same with a planted unfriendly pattern (an LSTM head); both measured here."""
+    def scan_demo(self) -> dict[str, Any]:
+        """Scan a clean program and the same with a planted unfriendly pattern (an LSTM head); both measured here.
+        Returns each program's description, package and scan by name (``clean``, ``planted``)."""
         with self._timed("scan_demo"):
             packages = scan_demo_packages(self.out_dir / "_scan_demo")
             self.demo = {}
@@ -371,20 +317,7 @@ class ArchitectureRun(DownstreamRun):
                 scan = scan_package(path)
                 self.scans[f"demo:{name}"] = scan
                 self.demo[name] = {"what": what, "package": relative(path, self.model_dir), **scan.to_dict()}
-        return Table([{"program": name, "what": d["what"], "computing ops": d["computing_ops"], "verdict": d["verdict"],
-                       "findings": ", ".join(f"{k} x{n}" for k, n in d["counts"].items()) or "-"}
-                      for name, d in self.demo.items()])
-
-    def explain_demo(self) -> str:
-        """Which op and rule the planted pattern triggered, and that the clean program passed."""
-        if not self.demo:
-            return "The scan demonstration has not run."
-        planted = self.demo["planted"]
-        hits = [f for f in planted["findings"] if f["effect"] in ("fallback", "unsupported")]
-        clean = self.demo["clean"]
-        parts = [f"rule `{f['rule']}` ({f['effect']}) on `{f['op_type']}` at {f['location']}" for f in hits]
-        return (f"Planted program: {planted['verdict']}; " + "; ".join(parts) + ". "
-                f"Clean program: {clean['verdict']} ({clean['computing_ops']} computing ops).")
+        return self.demo
 
     def compute_plans(self) -> dict[str, Any]:
         """On macOS: Core ML's ``MLComputePlan`` for every scanned package (device per op, share of ops and of the
@@ -404,20 +337,6 @@ class ArchitectureRun(DownstreamRun):
                 plans[name] = {"error": f"{type(exc).__name__}: {exc}"}
         self.plans = {"available": True, "compute_units": self.cfg.compute_units, "packages": plans}
         return self.plans
-
-    def compute_plan_table(self) -> Table:
-        """Measured placement next to the static verdict (macOS), or why there is none."""
-        if not self.plans.get("available"):
-            return Table([{"MLComputePlan": "not run", "why": self.plans.get("reason", "call compute_plans() first")}])
-        rows = []
-        for name, plan in self.plans["packages"].items():
-            ops = plan.get("share_of_ops", {})
-            cost = plan.get("share_of_cost", {})
-            rows.append({"package": name, "ops on Neural Engine %": ops.get("NeuralEngine", 0.0),
-                         "ops on GPU %": ops.get("GPU", 0.0), "ops on CPU %": ops.get("CPU", 0.0),
-                         "cost on Neural Engine %": cost.get("NeuralEngine", 0.0),
-                         "static scan": self.scans[name].verdict(), "error": plan.get("error", "")})
-        return Table(rows)
 
     def _package_of(self, name: str) -> Path:
         v = self.variant(name) or next((b for b in self.baseline_variants if b.name == name), None)
@@ -439,16 +358,6 @@ class ArchitectureRun(DownstreamRun):
                                       self.mcfg.threads, self.scans, photo_count=SMOKE_LITE0_PHOTOS if smoke else None,
                                       repeats=3 if smoke else 10, progress=progress)
         return self.mobile
-
-    def mobile_table(self) -> Table:
-        """The efficientnet-lite0 packages: size, agreement with PyTorch and with FP16, correct labels, latency."""
-        from playbook.views import mobile_fidelity_table
-
-        return mobile_fidelity_table(self.mobile) if self.mobile else Table([])
-
-    def explain_mobile(self) -> str:
-        """The fidelity figures of efficientnet-lite0's packages in one paragraph."""
-        return explain_lite0(self.mobile)
 
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:
@@ -512,7 +421,8 @@ class ArchitectureRun(DownstreamRun):
             "baseline": {"record": "baseline.json", "model": self.cfg.model,
                          "fp32_package": relative(self.baseline.fp32_package, self.model_dir),
                          "fp32_size_bytes": self.fp32_bytes, "fp32_top1": float(self.reference.correct.mean() * 100),
-                         "fp16_size_bytes": fp16.size_bytes if fp16 else None, **self.baseline_facts.to_dict()},
+                         "fp16_size_bytes": fp16.size_bytes if fp16 else None,
+                         "knobs": record_knobs(self.baseline.record), **self.baseline_facts.to_dict()},
             "reference_variant": self.reference.name,
             "matched_budget": self.matched_budget(),
             "families": {f.name: {"family": f.family, "knobs": f.knobs, "spec": f.spec,

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from playbook.config import ConfigError, check_choice, check_range
+from playbook.config import ConfigError, check_choice, check_range, technique_field
 from playbook.coreml import DEPLOYMENT_TARGETS, ExportConfig, ExportResult, ParityResult, check_parity, export_model
 from playbook.data import Dataset, DatasetConfig, load_dataset
 from playbook.measure import reference_from
@@ -33,20 +33,22 @@ TRAINING_MODES = ("auto", "scratch", "finetune", "head")
 
 @dataclasses.dataclass(frozen=True)
 class BaselineConfig(MeasuredStageConfig):
-    """The parameters of ``01_baseline`` (see the notebook for each one's meaning)."""
+    """The parameters of ``01_baseline`` (see the notebook for each one's meaning).  ``epochs`` to ``seed`` are
+    ``TrainConfig``'s fields, defaults and checks included; stage 01 sets its own defaults for two of them (a step
+    floor and early stopping for training from scratch)."""
 
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "fashion-mnist"
     data_dir: str = ""
     image_size: int = 0
     training: str = "auto"
-    epochs: int = 6
-    min_steps: int = 2000
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 0.1
-    augment: bool = False
-    seed: int = 0
+    epochs: int = technique_field(TrainConfig, "epochs")
+    min_steps: int = technique_field(TrainConfig, "min_steps", stage_default=2000)
+    patience: int = technique_field(TrainConfig, "patience", stage_default=3)
+    batch_size: int = technique_field(TrainConfig, "batch_size")
+    lr: float = technique_field(TrainConfig, "lr")
+    augment: bool = technique_field(TrainConfig, "augment")
+    seed: int = technique_field(TrainConfig, "seed")
     checkpoint: str = ""
     precision: str = "fp16"
     deployment_target: str = "iOS17"
@@ -57,7 +59,6 @@ class BaselineConfig(MeasuredStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("training", self.training, TRAINING_MODES)
-        check_range("epochs", self.epochs, 0)
         check_range("max_test_images", self.max_test_images, 0)
         check_range("image_size", self.image_size, 0)
         check_choice("precision", self.precision, ["fp16", "fp32"])
@@ -66,8 +67,8 @@ class BaselineConfig(MeasuredStageConfig):
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not a file; give the path of a state dict saved with "
                               "torch.save(model.state_dict(), path), or leave it empty to train")
-        # Building the sub-configs validates the remaining fields; their names are the ones typed here.
-        self.dataset_config(), self.train_config(), self.export_config()
+        # Building the sub-configs validates the remaining fields (the training ones as typed, whatever the mode).
+        self.dataset_config(), self.technique_config(TrainConfig), self.train_config(), self.export_config()
 
     def dataset_config(self) -> DatasetConfig:
         """The data: smoke runs shrink it; images smaller than the model's minimum input are upscaled to it;
@@ -101,12 +102,10 @@ class BaselineConfig(MeasuredStageConfig):
         """How to train: from scratch with the epochs/lr/min_steps/patience given, or, for a pretrained model, a
         transfer-learning budget (``FINETUNE_DEFAULTS``) in which the values you set yourself win."""
         mode = self.training_mode()
-        common = {"augment": self.augment, "seed": self.seed, "threads": self.threads}
         if mode == "scratch":
-            if self.smoke:  # the smoke policy shrinks the budget: one epoch, no step floor
-                return TrainConfig(epochs=SMOKE.epochs(self.epochs), batch_size=self.batch_size, lr=self.lr, **common)
-            return TrainConfig(epochs=self.epochs, min_steps=self.min_steps, patience=self.patience,
-                               batch_size=self.batch_size, lr=self.lr, **common)
+            if self.smoke:  # the smoke policy shrinks the budget: one epoch, no step floor, no early stop
+                return self.technique_config(TrainConfig, epochs=SMOKE.epochs(self.epochs), min_steps=0, patience=0)
+            return self.technique_config(TrainConfig)
         preset = dict(FINETUNE_DEFAULTS[mode])
         mine = self.non_defaults()
         if "lr" in mine:
@@ -122,7 +121,9 @@ class BaselineConfig(MeasuredStageConfig):
         if mode == "head":
             entry = model_entry(self.model)
             head = entry.head if entry is not None else "fc"
-        return TrainConfig(epochs=epochs, steps=steps, schedule="cosine", head=head, **preset, **common)
+        # a fixed step budget: no step floor, no early stop
+        return self.technique_config(TrainConfig, epochs=epochs, steps=steps, min_steps=0, patience=0,
+                                     schedule="cosine", head=head, **preset)
 
     def export_config(self) -> ExportConfig:
         return ExportConfig(precision=self.precision, minimum_deployment_target=self.deployment_target,

@@ -1,9 +1,12 @@
 """Stage 05, device benchmarking: every earlier stage's packages, timed with every backend this machine has.
 
-``BenchmarkConfig`` is the parameter list of ``notebooks/05_benchmark.ipynb``; ``BenchmarkRun`` holds the
-notebook's steps; ``run_benchmark`` runs them and writes ``benchmark.json``.  The harness is ``playbook.bench``
-(it knows nothing of stages); results from a Mac or an iPhone come in through ``import_results``
-(``playbook import-bench``), validated against ``playbook.bench_schema``.
+Read top to bottom: ``BenchmarkConfig`` (the parameters of ``notebooks/05_benchmark.ipynb``; how each package is
+timed are ``bench.BenchConfig``'s own fields, passed on by name), then ``BenchmarkRun``, whose methods are the
+notebook's steps in order -- ``host_peak``, ``run``, ``five_axis_rows``, ``write_swift_benchmark``,
+``latency_estimate``, ``finish()`` -- and ``run_benchmark``, the same steps without the notebook.  The harness is
+``playbook.bench`` (it knows nothing of stages); tables and charts are functions of the record in
+``playbook.views.benchmark``; ``playbook bench`` and ``playbook import-bench`` (results from a Mac or an iPhone,
+validated against ``playbook.bench_schema``) are in ``playbook.cli_bench``.
 
 The record adds no variants (the report would list every package twice): its ``measurements`` are keyed by
 ``(stage, variant, package_sha256)`` of the variant they measured, and the report picks each variant's
@@ -13,24 +16,19 @@ earlier are kept when the stage re-runs, as long as they measured a package that
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from playbook import bench
-from playbook.bench_schema import BenchResultsError, COMPUTE_UNITS, validate_results
-from playbook.config import ConfigError, check_choice, check_range
-from playbook.env import environment, playbook_version
-from playbook.paths import default_reports_root, model_dir
-from playbook.records import (RecordError, StageRecord, VariantRecord, lineage_of, load_stage_records, read_json,
-                              read_stage_record, relative, write_json, write_stage_record)
+from playbook.bench_schema import COMPUTE_UNITS
+from playbook.config import ConfigError, check_choice, check_range, technique_field
+from playbook.records import (RecordError, StageRecord, VariantRecord, atomic_write_text, lineage_of,
+                              load_stage_records, read_stage_record, relative, write_json)
 from playbook.report.device import best_latencies, with_best_latency
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 from playbook.swift_bench import INSTRUCTIONS, SWIFT_FILE, copy_script, swift_benchmark
-from playbook.views import Table
 
 STAGE = "benchmark"
 RESULTS_FILE = "results.json"
@@ -38,7 +36,8 @@ RESULTS_FILE = "results.json"
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig(MeasuredStageConfig):
-    """The parameters of ``05_benchmark`` (see the notebook's parameters cell for each one's meaning)."""
+    """The parameters of ``05_benchmark`` (see the notebook's parameters cell for each one's meaning).  ``warmup`` to
+    ``battery_voltage`` are ``bench.BenchConfig``'s fields: their defaults and checks live there."""
 
     dataset: str = ""
     variants: list[str] = dataclasses.field(default_factory=list)
@@ -46,13 +45,13 @@ class BenchmarkConfig(MeasuredStageConfig):
     compute_units: list[str] = dataclasses.field(default_factory=lambda: list(COMPUTE_UNITS))
     torch_devices: list[str] = dataclasses.field(default_factory=lambda: ["cpu", "cuda"])
     torch_threads: list[int] = dataclasses.field(default_factory=lambda: [1, 0])
-    warmup: int = 10
-    min_runs: int = 50
-    max_runs: int = 2000
-    max_seconds: float = 3.0
-    stable_within: float = 0.005
-    memory: bool = True
-    battery_voltage: float = bench.DEFAULT_BATTERY_VOLTAGE
+    warmup: int = technique_field(bench.BenchConfig, "warmup")
+    min_runs: int = technique_field(bench.BenchConfig, "min_runs")
+    max_runs: int = technique_field(bench.BenchConfig, "max_runs")
+    max_seconds: float = technique_field(bench.BenchConfig, "max_seconds")
+    stable_within: float = technique_field(bench.BenchConfig, "stable_within")
+    memory: bool = technique_field(bench.BenchConfig, "memory")
+    battery_voltage: float = technique_field(bench.BenchConfig, "battery_voltage")
     compare_to: str = "baseline-fp32"
     bootstrap_resamples: int = 2000
     matmul_size: int = 1024
@@ -74,7 +73,7 @@ class BenchmarkConfig(MeasuredStageConfig):
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"torch_threads={self.torch_threads!r}: each entry is a thread count >= 1, or 0 for "
                                   "all logical CPUs")
-        self.bench_config()  # checks warmup, min_runs, max_runs, max_seconds, stable_within, battery_voltage
+        self.technique_config(bench.BenchConfig)  # checks warmup ... battery_voltage where they are defined
         check_range("bootstrap_resamples", self.bootstrap_resamples, 100)
         check_range("matmul_size", self.matmul_size, 16, 8192)
         if not self.compare_to.strip():
@@ -83,17 +82,17 @@ class BenchmarkConfig(MeasuredStageConfig):
     def bench_config(self) -> bench.BenchConfig:
         """How each package is timed (the smoke policy's few runs when ``smoke``)."""
         if self.smoke:
-            return bench.BenchConfig(warmup=SMOKE.latency_warmup, min_runs=SMOKE.latency_repeats,
-                                     max_runs=4 * SMOKE.latency_repeats, max_seconds=0.2, check_every=SMOKE.latency_repeats,
-                                     patience=1, memory=self.memory, battery_voltage=self.battery_voltage)
-        return bench.BenchConfig(warmup=self.warmup, min_runs=self.min_runs, max_runs=self.max_runs,
-                                 max_seconds=self.max_seconds, stable_within=self.stable_within, memory=self.memory,
-                                 battery_voltage=self.battery_voltage)
+            return self.technique_config(bench.BenchConfig, warmup=SMOKE.latency_warmup, min_runs=SMOKE.latency_repeats,
+                                         max_runs=4 * SMOKE.latency_repeats, max_seconds=0.2,
+                                         check_every=SMOKE.latency_repeats, patience=1)
+        return self.technique_config(bench.BenchConfig)
 
     def resamples(self) -> int:
+        """Bootstrap resamples of the latency ratios (the smoke policy's few when ``smoke``)."""
         return SMOKE.bootstrap_resamples if self.smoke else self.bootstrap_resamples
 
     def matmul(self) -> int:
+        """n of the host's peak matmul (at most 256 when ``smoke``)."""
         return min(self.matmul_size, 256) if self.smoke else self.matmul_size
 
 
@@ -126,8 +125,8 @@ def upstream_records(root: Path) -> dict[str, StageRecord]:
 
 
 class BenchmarkRun(DownstreamRun):
-    """Stage 05's steps: ``settings_table``, ``host_peak``, ``run``, the views, ``write_swift_benchmark``,
-    ``latency_estimate``, then ``finish()``."""
+    """Stage 05's steps, in the notebook's order: ``host_peak``, ``run``, ``five_axis_rows``,
+    ``write_swift_benchmark``, ``latency_estimate``, then ``finish()``; ``snapshot()`` is what the views show."""
 
     stage = STAGE
 
@@ -145,12 +144,16 @@ class BenchmarkRun(DownstreamRun):
         self.failures: list[dict[str, str]] = []
         self.peaks: dict[str, dict[str, Any]] = {}
         self.flops: dict[str, float] = {}
+        self.ratios: list[dict[str, Any]] = []
         self.swift: dict[str, Any] | None = None
         self.estimate: dict[str, Any] | None = None
 
     def _targets(self) -> list[Target]:
+        # Core ML packages only: a Core AI model (target "coreai") runs in Apple's Core AI runtime, which stage 02
+        # already timed as a host-interpreter figure that is never ranked
         found = [Target(stage, v, v.package_path(self.model_dir)) for stage, rec in self.records.items()
-                 for v in rec.variants if v.package and v.package_sha256 and v.package_path(self.model_dir).exists()]
+                 for v in rec.variants if v.package and v.package_sha256 and v.target == "coreml"
+                 and v.package_path(self.model_dir).exists()]
         if not self.cfg.variants:
             return found[:SMOKE.bench_packages] if self.cfg.smoke else found
         chosen = []
@@ -162,23 +165,8 @@ class BenchmarkRun(DownstreamRun):
             chosen += [t for t in match if t not in chosen]
         return chosen
 
-    # ---- what the notebook shows first
-    def targets_table(self) -> Table:
-        """The packages this run times: stage, variant, size, the start of their hash."""
-        return Table([{"stage": t.stage, "variant": t.variant.name, "package": t.variant.package,
-                       "size MB": t.variant.size_mb, "sha256": str(t.variant.package_sha256)[:12]}
-                      for t in self.targets])
-
-    def settings_table(self) -> Table:
-        """Every backend setting: runs here, or why it cannot."""
-        rows = [{"setting": s.label, "tier": bench.TIERS[s.backend], "runs here": "yes", "why not": ""}
-                for s in self.settings]
-        rows += [{"setting": s["setting"], "tier": bench.TIERS[s["setting"].split()[0]], "runs here": "no",
-                  "why not": s["why"]} for s in self.skipped]
-        return Table(rows)
-
     # ---- the work
-    def host_peak(self) -> Table:
+    def host_peak(self) -> dict[str, dict[str, Any]]:
         """The host's best float32 matmul GFLOP/s for every thread count a host setting uses (measured again after
         the run; the higher of the two is kept: it is the least disturbed)."""
         counts = sorted({s.threads or 1 for s in self.settings if s.backend != "coreml" and s.device == "cpu"})
@@ -188,9 +176,7 @@ class BenchmarkRun(DownstreamRun):
         for key, (n, device) in wanted.items():
             found = bench.matmul_peak_gflops(n, self.cfg.matmul(), device=device)
             self.peaks[key] = bench.best_peak(*[p for p in (self.peaks.get(key), found) if p is not None])
-        return Table([{"setting": k, **{x: v[x] for x in ("n", "repeats", "gflops", "median_gflops")},
-                       "every measurement": ", ".join(f"{g:.1f}" for g in v["all_gflops"])}
-                      for k, v in self.peaks.items()])
+        return self.peaks
 
     def inputs_for(self, target: Target) -> dict[str, np.ndarray]:
         """One batch-1 input per package input: the first test image (normalised, or as pixels for an image
@@ -206,8 +192,9 @@ class BenchmarkRun(DownstreamRun):
                 out[spec["name"]] = np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
         return out
 
-    def run(self, progress: bool = True) -> Table:
-        """Time every target with every setting (a failure is recorded with its message, never a number)."""
+    def run(self, progress: bool = True) -> list[dict[str, Any]]:
+        """Time every target with every setting (a failure is recorded with its message, never a number), then
+        compare each variant's latency with ``compare_to``'s; returns this run's measurements."""
         from tqdm.auto import tqdm
 
         if not self.peaks:
@@ -233,18 +220,8 @@ class BenchmarkRun(DownstreamRun):
             peak = self.peaks.get("cuda" if setting.device == "cuda" else str(setting.threads or 1), {}).get("gflops")
             m["work"] = bench.work_block(self.flops.get(f"{m['stage']}/{m['variant']}"), m["latency"]["median"],
                                          peak, setting)
-        return self.measurements_table()
-
-    # ---- tables and charts (display in views)
-    def measurements_table(self) -> Table:
-        from playbook.views import bench_measurements_table
-
-        return bench_measurements_table(self.measurements)
-
-    def distribution_chart(self) -> Any:
-        from playbook.views import latency_distributions
-
-        return latency_distributions(self.measurements)
+        self.ratios = self.comparisons()
+        return self.measurements
 
     def comparisons(self) -> list[dict[str, Any]]:
         """Each variant's median latency over ``compare_to``'s in the same setting, with a bootstrap interval."""
@@ -263,16 +240,6 @@ class BenchmarkRun(DownstreamRun):
                 out.append({"variant": key, "setting": setting, "vs": self.cfg.compare_to, **r})
         return out
 
-    def comparison_table(self) -> Table:
-        from playbook.views import ratio_table
-
-        return ratio_table(self.comparisons())
-
-    def work_table(self) -> Table:
-        from playbook.views import work_table
-
-        return work_table(self.measurements, self.peaks)
-
     def five_axis_rows(self) -> list[dict[str, Any]]:
         """Every earlier variant with its best-provenance latency (device > host > reference) and where it comes
         from: what the report's table shows."""
@@ -289,19 +256,12 @@ class BenchmarkRun(DownstreamRun):
                              "memory_mb": v.peak_memory_mb, "energy_mj": v.energy_mj})
         return rows
 
-    def five_axis_table(self) -> Table:
-        from playbook.views import five_axis_table
-
-        return five_axis_table(self.five_axis_rows())
-
     # ---- device numbers from elsewhere
     def write_swift_benchmark(self) -> Path:
         """``benchmark/ios/PlaybookBenchmark.swift`` and ``copy_models.sh``, generated from the packages' real I/O."""
         folder = self.out_dir / "ios"
         targets = [{"stage": t.stage, "variant": t.variant.name, "package_sha256": t.variant.package_sha256,
                     "package": t.variant.package, "io": t.variant.io} for t in self.targets]
-        from playbook.records import atomic_write_text
-
         path = atomic_write_text(folder / SWIFT_FILE, swift_benchmark(self.cfg.model, targets))
         atomic_write_text(folder / "copy_models.sh", copy_script(targets))
         self.swift = {"path": relative(path, self.model_dir), "copy_script": relative(folder / "copy_models.sh",
@@ -322,12 +282,6 @@ class BenchmarkRun(DownstreamRun):
                     "published model, which this playbook cannot compute offline for them, and two points cannot fit "
                     "three features")}
         return self.estimate
-
-    def imported_table(self) -> Table:
-        """Measurements imported from elsewhere (kept from the previous record when their packages are unchanged)."""
-        from playbook.views import bench_measurements_table
-
-        return bench_measurements_table(self.carried_imports())
 
     def _previous(self) -> StageRecord | None:
         """The benchmark record before this run: the live one, or the one the pipeline moved to ``.stale/`` when an
@@ -397,10 +351,11 @@ class BenchmarkRun(DownstreamRun):
             "dataset": self.dataset.summary(),
             "reference_variant": self.reference.name,
             "targets": [{"stage": t.stage, "variant": t.variant.name, "package": t.variant.package,
-                         "package_sha256": t.variant.package_sha256} for t in self.targets],
+                         "package_sha256": t.variant.package_sha256, "size_mb": t.variant.size_mb}
+                        for t in self.targets],
             "settings": [s.to_dict() for s in self.settings], "skipped": self.skipped, "failures": self.failures,
             "bench_config": self.bcfg.to_dict(), "host_peak": self.peaks, "flops": self.flops,
-            "measurements": measurements, "comparisons": self.comparisons(),
+            "measurements": measurements, "comparisons": self.ratios,
             "imports": [i for i in self._previous_imports() if any(
                 (m.get("provenance") or {}).get("file_sha256") == i["file_sha256"] for m in carried)],
             "swift_benchmark": self.swift, "latency_estimate": self.estimate,
@@ -424,114 +379,3 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> StageRecord:
     run.write_swift_benchmark()
     run.latency_estimate()
     return run.finish()
-
-
-# --------------------------------------------------------------------------- import-bench
-def _find_owner(sha: str, reports_root: Path, model: str) -> str | None:
-    """Which other model's variant (in the same reports folder) has a package with this hash."""
-    if not reports_root.is_dir():
-        return None
-    for folder in sorted(p for p in reports_root.iterdir() if p.is_dir() and p.name != model):
-        try:
-            records = load_stage_records(folder)
-        except (RecordError, ValueError):
-            continue
-        for rec in records.values():
-            for v in rec.variants:
-                if v.package_sha256 == sha:
-                    return f"model {rec.model!r}, variant {v.stage}/{v.name}"
-    return None
-
-
-def import_results(path: Path | str, model: str, reports_dir: str | Path | None = None) -> dict[str, Any]:
-    """Validate a results file (``playbook bench --out``, a Mac, or ``PlaybookBenchmark.swift``) and merge its
-    measurements into ``reports/<model>/benchmark.json`` with their device, OS and provenance.
-
-    Refused as a whole (``BenchResultsError``, nothing written) when the file is not valid JSON, misses fields,
-    states a unit, backend or energy source it cannot know, names another model, or measured a package that is
-    not one of this model's current variants (the message names the other model when the hash is found there).
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BenchResultsError(f"cannot read results file {path}: {exc}") from exc
-    import json
-
-    try:
-        document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchResultsError(f"{path} is refused, nothing was imported: not valid JSON ({exc})") from exc
-    validate_results(document, str(path))
-    if document["model"] != model:
-        raise BenchResultsError(f"{path} is refused, nothing was imported: it holds measurements of model "
-                                f"{document['model']!r}, not {model!r}")
-    reports_root = Path(reports_dir) if reports_dir else default_reports_root()
-    root = model_dir(model, reports_root)
-    records = upstream_records(root) if root.is_dir() else {}
-    if "baseline" not in records:
-        raise RecordError(f"{root / 'baseline.json'} does not exist: run the model's stages before importing "
-                          "device results for it")
-    variants = {v.package_sha256: v for rec in records.values() for v in rec.variants if v.package_sha256}
-    problems = []
-    for i, m in enumerate(document["measurements"]):
-        v = variants.get(m["package_sha256"])
-        if v is None:
-            owner = _find_owner(m["package_sha256"], reports_root, model)
-            problems.append(f"measurements[{i}] ({m['stage']}/{m['variant']}) measured package "
-                            f"{m['package_sha256'][:12]}…, which is none of {model!r}'s current packages"
-                            + (f"; it is {owner}'s" if owner else " (another model's, or an older export)"))
-        elif (v.stage, v.name) != (m["stage"], m["variant"]):
-            problems.append(f"measurements[{i}] says {m['stage']}/{m['variant']} but its package hash is "
-                            f"{v.stage}/{v.name}'s")
-    if problems:
-        raise BenchResultsError(f"{path} is refused, nothing was imported: " + "; ".join(problems[:8]))
-    file_sha = hashlib.sha256(raw).hexdigest()
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    provenance = {"source": "imported", "file": path.name, "file_sha256": file_sha, "imported_at": now,
-                  "produced_by": document["produced_by"]}
-    incoming = [{**m, "provenance": provenance} for m in document["measurements"]]
-    record = _benchmark_record(root, model, records)
-    keys = {measurement_key(m) for m in incoming}
-    kept = [m for m in record.details.get("measurements") or [] if measurement_key(m) not in keys]
-    record.details["measurements"] = kept + incoming
-    summary = {"file": path.name, "file_sha256": file_sha, "imported_at": now, "produced_by": document["produced_by"],
-               "n": len(incoming), "devices": sorted({m["environment"]["device"] for m in incoming}),
-               "os": sorted({m["environment"]["os"] for m in incoming})}
-    record.details["imports"] = [i for i in record.details.get("imports") or [] if i["file_sha256"] != file_sha] + [
-        summary]
-    write_stage_record(root, record)
-    return summary
-
-
-def _benchmark_record(root: Path, model: str, records: dict[str, StageRecord]) -> StageRecord:
-    """The model's benchmark record, or a new one that holds only imported measurements."""
-    try:
-        return read_stage_record(root, STAGE)
-    except RecordError:
-        pass
-    smoke = records["baseline"].smoke
-    cfg = BenchmarkConfig(model=model, smoke=smoke, reports_dir=str(root.parent))
-    command = cfg.run_command()
-    return StageRecord(stage=STAGE, model=model, config=cfg.to_dict(), environment=environment(),
-                       run=command.to_dict(), reproduce=command.shell(),
-                       lineage=lineage_of(root, [root / f"{s}.json" for s in records]), variants=[],
-                       details={"measurements": [], "imports": [], "created_by": "playbook import-bench",
-                                "note": "stage 05 has not run here: this record holds imported measurements only"},
-                       playbook_version=playbook_version())
-
-
-def cli_bench(model: str, reports_dir: str | None, smoke: bool, params: dict[str, Any], out: str | None,
-              progress: bool = True) -> Path:
-    """``playbook bench``: run stage 05 without its notebook (e.g. on a Mac, where ``coreml`` runs) and write the
-    record; ``out`` also gets the portable results file for ``playbook import-bench`` elsewhere."""
-    values = {"model": model, "smoke": smoke, **params}
-    if reports_dir:
-        values["reports_dir"] = str(reports_dir)
-    cfg = BenchmarkConfig.from_dict(values)
-    run_benchmark(cfg, progress=progress)
-    results = cfg.model_dir() / STAGE / RESULTS_FILE
-    if out:
-        write_json(Path(out), read_json(results))
-        return Path(out)
-    return results

@@ -57,6 +57,9 @@ class SmokePolicy:
     # palette sizes a mixed-bit recipe may give a layer in smoke runs: one per-layer probe, and no 8-bit k-means
     # (256 clusters: the slowest palette to fit); same steps
     mixed_bit_choices: tuple[int, ...] = (2, 4)
+    # Core AI beside Core ML in smoke runs: the FP16 export and one coreai-opt compression with its oracle (Apple's
+    # Linux runtime is a slow interpreter; every Core AI code path still runs)
+    coreai_techniques: tuple[str, ...] = ("int8",)
 
     def epochs(self, requested: int) -> int:
         return min(requested, self.max_epochs)

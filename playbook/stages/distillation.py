@@ -6,10 +6,12 @@ distilled-versus-scratch over seeds, ship); ``run_distillation`` runs them all a
 
 The technique (loss, cached logits, feature term) lives in ``playbook.distill`` and knows nothing of this stage.
 The teacher is the baseline, rebuilt from ``baseline.json`` (``stages.common.load_baseline``), or the user's own
-``checkpoint``.  The compression recipe is read from ``quantization.json`` when that record exists (never by
-importing stage 02), else int8 weights; the student is compressed through the one entry point ``compress.compress``, like every
-variant of stage 02 (mixed bit-widths and joint recipes included).  Tables and narrative are functions of the record
-in ``playbook.views.distillation``.
+``checkpoint``.  Before any student trains, ``stages.distillation_student`` chooses the compression recipe (read
+from ``quantization.json``, never by importing stage 02; else int8 weights) and the student's width (the widest of
+``student_widths`` predicted to meet ``min_size_ratio``).  The student is compressed through the one entry point
+``compress.compress``, like every variant of stage 02 (mixed bit-widths and joint recipes included), and a
+PyTorch-side fine-tune learns from the teacher's cached logits.  Tables and narrative are functions of the record in
+``playbook.views.distillation``.
 
 Fairness of the comparison: for each seed the student is built from the same initial weights and trained on the
 same images in the same order with the same optimiser, schedule and budget, once with plain cross-entropy
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,24 +30,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from playbook.architectures import count_macs
 from playbook.compress import CompressionError, get_recipe, weight_layers
 from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
 from playbook.compress.search import AllocationSettings, BitAllocator, LayerProbes, ValidationReference
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, directory_size, export_model, predict_split
 from playbook.data import Dataset
-from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256,
+from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256, logit_loss,
                               paired_seed_test, soft_targets, subset, teacher_logits, train_or_load_student)
+from playbook.env import CpuClock
 from playbook.metrics import compare_paired
 from playbook.models import check_model_name, count_parameters
 from playbook.paths import default_cache_dir
-from playbook.records import (RecordError, StageRecord, VariantRecord, read_stage_record, relative, sha256_path,
-                              stale_inputs)
+from playbook.records import StageRecord, VariantRecord, relative, sha256_path
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
+from playbook.stages.distillation_student import choose_recipe, plan_student, recipe_rate, usable_quantization_record
 from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, load_checkpoint, save_checkpoint
-
-
-FALLBACK_RECIPE = "int8-weights"  # without a usable quantization.json: the recipe coremltools documents as nearly lossless
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,8 @@ class DistillationConfig(MeasuredStageConfig):
     checkpoint: str = ""
     student: str = "resnet"
     student_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 8})
+    student_widths: list[int] = dataclasses.field(default_factory=lambda: [8, 10, 12, 16])
+    min_size_ratio: float = 20.0
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
@@ -84,6 +87,10 @@ class DistillationConfig(MeasuredStageConfig):
             raise ConfigError(f"student_lr={self.student_lr!r} must be > 0")
         check_range("batch_size", self.batch_size, 1)
         check_range("train_images", self.train_images, 0)
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.student_widths):
+            raise ConfigError(f"student_widths={self.student_widths!r} must be widths >= 1 (e.g. [8, 12, 16]), or [] "
+                              "to train the student of student_options as given")
+        check_range("min_size_ratio", self.min_size_ratio, 1.0)
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ConfigError(f"seeds={self.seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
@@ -108,9 +115,6 @@ class DistillationConfig(MeasuredStageConfig):
                              alpha=self.alpha if alpha is None else float(alpha), beta=self.beta,
                              feature_layer=self.feature_layer)
 
-    def student_config(self) -> ModelConfig:
-        return ModelConfig(self.student, dict(self.student_options))
-
     def epochs(self) -> int:
         """Epochs of the seed comparison (the smoke policy caps them)."""
         return SMOKE.epochs(self.student_epochs) if self.smoke else self.student_epochs
@@ -124,27 +128,13 @@ class DistillationConfig(MeasuredStageConfig):
                            lr=self.student_lr, augment=self.augment, validate=False, seed=seed, threads=self.threads)
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (user + system): unlike wall time, it does not grow
-    when other processes compete for the cores, so it is the figure to compare across runs on a shared machine."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def forward_flops(model: nn.Module, dataset: Dataset) -> int:
-    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter`` (0 if it cannot count)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
+    """FLOPs of one forward pass on one image (``architectures.count_macs``: two per multiply-accumulate), or 0 for
+    a user model whose ops PyTorch's counter cannot run: the count is optional."""
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(dataset.input_shape))
-        return int(counter.get_total_flops())
-    except Exception:  # a user model with ops the counter does not know: the count is optional
+        return 2 * count_macs(model, dataset.input_shape)
+    except Exception:
         return 0
-    finally:
-        model.train(was_training)
 
 
 @dataclasses.dataclass
@@ -170,7 +160,7 @@ class DistillationRun(DownstreamRun):
     stage = "distillation"
 
     def __init__(self, cfg: DistillationConfig) -> None:
-        self._cpu_start = cpu_seconds()
+        self._clock = CpuClock.now()
         super().__init__(cfg)
         self.cfg: DistillationConfig = cfg
         record = self.baseline.record
@@ -190,6 +180,9 @@ class DistillationRun(DownstreamRun):
             self.teacher = self.model
         self.teacher_sha256 = file_sha256(self.teacher_checkpoint)
         self.teacher_params = count_parameters(self.teacher)
+        self.recipe_choice = self.choose_recipe()
+        self.student_plan = self.plan_student()
+        self.student_cfg = ModelConfig(cfg.student, self.student_plan["options"])
         with self.threads():
             probe = self.build_student(cfg.seeds[0])
         self.student_params = count_parameters(probe)
@@ -217,7 +210,7 @@ class DistillationRun(DownstreamRun):
     def build_student(self, seed: int) -> nn.Module:
         """A freshly initialised student: the initial weights depend only on ``seed``."""
         torch.manual_seed(seed)
-        return build_model(self.cfg.student_config(), self.dataset)
+        return build_model(self.student_cfg, self.dataset)
 
     @property
     def param_ratio(self) -> float:
@@ -264,7 +257,7 @@ class DistillationRun(DownstreamRun):
                 lambda: (self.logits or self.cache_teacher_logits(progress=False)).logits)
             trained = train_or_load_student(student, data, train_cfg, distill=dcfg, teacher=self.teacher,
                                             teacher_sha256=self.teacher_sha256, cached_logits=logits,
-                                            example=self.example, model_cfg=self.cfg.student_config().to_dict())
+                                            example=self.example, model_cfg=self.student_cfg.to_dict())
             split = self.dataset.val if sweep and len(self.dataset.val) else self.dataset.test
             metrics = evaluate(student, self.dataset, split)
         self.cache_hits[trained.key] = trained.from_cache
@@ -358,49 +351,40 @@ class DistillationRun(DownstreamRun):
 
     # ---- ship: export, compress, measure
     def choose_recipe(self) -> dict[str, Any]:
-        """The compression recipe: ``recipe``, or for ``auto`` the smallest variant of ``quantization.json`` that
-        met that stage's accuracy budget (a recipe name as run there, not a ``-keep`` variant, whose exceptions
-        name the teacher's layers); ``int8-weights`` when there is no usable record."""
-        if self.cfg.recipe != "auto":
-            return {"recipe": self.cfg.recipe, "why": "set by the `recipe` parameter", "source": None}
-        root = self.model_dir
-        if not (root / "quantization.json").exists():
-            return {"recipe": FALLBACK_RECIPE, "source": None,
-                    "why": "no quantization.json (stage 02 has not run): int8 weights, the recipe coremltools "
-                           "documents as nearly lossless"}
-        try:
-            record = read_stage_record(root, "quantization")
-        except RecordError as exc:
-            return {"recipe": FALLBACK_RECIPE, "source": None, "why": f"quantization.json unreadable ({exc})"}
-        if record.smoke != self.cfg.smoke:
-            return {"recipe": FALLBACK_RECIPE, "source": None,
-                    "why": f"quantization.json was made with smoke={record.smoke}, this run has smoke={self.cfg.smoke}"}
-        stale = stale_inputs(root, record)
-        if stale:
-            return {"recipe": FALLBACK_RECIPE, "source": None,
-                    "why": f"quantization.json is stale (inputs changed: {', '.join(stale)}); re-run 02"}
-        candidates = [v for v in record.variants if v.get("within_budget") and isinstance(v.get("recipe"), dict)
-                      and v.name == v.get("recipe").get("name") and v.get("recipe")["name"] != "fp16"]
-        if not candidates:
-            return {"recipe": FALLBACK_RECIPE, "source": "quantization.json",
-                    "why": "no recipe of quantization.json met its accuracy budget"}
-        best = min(candidates, key=lambda v: (v.size_bytes or 0, -(v.top1 or 0.0)))
-        self.lineage["quantization.json"] = sha256_path(root / "quantization.json")
-        qcfg = record.config
-        measured = ", ".join(([f"{best.size_mb:.3f} MB"] if best.size_mb is not None else [])
-                             + ([f"{best.delta_top1:+.2f} points on the teacher"] if best.delta_top1 is not None
-                                else []))
-        return {"recipe": best.name, "source": "quantization.json",
-                "why": f"the smallest package of quantization.json within its {record.get('accuracy_budget')}-point "
-                       f"budget" + (f": {measured}" if measured else ""),
-                "teacher_delta_top1": best.delta_top1, "teacher_size_bytes": best.size_bytes,
-                "finetune": {"steps": int(qcfg.get("finetune_steps", FinetuneConfig.steps)),
-                             "lr": float(qcfg.get("finetune_lr", FinetuneConfig.lr)),
-                             "batch_size": int(qcfg.get("batch_size", FinetuneConfig.batch_size)),
-                             "seed": int(qcfg.get("seed", FinetuneConfig.seed))},
-                "allocation": {"probe_images": int(qcfg.get("sensitivity_images", AllocationSettings.probe_images)),
-                               "check_images": int(qcfg.get("search_images", AllocationSettings.check_images)),
-                               "max_top1_drop": float(record.get("accuracy_budget") or 1.0)}}
+        """The compression recipe and why (``distillation_student.choose_recipe``: ``recipe``, or for ``auto`` the
+        smallest package of ``quantization.json`` within that stage's accuracy budget, else int8 weights)."""
+        choice = choose_recipe(self.cfg.recipe, self.model_dir, self.cfg.smoke)
+        if choice["source"] == "quantization.json":
+            self.lineage["quantization.json"] = sha256_path(self.model_dir / "quantization.json")
+        return choice
+
+    def plan_student(self) -> dict[str, Any]:
+        """The student's width from the size budget: the widest of ``student_widths`` whose package, compressed
+        with the chosen recipe at the rate it reached on the teacher, is predicted ``min_size_ratio`` times smaller
+        than the teacher's FP32 package (``distillation_student.plan_student``)."""
+        widths = list(self.cfg.student_widths[:2] if self.cfg.smoke else self.cfg.student_widths)
+        fp16 = next((v for v in self.baseline_variants if v.get("precision") == "fp16"), None)
+        if not widths or fp16 is None:
+            return plan_student([], dict(self.cfg.student_options), None, {}, self.fp32_bytes, self.cfg.min_size_ratio)
+        teacher_fp16 = fp16.package_path(self.model_dir)
+        teacher_eligible = sum(x.size for x in weight_layers(teacher_fp16, self.cfg.weight_threshold) if x.eligible)
+        rate = recipe_rate(self.recipe_choice["recipe"], self.model_dir, self.cfg.smoke,
+                           directory_size(teacher_fp16), teacher_eligible)
+
+        def measure(width: int) -> dict[str, Any]:  # an untrained student's FP16 package: its size is exact
+            torch.manual_seed(0)
+            student = build_model(ModelConfig(self.cfg.student, {**self.cfg.student_options, "width": width}),
+                                  self.dataset)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_model(student, self.dataset, self.export_cfg.replace(precision="fp16"), Path(tmp),
+                                    f"width-{width}").path
+                eligible = sum(x.size for x in weight_layers(path, self.cfg.weight_threshold) if x.eligible)
+                return {"parameters": count_parameters(student), "fp16_bytes": directory_size(path),
+                        "eligible": eligible}
+
+        with self.threads(), self.timer.step("plan_student"):
+            return plan_student(widths, dict(self.cfg.student_options), measure, rate, self.fp32_bytes,
+                                self.cfg.min_size_ratio)
 
     def ship(self) -> list[VariantRecord]:
         """Export the distilled student of the first seed (fixed in advance: no choice on the test split), compress
@@ -410,17 +394,17 @@ class DistillationRun(DownstreamRun):
         start = time.perf_counter()
         seed = self.cfg.seeds[0]
         student = self.students[seed]["distilled"].model
-        choice = self.choose_recipe()
+        choice = self.recipe_choice
         recipe = get_recipe(choice["recipe"])
         facts = {"technique": "distillation", "teacher": self.baseline.record["model_config"],
                  "teacher_parameters": self.teacher_params, "student": self.cfg.student,
-                 "student_options": dict(self.cfg.student_options), "student_parameters": self.student_params,
+                 "student_options": dict(self.student_cfg.knobs), "student_parameters": self.student_params,
                  "parameter_ratio": self.param_ratio, "temperature": self.cfg.temperature, "alpha": self.cfg.alpha,
                  "beta": self.cfg.beta, "seed": seed, "epochs": self.cfg.epochs(),
                  "train_images": len(subset(self.dataset, self.cfg.train_images).train),
                  "pytorch_test_top1": self.students[seed]["distilled"].top1}
         weights = self.out_dir / "student.pt"  # the shipped student's weights: reload with train.load_checkpoint
-        save_checkpoint(student, weights, {"model": self.cfg.student_config().to_dict(), **{
+        save_checkpoint(student, weights, {"model": self.student_cfg.to_dict(), **{
             k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
             "teacher_checkpoint_sha256": self.teacher_sha256})
         facts["student_checkpoint"] = relative(weights, self.model_dir)
@@ -452,6 +436,9 @@ class DistillationRun(DownstreamRun):
         self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
                         "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
                         "delta_top1_vs_teacher_fp32": packed.delta_top1,
+                        "predicted_bytes": self.student_plan.get("predicted_bytes"),
+                        "finetune_loss": "distillation (teacher logits)" if made.finetune_steps and self.logits
+                        is not None and not self.cfg.augment else "cross-entropy" if made.finetune_steps else None,
                         "compression_delta_top1": packed.top1 - plain.top1}
         self.timings["ship"] = time.perf_counter() - start
         return [plain, packed]
@@ -471,9 +458,12 @@ class DistillationRun(DownstreamRun):
             finetune = finetune.replace(steps=SMOKE.steps(finetune.steps))
         cfg = CompressConfig(precision=self.cfg.precision, weight_threshold=self.cfg.weight_threshold,
                              finetune=finetune)
+        # a PyTorch-side fine-tune learns from the teacher's cached logits (the distillation loss), not only labels
+        loss = (logit_loss(self.logits, self.cfg.temperature, self.cfg.alpha)
+                if self.logits is not None and not self.cfg.augment else None)
         source = ModelSource(student, self.dataset, self.export_cfg, self.out_dir,
                              {(self.cfg.precision, self.export_cfg.minimum_deployment_target): base},
-                             metadata=self._package_metadata())
+                             metadata=self._package_metadata(), loss_fn=loss)
         example = self.dataset.to_tensor(self.dataset.calib.images[:1])
         allocation = AllocationSettings(bit_choices=SMOKE.mixed_bit_choices if self.cfg.smoke else (),
                                         **(choice.get("allocation") or {}))
@@ -492,16 +482,8 @@ class DistillationRun(DownstreamRun):
         """What the accuracy-versus-size chart plots: the baseline's packages, the compressed teachers of
         ``quantization.json`` when that record is usable (same smoke setting, inputs unchanged), and this stage's
         students, so a distilled student is seen next to the compressed teacher of about the same size."""
-        compressed: list[VariantRecord] = []
-        root = self.model_dir
-        if (root / "quantization.json").exists():
-            try:
-                record = read_stage_record(root, "quantization")
-                if record.smoke == self.cfg.smoke and not stale_inputs(root, record):
-                    compressed = list(record.variants)
-            except RecordError:
-                compressed = []
-        return [*self.baseline_variants, *compressed, *self.variants]
+        record, _ = usable_quantization_record(self.model_dir, self.cfg.smoke)
+        return [*self.baseline_variants, *(record.variants if record is not None else []), *self.variants]
 
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:
@@ -530,6 +512,15 @@ class DistillationRun(DownstreamRun):
             self.add_pitfall("the student is more than 1/5 of the teacher",
                              f"{self.student_params:,} vs {self.teacher_params:,} parameters ({self.param_ratio:.0%}): "
                              "the size gain comes mostly from compression, not from distillation")
+        if self.shipped and "shipped" in self.shipped and self.student_plan.get("chosen"):
+            ratio, predicted = self.shipped["size_ratio_vs_teacher_fp32"], self.shipped["predicted_bytes"]
+            if ratio < self.cfg.min_size_ratio:
+                size = self.fp32_bytes / ratio
+                self.add_pitfall(f"the shipped student misses min_size_ratio={self.cfg.min_size_ratio:g}",
+                                 f"{ratio:.1f}x smaller than the teacher's FP32 package: {size / 1e3:.1f} KB "
+                                 f"measured against {predicted / 1e3:.1f} KB predicted from the recipe's rate on the "
+                                 "teacher; a small network keeps more bits per weight (its layers are less "
+                                 "redundant, and look-up tables and small tensors weigh more): lower the width")
         if self.shipped and "shipped" in self.shipped:
             choice = self.shipped["choice"]
             student_cost = self.shipped["compression_delta_top1"]
@@ -552,7 +543,8 @@ class DistillationRun(DownstreamRun):
             "teacher": {"architecture": teacher_cfg, "parameters": self.teacher_params,
                         "checkpoint": str(self.teacher_checkpoint), "checkpoint_sha256": self.teacher_sha256,
                         "user_checkpoint": bool(self.cfg.checkpoint)},
-            "student": {"architecture": self.cfg.student_config().to_dict(), "parameters": self.student_params,
+            "student": {"architecture": self.student_cfg.to_dict(), "parameters": self.student_params,
+                        "plan": self.student_plan,
                         "parameter_ratio": self.param_ratio, "feature_shapes": self.feature_shapes,
                         "flops": self.student_flops, "teacher_flops": self.teacher_flops},
             "objective": {**self.cfg.distill_config().to_dict(),
@@ -571,7 +563,7 @@ class DistillationRun(DownstreamRun):
             "mixed_bits": self.allocations,
             "timings": self.timings,
             "student_cache": {"students": len(self.cache_hits), "from_cache": sum(self.cache_hits.values())},
-            "cpu_seconds": cpu_seconds() - self._cpu_start,
+            "cpu_seconds": CpuClock.now().since(self._clock)["cpu_s"],
             "threads": self.thread_choice.threads,
         }
 

@@ -8,6 +8,10 @@ the notebook.  The compressors, the per-layer probes and the bit allocation live
 nothing of this stage); what the stage says before it starts is counted in ``quantization_cost``; tables and
 narrative are functions of the record in ``playbook.views.quantization``.
 
+With ``coreai`` (and Apple's Core AI packages installed), ``run_coreai()`` also makes Core AI variants beside the
+Core ML ones -- the trained model as ``.aimodel`` and coreai-opt's compressions, measured through Apple's Core AI
+runtime (``compress.coreai_variants``); they carry ``target="coreai"`` and stay out of the Core ML steps below.
+
 Recipes that need an iOS18 program get one (``retarget=True``).  A recipe coremltools refuses is recorded with
 coremltools' message and a hint; any other failure is recorded with its phase, and the stage goes on.
 """
@@ -27,6 +31,7 @@ from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, Compressi
                                channel_ranges, compressed_weight_count, get_recipe, subclassed_layers,
                                weight_file_bytes, weight_layers)
 from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
+from playbook.compress.coreai_variants import CoreAISettings, make_coreai_variants
 from playbook.compress.recipes import TECHNIQUES
 from playbook.compress.search import (AllocationSettings, BitAllocator, LayerProbes, ValidationReference, keep_curve,
                                       rank_layers, validation_subset)
@@ -57,6 +62,8 @@ class QuantizationConfig(MeasuredStageConfig):
     sensitivity_images: int = 1000
     search_images: int = 0
     max_exceptions: int = 3
+    coreai: bool = True
+    coreai_images: int = 2000
     seed: int = 0
     interactive: bool = True
 
@@ -74,6 +81,7 @@ class QuantizationConfig(MeasuredStageConfig):
                                   "'auto' or 'none'")
         check_range("sensitivity_images", self.sensitivity_images, 1)
         check_range("search_images", self.search_images, 0)
+        check_range("coreai_images", self.coreai_images, 0)
         check_range("max_exceptions", self.max_exceptions, 1)
 
     def recipe_names(self) -> list[str]:
@@ -96,6 +104,15 @@ class QuantizationConfig(MeasuredStageConfig):
         return CompressConfig(precision=self.precision, weight_threshold=self.weight_threshold, retarget=self.retarget,
                               finetune=FinetuneConfig(steps=self.steps(), lr=self.finetune_lr,
                                                       batch_size=self.batch_size, seed=self.seed))
+
+    def coreai_settings(self) -> CoreAISettings:
+        """Which Core AI variants ``run_coreai`` makes (the smoke policy's few in smoke runs) and how they are
+        measured (the same repeats and resamples as the Core ML variants)."""
+        m = self.measure_config()
+        techniques = SMOKE.coreai_techniques if self.smoke else CoreAISettings.techniques
+        return CoreAISettings(techniques=tuple(techniques), fp32=not self.smoke, latency_warmup=m.latency_warmup,
+                              latency_repeats=m.latency_repeats, bootstrap_resamples=m.bootstrap_resamples,
+                              test_images=self.coreai_images)
 
     def allocation_settings(self) -> AllocationSettings:
         """How mixed bit-widths are chosen: the images of the probes and checks, the budget, and in smoke runs the
@@ -134,6 +151,7 @@ class QuantizationRun(DownstreamRun):
         self.retargeted: list[dict[str, str]] = []
         self.sensitivity: dict[str, Any] | None = None
         self.channel_ranges: list[dict[str, Any]] | None = None  # set when data-free recipes collapse
+        self.coreai: dict[str, Any] | None = None  # what run_coreai made, skipped or could not do, and why
         self._example = self.dataset.to_tensor(self.dataset.calib.images[:1])
         self._layers: dict[str, list[WeightLayer]] = {}
         # what every recipe compresses: the trained model, and the baseline's own packages where they fit
@@ -247,6 +265,30 @@ class QuantizationRun(DownstreamRun):
         record.extra["within_budget"] = bool(record.delta_top1 >= -self.cfg.max_top1_drop)
         return record
 
+    # ---- step 2b: Core AI beside Core ML (issue 24)
+    def run_coreai(self) -> list[VariantRecord]:
+        """Export the trained model as Core AI ``.aimodel`` (FP16, and FP32 outside smoke runs) and apply coreai-opt's
+        compressions, each measured through Apple's Core AI runtime (``compress.coreai_variants``).  A Core AI recipe
+        that fails is recorded, never fatal; without the packages (or with ``coreai=False``) the record says why."""
+        settings = self.cfg.coreai_settings()
+        if not self.cfg.coreai:
+            self.coreai = {"available": False, "why": "coreai=False: Core AI variants were not asked for",
+                           "recipes": [], "variants": [], "skipped": [], "failed": [], "oracle": {}}
+            return []
+        with self.threads(), self.timer.step("coreai"):
+            outcome = make_coreai_variants(self.model, self.dataset, self.reference, self.out_dir, self.model_dir,
+                                           self.stage, settings, {"playbook.model": self.cfg.model}, self.fp32_bytes)
+        for record, scores in outcome.variants:
+            self.variants = [v for v in self.variants if v.name != record.name] + [record]
+            self.scores[record.name] = scores
+        self.coreai = outcome.details(settings)
+        return [v for v, _ in outcome.variants]
+
+    @property
+    def coreml_variants(self) -> list[VariantRecord]:
+        """This run's Core ML packages (the Core AI models left out): what the Core ML steps compare."""
+        return [v for v in self.variants if v.target == "coreml"]
+
     # ---- step 3: the layer sensitivity analysis
     def choose_sensitivity_recipe(self) -> str | None:
         """``sensitivity_recipe``, or for ``auto`` the smallest measured single-step Core ML recipe that loses
@@ -255,7 +297,7 @@ class QuantizationRun(DownstreamRun):
             return None
         if self.cfg.sensitivity_recipe != "auto":
             return self.cfg.sensitivity_recipe
-        candidates = [v for v in self.variants if get_recipe(v.get("recipe")["name"]).single_step
+        candidates = [v for v in self.coreml_variants if get_recipe(v.get("recipe")["name"]).single_step
                       and v.name == v.get("recipe")["name"]
                       and v.delta_top1 >= -5 * max(self.cfg.max_top1_drop, 0.1)]
         return min(candidates, key=lambda v: v.size_bytes).name if candidates else None
@@ -316,19 +358,21 @@ class QuantizationRun(DownstreamRun):
                                 resamples=self.mcfg.bootstrap_resamples).to_dict()
         return {"a": a, "b": b, **result}
 
-    def chart_variants(self) -> list[VariantRecord]:
-        """The baseline's packages and every variant of this stage: what the accuracy chart plots."""
-        return [*self.baseline_variants, *self.variants]
+    def chart_variants(self, coreai: bool = False) -> list[VariantRecord]:
+        """The baseline's packages and every Core ML variant of this stage (with ``coreai``, the Core AI models too):
+        what the accuracy chart plots."""
+        return [*self.baseline_variants, *(self.variants if coreai else self.coreml_variants)]
 
-    def pareto(self) -> list[str]:
-        """Names of the variants on the size/top-1 Pareto front (baseline packages included), smallest first."""
-        return [v.name for v in pareto_front(self.chart_variants(), lambda v: v.size_bytes, lambda v: v.top1)]
+    def pareto(self, coreai: bool = False) -> list[str]:
+        """Names of the variants on the size/top-1 Pareto front (baseline packages included), smallest first: the
+        Core ML packages, or with ``coreai`` the front an app for iOS / macOS 27+ chooses from (both targets)."""
+        return [v.name for v in pareto_front(self.chart_variants(coreai), lambda v: v.size_bytes, lambda v: v.top1)]
 
     def _far_outside(self, data_free: bool) -> list[VariantRecord]:
         """The variants that lost more than 5x the accuracy budget, with (``data_free``) or without a data-free
         recipe."""
         limit = -5 * max(self.cfg.max_top1_drop, 0.1)
-        return [v for v in self.variants if v.vs_reference is not None and v.vs_reference.delta_top1 < limit
+        return [v for v in self.coreml_variants if v.vs_reference is not None and v.vs_reference.delta_top1 < limit
                 and (v.get("recipe")["data"] == "none") == data_free]
 
     def collect_pitfalls(self) -> list[dict[str, str]]:
@@ -360,7 +404,7 @@ class QuantizationRun(DownstreamRun):
                              f"would leave {sum(x.size <= 2048 for x in layers)} of {len(layers)} weights of this "
                              "small model uncompressed")
         seen: set[tuple[str, ...]] = set()
-        for v in self.variants:
+        for v in self.coreml_variants:
             skipped = [m for m in v.get("details", {}).get("messages", []) if "Invalid block_sizes" in m
                        or "Unable to" in m or "skipped" in m.lower() or "does not divide" in m]
             if skipped and tuple(skipped) not in seen:  # a -keep<k> variant repeats its recipe's messages
@@ -487,6 +531,8 @@ class QuantizationRun(DownstreamRun):
             "skipped": self.skipped,
             "failed": self.failed,
             "pareto_front": self.pareto(),
+            "pareto_front_coreai27": self.pareto(coreai=True) if self.coreai and self.coreai["variants"] else None,
+            "coreai": self.coreai,
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
             "mixed_bits": self.mixed,
@@ -502,5 +548,6 @@ def run_quantization(cfg: QuantizationConfig) -> StageRecord:
     """The whole stage without the notebook: every selected recipe, the sensitivity analysis, the record."""
     run = QuantizationRun(cfg)
     run.run()
+    run.run_coreai()
     run.layer_sensitivity()
     return run.finish()

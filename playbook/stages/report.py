@@ -30,6 +30,8 @@ class ReportConfig(StageConfig):
     max_latency_ms: float = Budget.max_latency_ms
     objective: str = Budget.objective
     accuracy_rule: str = Budget.accuracy_rule
+    app_target: str = Budget.app_target
+    framework: str = Budget.framework
     client: str = ""
     language: str = "en"
 
@@ -44,7 +46,8 @@ class ReportConfig(StageConfig):
 
     def budget(self) -> Budget:
         """The client's budget (``report.recommend.Budget``) from this stage's flat parameters."""
-        return Budget(self.max_top1_drop, self.max_size_mb, self.max_latency_ms, self.objective, self.accuracy_rule)
+        return Budget(self.max_top1_drop, self.max_size_mb, self.max_latency_ms, self.objective, self.accuracy_rule,
+                      self.app_target, self.framework)
 
 
 class _Section:

@@ -1,10 +1,13 @@
-"""Stage 05 (device benchmarking) views: tables and charts over the benchmark record's measurements."""
+"""Stage 05 (device benchmarking) views: tables and charts over the benchmark record (``run.snapshot()`` while the
+notebook runs, ``benchmark.json`` afterwards) and its measurements (``playbook.bench_schema``)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
 
+from playbook.bench_schema import TIERS
+from playbook.records import StageRecord
 from playbook.views.core import PALETTE, Chart, Table, _figure, _mpl_text
 
 
@@ -15,6 +18,35 @@ def _measured(block: dict[str, Any] | None, key: str) -> Any:
     if not block or not block.get("measured"):
         return "not measured"
     return block.get(key)
+
+
+def bench_targets_table(record: StageRecord) -> Table:
+    """The packages the run times: stage, variant, package, size, the start of their hash."""
+    return Table([{"stage": t["stage"], "variant": t["variant"], "package": t["package"], "size MB": t["size_mb"],
+                   "sha256": str(t["package_sha256"])[:12]} for t in record["targets"]])
+
+
+def bench_settings_table(record: StageRecord) -> Table:
+    """Every backend setting: runs here, or why it cannot."""
+    rows = [{"setting": s["label"], "tier": TIERS[s["backend"]], "runs here": "yes", "why not": ""}
+            for s in record["settings"]]
+    rows += [{"setting": s["setting"], "tier": TIERS[s["setting"].split()[0]], "runs here": "no", "why not": s["why"]}
+             for s in record["skipped"]]
+    return Table(rows)
+
+
+def host_peak_table(record: StageRecord) -> Table:
+    """The host's best float32 matmul GFLOP/s per thread count (and CUDA), with every measurement of it."""
+    return Table([{"setting": k, **{x: v[x] for x in ("n", "repeats", "gflops", "median_gflops")},
+                   "every measurement": ", ".join(f"{g:.1f}" for g in v["all_gflops"])}
+                  for k, v in record["host_peak"].items()])
+
+
+def measurements_of(record: StageRecord, imported: bool = False) -> list[dict[str, Any]]:
+    """The record's measurements made by this run (``imported=False``), or those imported from elsewhere (kept
+    from the previous record while their packages are unchanged)."""
+    return [m for m in record.get("measurements") or []
+            if ((m.get("provenance") or {}).get("source") == "imported") == imported]
 
 
 def bench_measurements_table(measurements: Sequence[dict[str, Any]]) -> Table:

@@ -150,6 +150,17 @@ def student_table(record: StageRecord) -> Table:
     return Table(rows)
 
 
+def student_plan_table(record: StageRecord) -> Table:
+    """Each candidate width with its untrained FP16 package, eligible weights and predicted compressed size, and
+    whether it fits the size budget (the student trained is the widest that does)."""
+    plan = (record.get("student") or {}).get("plan") or {}
+    chosen = (plan.get("options") or {}).get("width")
+    return Table([{"width": c["width"], "parameters": c["parameters"], "FP16 package bytes": c["fp16_bytes"],
+                   "eligible weight elements": c["eligible"], "predicted compressed bytes": round(c["predicted_bytes"]),
+                   "within the size budget": c["predicted_bytes"] <= plan["max_bytes"],
+                   "trained": c["width"] == chosen} for c in plan.get("candidates") or []])
+
+
 def explain_seeds(record: StageRecord) -> str:
     """One paragraph with the measured distilled-versus-scratch comparison (for the notebook's markdown)."""
     s, results, cfg = record.get("seed_statistics"), record.get("seeds") or [], record.config

@@ -172,7 +172,7 @@ def smallest_within(record: StageRecord, max_drop: float, strict: bool = True) -
     """The variant with the smallest weight file whose change in top-1 stays within ``max_drop`` points of FP32:
     with ``strict``, the whole paired 95% interval (its lower end >= -max_drop); otherwise the point estimate.
     ``None`` when no variant qualifies."""
-    fits = [v for v in record.variants if v.vs_reference is not None and
+    fits = [v for v in record.variants if v.target == "coreml" and v.vs_reference is not None and
             (v.vs_reference.ci_low if strict else v.vs_reference.delta_top1) >= -max_drop]
     return min(fits, key=lambda v: v.get("weights_bytes") or v.size_bytes, default=None)
 
@@ -311,3 +311,49 @@ def bit_search_table(record: StageRecord, name: str) -> Table:
     return Table([{"path point": c["index"], "bits/weight": c["bits_per_weight"], "weights KB":
                    c["weights_bytes"] / 1e3, "val Δ top-1": c["val_delta_top1"], "val KL": c["val_kl"],
                    "predicted KL": c["predicted_kl"], "accepted": c["accepted"]} for c in info["checks"]])
+
+
+# --------------------------------------------------------------------------- Core AI beside Core ML (issue 24)
+def coreai_table(record: StageRecord) -> Table:
+    """The Core AI variants of the record (``target="coreai"``) beside the FP32 Core ML reference: size, top-1 with
+    its interval and change, Apple's runtime against the playbook's executor on the same weights (where measured),
+    and the host-interpreter latency (never a device figure)."""
+    fp32 = (record.get("baseline") or {}).get("fp32_size_bytes")
+    rows = []
+    for v in record.variants:
+        if v.target != "coreai":
+            continue
+        vs, oracle = v.vs_reference, v.get("oracle") or {}
+        rows.append({"variant": v.name, "target": f"Core AI, iOS/macOS {str(v.get('min_os') or '27').split('.')[0]}+",
+                     "technique": v.get("technique"), "KB": v.size_bytes / 1e3 if v.size_bytes else None,
+                     "x smaller": fp32 / v.size_bytes if fp32 and v.size_bytes else None, "top-1 %": v.top1,
+                     "top-1 95% CI": f"[{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]" if v.top1_ci else "",
+                     "Δ top-1": vs.delta_top1 if vs else None,
+                     "Δ 95% CI": f"[{vs.ci_low:.2f}, {vs.ci_high:.2f}]" if vs else "",
+                     "oracle agree %": oracle.get("top1_agreement"), "oracle max rel err": oracle.get("max_rel_error"),
+                     "host interpreter ms": v.latency_ms})
+    return Table(rows)
+
+
+def explain_coreai(record: StageRecord) -> str:
+    """Markdown: whether Core AI variants were made (and why not), what failed, and how to read their figures."""
+    info = record.get("coreai")
+    if not info:
+        return "*Core AI variants were not run in this stage (call `run.run_coreai()`).*"
+    if not info.get("available"):
+        return f"**No Core AI variants:** {info.get('why')}. The Core ML variants above are unaffected."
+    made = ", ".join(f"`{n}`" for n in info["variants"]) or "none"
+    major = str(info.get("min_os")).split(".")[0]
+    lines = [f"Core AI variants made with {info.get('versions')}: {made} ({info.get('seconds', 0.0):.0f} s). They load "
+             f"only on iOS / macOS {major} or later; the report lets them compete only for a client whose deployment "
+             "target is that recent."]
+    for s in info.get("skipped") or []:
+        lines.append(f"* `{s['recipe']}` was refused: {s['coremltools_message']} -- {s['hint']}")
+    for f in info.get("failed") or []:
+        lines.append(f"* `{f['recipe']}` failed ({f['phase']}): {f['error']}: {f['reason']}")
+    for name, o in (info.get("oracle") or {}).items():
+        lines.append(f"* oracle for `{name}`: Apple's Core AI runtime and the playbook's executor (on the same weights "
+                     f"as .mlpackage) agree on the top-1 class for {o['top1_agreement']:.2f}% of {o['n']} test images, "
+                     f"max relative error {o['max_rel_error']:.1e} ({'passed' if o['passed'] else 'FAILED'}).")
+    lines.append(f"* latency: {info.get('latency_note')}.")
+    return "\n".join(lines)

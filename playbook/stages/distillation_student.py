@@ -1,0 +1,129 @@
+"""Stage 03's two choices made before any student trains: the compression recipe, and the student's width.
+
+Plain functions of records and measured sizes (the stage passes them in):
+
+* ``choose_recipe``: ``recipe``, or for ``auto`` the smallest package of ``quantization.json`` that met that stage's
+  accuracy budget on the teacher (read from the record, never by importing stage 02), else int8 weights.
+* ``recipe_rates``: for each recipe of ``quantization.json`` that met its budget, how many bytes one eligible weight
+  element took on the teacher (``distill.bytes_per_element``), the rate ``plan_student`` predicts a student's
+  compressed size with.
+* ``plan_student``: the widest candidate student whose compressed package is predicted to be at least
+  ``min_size_ratio`` times smaller than the teacher's FP32 package (``distill.choose_student``), with the reason.
+
+The size of an untrained student's FP16 package is exact (it does not depend on the weights' values), so the only
+estimate is the recipe's rate, which the record states beside the package finally measured.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from playbook.compress.apply import FinetuneConfig
+from playbook.compress.search import AllocationSettings
+from playbook.distill import bytes_per_element, choose_student
+from playbook.records import RecordError, StageRecord, read_stage_record, stale_inputs
+
+FALLBACK_RECIPE = "int8-weights"  # without a usable quantization.json: the recipe coremltools documents as nearly lossless
+INT8_BYTES_PER_ELEMENT = 1.0  # int8 weights: one byte per element (per-channel scales are negligible)
+
+
+def usable_quantization_record(root: Path, smoke: bool) -> tuple[StageRecord | None, str]:
+    """``quantization.json`` when it exists, reads, was made with the same ``smoke`` and its inputs are unchanged;
+    else ``None`` and why not."""
+    if not (root / "quantization.json").exists():
+        return None, "no quantization.json (stage 02 has not run)"
+    try:
+        record = read_stage_record(root, "quantization")
+    except RecordError as exc:
+        return None, f"quantization.json unreadable ({exc})"
+    if record.smoke != smoke:
+        return None, f"quantization.json was made with smoke={record.smoke}, this run has smoke={smoke}"
+    stale = stale_inputs(root, record)
+    if stale:
+        return None, f"quantization.json is stale (inputs changed: {', '.join(stale)}); re-run 02"
+    return record, ""
+
+
+def budget_recipes(record: StageRecord) -> list[Any]:
+    """The variants of stage 02 that met its accuracy budget on the teacher and are a recipe as run there (not a
+    ``-keep`` variant, whose exceptions name the teacher's layers, and not plain FP16)."""
+    return [v for v in record.variants if v.get("within_budget") and isinstance(v.get("recipe"), dict)
+            and v.name == v.get("recipe").get("name") and v.get("recipe")["name"] != "fp16"]
+
+
+def choose_recipe(recipe: str, root: Path, smoke: bool) -> dict[str, Any]:
+    """The compression recipe and why: ``recipe`` when set, for ``"auto"`` the smallest package of
+    ``quantization.json`` within its accuracy budget (with stage 02's fine-tune and allocation settings), else
+    ``int8-weights``."""
+    if recipe != "auto":
+        return {"recipe": recipe, "why": "set by the `recipe` parameter", "source": None}
+    record, why_not = usable_quantization_record(root, smoke)
+    if record is None:
+        return {"recipe": FALLBACK_RECIPE, "source": None,
+                "why": why_not + (": int8 weights, the recipe coremltools documents as nearly lossless"
+                                  if why_not.startswith("no quantization.json") else "")}
+    candidates = budget_recipes(record)
+    if not candidates:
+        return {"recipe": FALLBACK_RECIPE, "source": "quantization.json",
+                "why": "no recipe of quantization.json met its accuracy budget"}
+    best = min(candidates, key=lambda v: (v.size_bytes or 0, -(v.top1 or 0.0)))
+    qcfg = record.config
+    measured = ", ".join(([f"{best.size_mb:.3f} MB"] if best.size_mb is not None else [])
+                         + ([f"{best.delta_top1:+.2f} points on the teacher"] if best.delta_top1 is not None else []))
+    return {"recipe": best.name, "source": "quantization.json",
+            "why": f"the smallest package of quantization.json within its {record.get('accuracy_budget')}-point "
+                   f"budget" + (f": {measured}" if measured else ""),
+            "teacher_delta_top1": best.delta_top1, "teacher_size_bytes": best.size_bytes,
+            "finetune": {"steps": int(qcfg.get("finetune_steps", FinetuneConfig.steps)),
+                         "lr": float(qcfg.get("finetune_lr", FinetuneConfig.lr)),
+                         "batch_size": int(qcfg.get("batch_size", FinetuneConfig.batch_size)),
+                         "seed": int(qcfg.get("seed", FinetuneConfig.seed))},
+            "allocation": {"probe_images": int(qcfg.get("sensitivity_images", AllocationSettings.probe_images)),
+                           "check_images": int(qcfg.get("search_images", AllocationSettings.check_images)),
+                           "max_top1_drop": float(record.get("accuracy_budget") or 1.0)}}
+
+
+def recipe_rate(recipe: str, root: Path, smoke: bool, teacher_fp16_bytes: int,
+                teacher_eligible: int) -> dict[str, Any]:
+    """Bytes per eligible weight element that ``recipe`` took on the teacher (from ``quantization.json``), or the
+    nominal int8 rate for the fallback recipe; ``bytes_per_element`` is ``None`` when neither is known."""
+    record, why_not = usable_quantization_record(root, smoke)
+    measured = {v.name: v for v in budget_recipes(record)} if record is not None else {}
+    if record is not None:  # a recipe set by hand may have missed stage 02's budget: its size is still measured
+        measured.update({v.name: v for v in record.variants if v.name == recipe and v.size_bytes})
+    if recipe in measured and teacher_eligible > 0:
+        size = int(measured[recipe].size_bytes)
+        return {"recipe": recipe, "bytes_per_element": bytes_per_element(teacher_fp16_bytes, teacher_eligible, size),
+                "source": f"quantization.json: the teacher's {recipe} package, {size:,} bytes, against its FP16 "
+                          f"package, {teacher_fp16_bytes:,} bytes, over {teacher_eligible:,} eligible weight elements"}
+    if recipe == FALLBACK_RECIPE:
+        return {"recipe": recipe, "bytes_per_element": INT8_BYTES_PER_ELEMENT,
+                "source": "nominal: int8 weights take one byte per element" + (f" ({why_not})" if why_not else "")}
+    return {"recipe": recipe, "bytes_per_element": None,
+            "source": f"{recipe} has no measured package in quantization.json" + (f" ({why_not})" if why_not else "")}
+
+
+def plan_student(widths: Sequence[int], configured: dict[str, Any], measure_candidate: Callable[[int], dict[str, Any]],
+                 rate: dict[str, Any], fp32_bytes: int, min_size_ratio: float) -> dict[str, Any]:
+    """The student's options: ``configured`` with the chosen ``width``, and why.  ``measure_candidate(width)``
+    returns ``{"parameters", "fp16_bytes", "eligible"}`` of an untrained student of that width; with no
+    ``widths`` or no known rate the configured student is kept."""
+    if not widths:
+        return {"options": dict(configured), "chosen": False, "why": "student_widths=[]: the configured student"}
+    if rate.get("bytes_per_element") is None:
+        return {"options": dict(configured), "chosen": False,
+                "why": f"no size rate for the recipe ({rate['source']}): the configured student"}
+    candidates = [{"width": int(w), **measure_candidate(int(w))} for w in widths]
+    max_bytes = fp32_bytes / min_size_ratio
+    plan = choose_student(candidates, float(rate["bytes_per_element"]), max_bytes)
+    chosen = plan["chosen"]
+    return {"options": {**configured, "width": chosen["width"]}, "chosen": True, "candidates": plan["candidates"],
+            "max_bytes": max_bytes, "min_size_ratio": min_size_ratio, "rate": rate, "fits": plan["fits"],
+            "predicted_bytes": chosen["predicted_bytes"],
+            "why": (f"the widest of widths {list(widths)} whose {rate['recipe']} package is predicted at most "
+                    f"{max_bytes / 1e3:,.1f} KB ({min_size_ratio:g}x smaller than the teacher's FP32 package): width "
+                    f"{chosen['width']}, {chosen['parameters']:,} parameters, predicted "
+                    f"{chosen['predicted_bytes'] / 1e3:,.1f} KB" if plan["fits"] else
+                    f"no width of {list(widths)} is predicted to reach {min_size_ratio:g}x with {rate['recipe']} "
+                    f"(at most {max_bytes / 1e3:,.1f} KB): the smallest, width {chosen['width']}, predicted "
+                    f"{chosen['predicted_bytes'] / 1e3:,.1f} KB")}
