@@ -59,6 +59,8 @@ def _row(data: ReportData, row: Row | None, meets: bool, target: str, label: str
     if row.drop_ci:
         change += " " + loc.interval(-row.drop_ci[1], -row.drop_ci[0], signed=True)
     top1 = loc.pct(row.top1) + (" " + loc.interval(*row.top1_ci) if row.top1_ci else "")
+    if row.raw.n_test:  # the Core AI runtime may measure a bounded subset (coreai_images): say on how many images
+        top1 += " " + loc.t("cai.images", n=loc.num(row.raw.n_test, 0))
     base = data.records.get("baseline")
     ds = (base.get("dataset") or {}) if base else {}
     norm = {"mean": ds.get("mean"), "std": ds.get("std")} if ds.get("mean") else None

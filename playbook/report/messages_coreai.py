@@ -38,6 +38,7 @@ COREAI_MESSAGES: dict[str, dict[str, str]] = {
     "cai.col.size": {"en": "Size", "ja": "サイズ"},
     "cai.col.top1": {"en": "Top-1 (95% interval)", "ja": "Top-1（95% 区間）"},
     "cai.col.change": {"en": "Change vs FP32 (95% interval)", "ja": "FP32 との差（95% 区間）"},
+    "cai.images": {"en": "on {n} test images", "ja": "（テスト画像 {n} 枚）"},
     "cai.col.problems": {"en": "Conversion problems", "ja": "変換の問題"},
     "cai.col.oracle": {"en": "Two runtimes on the same weights", "ja": "同じ重みでの 2 つのランタイム"},
     "cai.row.coreml": {"en": "Core ML package (.mlpackage), {target} or later",

@@ -239,17 +239,22 @@ class ReportData:
     def exclusion(self, row: "Row") -> str | None:
         """Why ``row`` may not be delivered to this client (its framework, or an OS its app does not require), or
         ``None`` when it competes."""
+        reason = self.exclusion_reason(row)
+        return f"{row.name}: {reason}" if reason else None
+
+    def exclusion_reason(self, row: "Row") -> str | None:
+        """``exclusion`` without the variant's name (the same for every variant it excludes)."""
         if self.budget.framework != "any" and row.target != self.budget.framework:
-            return f"framework={self.budget.framework!r} was asked for; {row.name} is a {TARGET_NAMES[row.target]}"
+            return f"framework={self.budget.framework!r} was asked for; this is a {TARGET_NAMES[row.target]}"
         if row.target == "coreai":
             target, where = self.app_target()
             major = os_major(target) if target else None
             if major is None:
-                return (f"{row.name} is a Core AI model (iOS / macOS {COREAI_MIN_OS}+) and no deployment target is "
-                        "known; set app_target")
+                return (f"Core AI models need iOS / macOS {COREAI_MIN_OS}+ and no deployment target is known; set "
+                        "app_target")
             if major < COREAI_MIN_OS:
-                return (f"{row.name} is a Core AI model, which loads only on iOS / macOS {COREAI_MIN_OS} or later; the "
-                        f"deployment target is {target} ({'the budget' if where == 'budget' else 'the baseline'})")
+                return (f"Core AI models load only on iOS / macOS {COREAI_MIN_OS} or later, and the deployment target "
+                        f"is {target}, from {'the budget' if where == 'budget' else 'the baseline'}")
         return None
 
     def row(self, name: str, stage: str | None = None) -> Row:
@@ -547,8 +552,11 @@ def recommend(data: ReportData) -> Recommendation:
         else:
             why = "No variant was measured, so nothing can be recommended."
         technique = technique_finding([], data.rows)
-    if excluded:
-        why += f" Not competing: {'; '.join(w for _, w in excluded)}."
+    if excluded:  # one clause per reason, naming every variant it excludes
+        reasons: dict[str, list[str]] = {}
+        for r, _ in excluded:
+            reasons.setdefault(data.exclusion_reason(r) or "", []).append(r.name)
+        why += " Not competing: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items()) + "."
     return Recommendation(objective, objective_reason, budgets, chosen, closest, tuple(feasible), checks, runner_up,
                           why, technique, rule, data.budget.objective == "auto", excluded)
 
