@@ -158,6 +158,19 @@ def _accuracy_ci(correct: np.ndarray, resamples: int) -> tuple[float, float]:
     return 100.0 * float(res.confidence_interval.low), 100.0 * float(res.confidence_interval.high)
 
 
+def accuracy_fields(scores: np.ndarray, dataset: Dataset, reference: Reference | None,
+                    resamples: int) -> dict[str, Any]:
+    """The accuracy axis of a ``VariantRecord`` from test-split scores, whatever runtime made them: top-1 and top-5,
+    top-1's 95% bootstrap interval, and against ``reference`` (when given) the paired change and fidelity."""
+    metrics = classification_metrics(scores, dataset.test.labels, dataset.class_names)
+    correct = np.asarray(metrics.correct, dtype=bool)
+    return {"top1": metrics.top1, "top5": metrics.top5, "top1_ci": _accuracy_ci(correct, resamples),
+            "n_test": metrics.n, "reference": reference.name if reference is not None else None,
+            "vs_reference": compare_paired(reference.correct, correct, resamples=resamples)
+            if reference is not None else None,
+            "fidelity": fidelity(reference.scores, scores) if reference is not None else None}
+
+
 def measure_variant(name: str, stage: str, package: Path, dataset: Dataset, cfg: MeasureConfig,
                     reference: Reference | None = None, description: str = "", root: Path | None = None,
                     extra: dict[str, Any] | None = None) -> tuple[VariantRecord, np.ndarray]:
@@ -172,10 +185,6 @@ def measure_variant(name: str, stage: str, package: Path, dataset: Dataset, cfg:
     info = package_info(package)
     scores, provenance = predict_split(package, dataset, dataset.test, cfg.runtime, cfg.compute_units,
                                        batch_size=cfg.batch_size)
-    metrics = classification_metrics(scores, dataset.test.labels, dataset.class_names)
-    correct = np.asarray(metrics.correct, dtype=bool)
-    ci_low, ci_high = _accuracy_ci(correct, cfg.bootstrap_resamples)
-
     memory_mb, memory_note = peak_memory_mb(package, cfg.runtime, cfg.compute_units)
     rt = load_runtime(package, cfg.runtime, cfg.compute_units)
     inputs = package_inputs(info.inputs[0]["type"], dataset, dataset.test.images[:1])
@@ -195,11 +204,7 @@ def measure_variant(name: str, stage: str, package: Path, dataset: Dataset, cfg:
         name=name, stage=stage, description=description,
         package=relative(package, root) if root is not None else str(package.resolve()),
         package_sha256=sha256_path(package), size_bytes=info.size_bytes, zip_bytes=info.zip_bytes,
-        top1=metrics.top1, top5=metrics.top5, top1_ci=(ci_low, ci_high), n_test=metrics.n,
-        reference=reference.name if reference else None,
-        vs_reference=compare_paired(reference.correct, correct, resamples=cfg.bootstrap_resamples)
-        if reference is not None else None,
-        fidelity=fidelity(reference.scores, scores) if reference is not None else None,
+        **accuracy_fields(scores, dataset, reference, cfg.bootstrap_resamples),
         latency_ms=latency.median_ms, latency_p90_ms=latency.p90_ms, fps=latency.fps, latency=latency.to_dict(),
         peak_memory_mb=memory_mb, energy_mj=energy_mj, op_histogram=info.op_histogram,
         io={"inputs": list(info.inputs), "outputs": list(info.outputs),

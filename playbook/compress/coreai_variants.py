@@ -25,7 +25,6 @@ from playbook.compress.coreai_side import (HOST_LATENCY_LABEL, MIN_OS, TECHNIQUE
 from playbook.config import ConfigError
 from playbook.coreml import INPUT_NAME, LOGITS_NAME, zipped_size
 from playbook.env import environment
-from playbook.metrics import classification_metrics, compare_paired, fidelity
 from playbook.records import VariantRecord, relative, sha256_path
 
 SIDE = "coreai"
@@ -93,27 +92,20 @@ def measure_aimodel(name: str, stage: str, package: AIModelPackage, dataset: Any
     """Accuracy (with its 95% interval and the paired change against ``reference``), fidelity, size and the
     host-interpreter latency of a saved ``.aimodel``, all through Apple's Core AI runtime; ``target="coreai"``."""
     from playbook.compress.coreai_runtime import coreai_provenance, host_latency, predict_aimodel_split
-    from playbook.measure import _accuracy_ci
+    from playbook.measure import accuracy_fields
 
     start = time.perf_counter()
     path = Path(package.path)
     if scores is None:
         scores, _ = predict_aimodel_split(path, dataset, dataset.test, settings.batch_size)
     where = coreai_provenance().to_dict()
-    metrics = classification_metrics(scores, dataset.test.labels, dataset.class_names)
-    correct = np.asarray(metrics.correct, dtype=bool)
-    ci = _accuracy_ci(correct, settings.bootstrap_resamples)
     example = dataset.to_tensor(dataset.test.images[:1]).numpy()
     latency = host_latency(path, example, settings.latency_warmup, settings.latency_repeats)
     host = {**where, "runtime": "coreai-host"}
     record = VariantRecord(
         name=name, stage=stage, description=description, package=relative(path, root),
         package_sha256=sha256_path(path), size_bytes=package.size_bytes, zip_bytes=zipped_size(path),
-        top1=metrics.top1, top5=metrics.top5, top1_ci=ci, n_test=metrics.n,
-        reference=reference.name if reference is not None else None,
-        vs_reference=compare_paired(reference.correct, correct, resamples=settings.bootstrap_resamples)
-        if reference is not None else None,
-        fidelity=fidelity(reference.scores, scores) if reference is not None else None,
+        **accuracy_fields(scores, dataset, reference, settings.bootstrap_resamples),
         latency_ms=latency.median_ms, latency_p90_ms=latency.p90_ms, fps=1000.0 / max(latency.median_ms, 1e-9),
         latency={**latency.to_dict(), "threads": 1},
         io={"inputs": [{"name": INPUT_NAME, "type": "ndArray", "dtype": "FLOAT16" if package.precision == "fp16"

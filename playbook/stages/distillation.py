@@ -352,8 +352,11 @@ class DistillationRun(DownstreamRun):
     # ---- ship: export, compress, measure
     def choose_recipe(self) -> dict[str, Any]:
         """The compression recipe and why (``distillation_student.choose_recipe``: ``recipe``, or for ``auto`` the
-        smallest package of ``quantization.json`` within that stage's accuracy budget, else int8 weights)."""
-        choice = choose_recipe(self.cfg.recipe, self.model_dir, self.cfg.smoke)
+        smallest package of ``quantization.json`` within that stage's accuracy budget, else int8 weights).  Reads
+        ``quantization.json`` into ``self.quantization`` (``None`` when unusable), which the student plan and the
+        chart use too."""
+        self.quantization, self.quantization_why_not = usable_quantization_record(self.model_dir, self.cfg.smoke)
+        choice = choose_recipe(self.cfg.recipe, self.quantization, self.quantization_why_not)
         if choice["source"] == "quantization.json":
             self.lineage["quantization.json"] = sha256_path(self.model_dir / "quantization.json")
         return choice
@@ -368,7 +371,7 @@ class DistillationRun(DownstreamRun):
             return plan_student([], dict(self.cfg.student_options), None, {}, self.fp32_bytes, self.cfg.min_size_ratio)
         teacher_fp16 = fp16.package_path(self.model_dir)
         teacher_eligible = sum(x.size for x in weight_layers(teacher_fp16, self.cfg.weight_threshold) if x.eligible)
-        rate = recipe_rate(self.recipe_choice["recipe"], self.model_dir, self.cfg.smoke,
+        rate = recipe_rate(self.recipe_choice["recipe"], self.quantization, self.quantization_why_not,
                            directory_size(teacher_fp16), teacher_eligible)
 
         def measure(width: int) -> dict[str, Any]:  # an untrained student's FP16 package: its size is exact
@@ -482,8 +485,8 @@ class DistillationRun(DownstreamRun):
         """What the accuracy-versus-size chart plots: the baseline's packages, the compressed teachers of
         ``quantization.json`` when that record is usable (same smoke setting, inputs unchanged), and this stage's
         students, so a distilled student is seen next to the compressed teacher of about the same size."""
-        record, _ = usable_quantization_record(self.model_dir, self.cfg.smoke)
-        return [*self.baseline_variants, *(record.variants if record is not None else []), *self.variants]
+        teachers = self.quantization.variants if self.quantization is not None else []
+        return [*self.baseline_variants, *teachers, *self.variants]
 
     # ---- pitfalls and the record
     def collect_pitfalls(self) -> list[dict[str, str]]:

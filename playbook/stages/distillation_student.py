@@ -1,12 +1,12 @@
 """Stage 03's two choices made before any student trains: the compression recipe, and the student's width.
 
-Plain functions of records and measured sizes (the stage passes them in):
+Plain functions of records and measured sizes (the stage reads ``quantization.json`` once, with
+``usable_quantization_record``, and passes it in):
 
 * ``choose_recipe``: ``recipe``, or for ``auto`` the smallest package of ``quantization.json`` that met that stage's
   accuracy budget on the teacher (read from the record, never by importing stage 02), else int8 weights.
-* ``recipe_rates``: for each recipe of ``quantization.json`` that met its budget, how many bytes one eligible weight
-  element took on the teacher (``distill.bytes_per_element``), the rate ``plan_student`` predicts a student's
-  compressed size with.
+* ``recipe_rate``: how many bytes one eligible weight element took on the teacher with the chosen recipe
+  (``distill.bytes_per_element``), the rate ``plan_student`` predicts a student's compressed size with.
 * ``plan_student``: the widest candidate student whose compressed package is predicted to be at least
   ``min_size_ratio`` times smaller than the teacher's FP32 package (``distill.choose_student``), with the reason.
 
@@ -51,13 +51,12 @@ def budget_recipes(record: StageRecord) -> list[Any]:
             and v.name == v.get("recipe").get("name") and v.get("recipe")["name"] != "fp16"]
 
 
-def choose_recipe(recipe: str, root: Path, smoke: bool) -> dict[str, Any]:
-    """The compression recipe and why: ``recipe`` when set, for ``"auto"`` the smallest package of
-    ``quantization.json`` within its accuracy budget (with stage 02's fine-tune and allocation settings), else
-    ``int8-weights``."""
+def choose_recipe(recipe: str, record: StageRecord | None, why_not: str) -> dict[str, Any]:
+    """The compression recipe and why: ``recipe`` when set, for ``"auto"`` the smallest package of ``record`` (the
+    usable ``quantization.json``, else ``None`` and ``why_not``) within its accuracy budget, with stage 02's
+    fine-tune and allocation settings; else ``int8-weights``."""
     if recipe != "auto":
         return {"recipe": recipe, "why": "set by the `recipe` parameter", "source": None}
-    record, why_not = usable_quantization_record(root, smoke)
     if record is None:
         return {"recipe": FALLBACK_RECIPE, "source": None,
                 "why": why_not + (": int8 weights, the recipe coremltools documents as nearly lossless"
@@ -83,11 +82,11 @@ def choose_recipe(recipe: str, root: Path, smoke: bool) -> dict[str, Any]:
                            "max_top1_drop": float(record.get("accuracy_budget") or 1.0)}}
 
 
-def recipe_rate(recipe: str, root: Path, smoke: bool, teacher_fp16_bytes: int,
+def recipe_rate(recipe: str, record: StageRecord | None, why_not: str, teacher_fp16_bytes: int,
                 teacher_eligible: int) -> dict[str, Any]:
-    """Bytes per eligible weight element that ``recipe`` took on the teacher (from ``quantization.json``), or the
-    nominal int8 rate for the fallback recipe; ``bytes_per_element`` is ``None`` when neither is known."""
-    record, why_not = usable_quantization_record(root, smoke)
+    """Bytes per eligible weight element that ``recipe`` took on the teacher (from ``record``, the usable
+    ``quantization.json``), or the nominal int8 rate for the fallback recipe; ``bytes_per_element`` is ``None`` when
+    neither is known."""
     measured = {v.name: v for v in budget_recipes(record)} if record is not None else {}
     if record is not None:  # a recipe set by hand may have missed stage 02's budget: its size is still measured
         measured.update({v.name: v for v in record.variants if v.name == recipe and v.size_bytes})

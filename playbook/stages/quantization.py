@@ -31,7 +31,7 @@ from playbook.compress import (DEFAULT_RECIPES, RECIPES, SLOW_RECIPES, Compressi
                                channel_ranges, compressed_weight_count, get_recipe, subclassed_layers,
                                weight_file_bytes, weight_layers)
 from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
-from playbook.compress.coreai_variants import CoreAISettings, make_coreai_variants
+from playbook.compress.coreai_variants import CoreAIOutcome, CoreAISettings, make_coreai_variants
 from playbook.compress.recipes import TECHNIQUES
 from playbook.compress.search import (AllocationSettings, BitAllocator, LayerProbes, ValidationReference, keep_curve,
                                       rank_layers, validation_subset)
@@ -272,8 +272,7 @@ class QuantizationRun(DownstreamRun):
         that fails is recorded, never fatal; without the packages (or with ``coreai=False``) the record says why."""
         settings = self.cfg.coreai_settings()
         if not self.cfg.coreai:
-            self.coreai = {"available": False, "why": "coreai=False: Core AI variants were not asked for",
-                           "recipes": [], "variants": [], "skipped": [], "failed": [], "oracle": {}}
+            self.coreai = CoreAIOutcome(False, "coreai=False: Core AI variants were not asked for").details(settings)
             return []
         with self.threads(), self.timer.step("coreai"):
             outcome = make_coreai_variants(self.model, self.dataset, self.reference, self.out_dir, self.model_dir,
