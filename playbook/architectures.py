@@ -80,6 +80,15 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops()) // 2
 
 
+def forward_flops(model: nn.Module, dataset: Any) -> int:
+    """FLOPs of one forward pass on one image (``count_macs``: two per multiply-accumulate), or 0 for
+    a user model whose ops PyTorch's counter cannot run: the count is optional."""
+    try:
+        return 2 * count_macs(model, dataset.input_shape)
+    except Exception:
+        return 0
+
+
 def model_facts(model: nn.Module, input_shape: Sequence[int]) -> ModelFacts:
     """Parameters and MACs of ``model`` for inputs of ``input_shape`` (e.g. ``(1, 1, 28, 28)``)."""
     parameters = sum(p.numel() for p in model.parameters())

@@ -135,7 +135,10 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 
     for name in models.available_models():
         entry = models.model_entry(name)
-        print(f"{name:<22} {entry.description if entry else 'any torchvision.models architecture'}")
+        budgets = models.run_budgets(name)
+        declares = (f" [declares {len(budgets)} bounded run budgets ({models.declared_size(name)}); -p overrides "
+                    "them]" if budgets else "")
+        print(f"{name:<22} {entry.description if entry else 'any torchvision.models architecture'}{declares}")
     print(f"{'module:function':<22} your own factory (also path/to/file.py:function); called with num_classes, "
           "in_channels and, if it takes it, image_size")
     return EXIT_OK

@@ -247,6 +247,61 @@ def choose_threads(requested: int | None = None, *, busy: float | None = None, c
     return ThreadChoice(threads, n_cores, budget, round(other, 2), source, avg, reason, 0, cap, sampled, policy)
 
 
+# --------------------------------------------------------------------------- worker processes x threads
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    """How independent models (families, students) are trained: ``workers`` processes of ``threads_per_worker``
+    torch threads each (``workers`` 0: all in this process, with ``main_threads``), from the free cores measured by
+    ``choose_threads``."""
+
+    workers: int
+    threads_per_worker: int
+    main_threads: int  # 0: torch's current count
+    free_cores: int  # 0: not measured (nothing to train, or training here with the threads asked for)
+    pending: int  # models not yet in the cache
+    jobs: int  # what the caller allowed
+    reason: str
+    choice: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | None = None,
+                 noun: tuple[str, str] = ("family", "families")) -> WorkerPlan:
+    """Worker processes and threads for ``pending`` models to train (families, students: ``noun`` is the singular
+    and plural the reasons use), at most ``jobs`` processes.
+
+    ``free_cores``: how many cores other work leaves free (default: measured, ``choose_threads()``).  Workers are
+    started only when at least two models are pending and at least two cores are free; then ``workers`` =
+    min(jobs, pending, free cores) and each gets ``free cores // workers`` threads, so workers x threads <= free
+    cores.  ``threads`` (> 0) is the thread count asked for training in this process; 0 = the free cores."""
+    choice = None
+    if free_cores is None:
+        if pending == 0:  # everything is in the cache: loading needs no measurement
+            return WorkerPlan(0, 0, threads, 0, 0, jobs, f"every {noun[0]} is in the checkpoint cache")
+        if threads and (jobs < 2 or pending < 2):  # in this process, with the threads asked for: nothing to measure
+            return WorkerPlan(0, 0, threads, 0, pending, jobs,
+                              f"{pending} {noun[pending != 1]} to train, jobs={jobs}: in this "
+                              f"process with {threads} thread(s), as asked")
+        c = choose_threads()
+        free_cores, choice = c.threads, c.to_dict()
+    free_cores = max(1, int(free_cores))
+    main_threads = threads or free_cores
+    workers = min(jobs, pending, free_cores)
+    if jobs < 2 or pending < 2:
+        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
+                          f"{pending} {noun[pending != 1]} to train, jobs={jobs}: in this process "
+                          f"with {main_threads} thread(s)", choice)
+    if workers < 2:
+        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
+                          f"only {free_cores} core(s) free: in this process with {main_threads} thread(s) (two "
+                          "processes on one core would only add their start-up)", choice)
+    per = max(1, free_cores // workers)
+    return WorkerPlan(workers, per, main_threads, free_cores, pending, jobs,
+                      f"{workers} worker processes x {per} thread(s) on {free_cores} free core(s)", choice)
+
+
 # --------------------------------------------------------------------------- what a step cost
 @dataclasses.dataclass(frozen=True)
 class CpuClock:

@@ -3,7 +3,7 @@ families through the checkpoint cache, side by side in worker processes.
 
 Knows nothing of notebooks, stages or records (stage 04 uses it).  Workers are started with ``spawn``: the worker
 function stays a top-level function of this module, so that it can be imported by name in the worker.  Workers and
-their threads are sized from the cores other work leaves free (``plan_workers``): workers x threads never exceeds
+their threads are sized from the cores other work leaves free (``env.plan_workers``): workers x threads never exceeds
 them, and with fewer than two free cores nothing is started (one process then trains faster than two sharing one
 core, and pays no start-up).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from playbook.config import ConfigError
 from playbook.data import Dataset
-from playbook.env import progress_options
+from playbook.env import WorkerPlan, plan_workers, progress_options  # noqa: F401 (re-exported)
 from playbook.models import ModelError, create_model
 
 FAMILY_NAMES = ("resnet", "mobilenetv2", "squeezenet", "efficientnet")
@@ -63,60 +63,6 @@ def parse_family(spec: str) -> Family:
     except ModelError as exc:
         raise ConfigError(f"families entry {spec!r}: {exc}") from exc
     return Family(family, knobs)
-
-
-# --------------------------------------------------------------------------- how many processes, how many threads
-@dataclasses.dataclass(frozen=True)
-class WorkerPlan:
-    """How families are trained: ``workers`` processes of ``threads_per_worker`` torch threads each (``workers`` 0:
-    all in this process, with ``main_threads``), from the free cores measured by ``choose_threads``."""
-
-    workers: int
-    threads_per_worker: int
-    main_threads: int  # 0: torch's current count
-    free_cores: int  # 0: not measured (nothing to train, or training here with the threads asked for)
-    pending: int  # families not yet in the cache
-    jobs: int  # what the caller allowed
-    reason: str
-    choice: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | None = None) -> WorkerPlan:
-    """Worker processes and threads for ``pending`` families to train, at most ``jobs`` processes.
-
-    ``free_cores``: how many cores other work leaves free (default: measured, ``choose_threads()``).  Workers are
-    started only when at least two families are pending and at least two cores are free; then ``workers`` =
-    min(jobs, pending, free cores) and each gets ``free cores // workers`` threads, so workers x threads <= free
-    cores.  ``threads`` (> 0) is the thread count asked for training in this process; 0 = the free cores."""
-    from playbook.env import choose_threads
-
-    choice = None
-    if free_cores is None:
-        if pending == 0:  # everything is in the cache: loading needs no measurement
-            return WorkerPlan(0, 0, threads, 0, 0, jobs, "every family is in the checkpoint cache")
-        if threads and (jobs < 2 or pending < 2):  # in this process, with the threads asked for: nothing to measure
-            return WorkerPlan(0, 0, threads, 0, pending, jobs,
-                              f"{pending} famil{'y' if pending == 1 else 'ies'} to train, jobs={jobs}: in this "
-                              f"process with {threads} thread(s), as asked")
-        c = choose_threads()
-        free_cores, choice = c.threads, c.to_dict()
-    free_cores = max(1, int(free_cores))
-    main_threads = threads or free_cores
-    workers = min(jobs, pending, free_cores)
-    if jobs < 2 or pending < 2:
-        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
-                          f"{pending} famil{'y' if pending == 1 else 'ies'} to train, jobs={jobs}: in this process "
-                          f"with {main_threads} thread(s)", choice)
-    if workers < 2:
-        return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
-                          f"only {free_cores} core(s) free: in this process with {main_threads} thread(s) (two "
-                          "processes on one core would only add their start-up)", choice)
-    per = max(1, free_cores // workers)
-    return WorkerPlan(workers, per, main_threads, free_cores, pending, jobs,
-                      f"{workers} worker processes x {per} thread(s) on {free_cores} free core(s)", choice)
 
 
 # --------------------------------------------------------------------------- training in worker processes

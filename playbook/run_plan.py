@@ -14,9 +14,9 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from playbook.command import BUDGET_NAMES, RESERVED, RunCommand
+from playbook.command import BUDGET_NAMES, RESERVED, RunCommand, format_assignment
 from playbook.config import ConfigError
 from playbook.env import playbook_version
 from playbook.notebooks import batch_parameters, notebook_parameters, notebook_source_hash, stage_notebooks
@@ -139,8 +139,37 @@ def check_parameter_names(cmd: RunCommand, declared: dict[str, tuple[Path, dict[
                           f"{by_nb}. Budgets (--budget NAME=VALUE): {budgets or 'none of the selected stages'}")
 
 
+def model_budgets(cmd: RunCommand, names: Iterable[str]) -> dict[str, Any]:
+    """The bounded budgets the model declares (``playbook.models.run_budgets``) that this run applies: only those
+    named in ``names`` (the parameters the selected notebooks declare), none that the command sets itself with
+    ``-p``/``--budget`` (the user wins), and none at all with ``--smoke`` (smoke shrinks every size already)."""
+    if cmd.smoke:
+        return {}
+    from playbook.models import run_budgets
+
+    names, given = set(names), set(cmd.params) | set(cmd.budget)
+    return {k: v for k, v in run_budgets(cmd.model).items() if k in names and k not in given}
+
+
+def model_budgets_note(cmd: RunCommand, applied: dict[str, Any]) -> str:
+    """The line a run prints once before its stages: which budgets the model declares and applies, and how to
+    override them; empty when it applies none."""
+    if not applied:
+        return ""
+    from playbook.models import declared_size, run_budgets
+
+    size = declared_size(cmd.model)
+    overridden = [k for k in run_budgets(cmd.model) if k in set(cmd.params) | set(cmd.budget)]
+    note = (f"{cmd.model} declares bounded budgets{f' ({size})' if size else ''}: "
+            f"{' '.join(format_assignment(k, v) for k, v in applied.items())}; -p NAME=VALUE overrides any of them")
+    return note + (f" (this run's own values: {', '.join(overridden)})" if overridden else "")
+
+
 def plan(spec: RunSpec) -> list[Step]:
     """The selected notebooks, each with exactly the parameters it declares, every value checked.
+
+    Under the command's own values lie the bounded budgets the model declares (``model_budgets``: a large
+    pretrained network's, never with ``--smoke``), checked like the user's.
 
     Raises ``ConfigError`` before anything runs when the model name is unknown, a ``-p``/budget name is declared
     by none of the selected notebooks, a value has the wrong type or is invalid for its stage, or no notebook is
@@ -153,6 +182,7 @@ def plan(spec: RunSpec) -> list[Step]:
     check_reports_folder(Path(spec.reports_root))
     declared = declared_parameters(spec)
     check_parameter_names(cmd, declared)
+    budgets = model_budgets(cmd, set().union(*(set(names) for _, names in declared.values())))
     core: dict[str, Any] = {"model": cmd.model, "smoke": bool(cmd.smoke)}
     if cmd.dataset:
         core["dataset"] = cmd.dataset
@@ -160,7 +190,7 @@ def plan(spec: RunSpec) -> list[Step]:
     for name, (path, names) in declared.items():
         stage = get_stage(name)
         batch = batch_parameters(names, spec.reports_root.resolve(), smoke=False)
-        params = {k: v for k, v in {**core, **cmd.params, **cmd.budget, **batch}.items() if k in names}
+        params = {k: v for k, v in {**core, **budgets, **cmd.params, **cmd.budget, **batch}.items() if k in names}
         for k, v in params.items():
             _check_type(path.name, k, v, str(names[k].get("inferred_type_name", "")), names[k].get("default"))
         _validate_values(stage, path, params, names)

@@ -226,6 +226,67 @@ def test_a_second_run_of_the_same_model_is_refused_while_one_holds_the_lock(fake
     assert not (model_dir / "report.html").exists()
 
 
+# --------------------------------------------------------------------------- budgets a model declares
+def _planned(tmp_path, **command) -> dict:
+    """Each stage's planned parameters over the real notebooks (nothing runs; no weights are loaded)."""
+    from playbook.command import RunCommand
+    from playbook.run_plan import RunSpec, plan
+
+    return {s.stage.name: (s.params, s.notebook) for s in plan(RunSpec(RunCommand(**command), tmp_path / "reports"))}
+
+
+def test_a_large_pretrained_model_runs_with_the_budgets_it_declares(tmp_path):
+    from playbook.models import run_budgets
+    from playbook.notebooks import notebook_parameters
+
+    declared = run_budgets("efficientnet-lite0")
+    assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 11
+    planned = _planned(tmp_path, model="efficientnet-lite0")
+    seen = set()
+    for stage, (params, notebook) in planned.items():
+        names = set(notebook_parameters(notebook))
+        for name, value in declared.items():
+            if name in names:
+                assert params[name] == value, (stage, name)
+                seen.add(name)
+            else:
+                assert name not in params, (stage, name)  # only names the stage's notebook declares
+    assert seen == set(declared)  # every declared budget is a parameter some stage notebook declares
+
+
+def test_the_users_value_wins_over_a_declared_budget(tmp_path):
+    planned = _planned(tmp_path, model="efficientnet-lite0", params={"max_test_images": 500})
+    assert planned["baseline"][0]["max_test_images"] == 500
+    assert planned["quantization"][0]["finetune_steps"] == 60  # the others still apply
+
+
+@pytest.mark.parametrize("command", [{"model": "resnet"}, {"model": "efficientnet-lite0", "smoke": True}],
+                         ids=["small-model", "smoke"])
+def test_small_models_and_smoke_runs_get_no_declared_budgets(tmp_path, command):
+    from playbook.models import BOUNDED_BUDGETS
+
+    for stage, (params, _) in _planned(tmp_path, **command).items():
+        assert not set(params) & set(BOUNDED_BUDGETS), stage
+
+
+def test_the_run_prints_and_records_the_declared_budgets_apart_from_the_command(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_notebook(nbs / "01_baseline.ipynb", FAKE_01 + "max_test_images: int = 0  # bound\n", FAKE_01_BODY)
+    monkeypatch.setenv("PLAYBOOK_HEARTBEAT_S", "0")
+    reports = tmp_path / "reports"
+    rc = cli.main(["run", "--model", "efficientnet-lite0", "--reports-dir", str(reports), "--notebooks-dir", str(nbs)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert ("efficientnet-lite0 declares bounded budgets (4.65 M parameters, 56 px input): max_test_images=2000; "
+            "-p NAME=VALUE overrides any of them") in out
+    status = json.loads((reports / "efficientnet-lite0" / "run.json").read_text())
+    assert status["declared_budgets"] == {"max_test_images": 2000}
+    assert "max_test_images" not in status["command"]  # the user's command, which re-derives them when rerun
+    assert cli.main(["list-models"]) == 0
+    assert "declares 11 bounded run budgets" in capsys.readouterr().out
+
+
 def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys):
     _, model_dir = fake
     reports = model_dir.parent

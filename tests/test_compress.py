@@ -323,7 +323,15 @@ def test_core_ai_variants_beside_core_ml_a_refused_recipe_recorded_not_fatal(sta
     st = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], sensitivity_recipe="none", coreai_images=50))
     assert st.cfg.coreai_settings().names() == ["coreai-fp16", "coreai-int8"]  # the smoke policy's few
     made = st.run_coreai()
-    assert "skipped coreai-int8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped coreai-int8" in out
+    images = st.coreai["images"]  # the runtime timed on a probe, then the image count chosen within the budget
+    assert images["used"] == images["asked"] == 50 and images["budget_s"] == 240.0 and images["variants"] == 2
+    assert images["seconds_per_image"] > 0 and images["probe_images"] == 64 and images["split"] == len(
+        stage.dataset.test)
+    assert images["why"].startswith("50 images: 2 variants x 50 x ") and "fits the 240 s budget" in images["why"]
+    assert f"Core AI images: {images['why']}" in out and "Core AI runtime: " in out
+    assert st.coreai["processes"]["processes"] >= 1 and st.coreai["processes"]["why"]
     assert [v.name for v in made] == ["coreai-fp16"] and st.coreml_variants == []
     v = made[0]
     assert v.target == "coreai" and v.package.endswith("coreai-fp16.aimodel")
@@ -336,13 +344,76 @@ def test_core_ai_variants_beside_core_ml_a_refused_recipe_recorded_not_fatal(sta
     assert st.coreai["skipped"][0]["recipe"] == "coreai-int8" and st.coreai["skipped"][0]["side"] == "coreai"
     assert "coreai-fp16" not in st.pareto() and "coreai-fp16" in {v.name for v in st.chart_variants(coreai=True)}
     table = views.coreai_table(st.snapshot())
-    assert [r["variant"] for r in table.rows] == ["coreai-fp16"] and "refused" in views.explain_coreai(st.snapshot())
+    explained = views.explain_coreai(st.snapshot())
+    assert [r["variant"] for r in table.rows] == ["coreai-fp16"] and "refused" in explained
+    assert f"test images: {st.coreai['images']['why']}" in explained and "runtime processes:" in explained
+    # a budget too small for every image asked: the floor, for every variant and the reference's slice alike
+    tight = QuantizationRun(stage.cfg.replace(recipes=["int8-weights"], sensitivity_recipe="none", coreai_images=0,
+                                              coreai_seconds=1e-6))
+    tight.model, tight.dataset, tight.reference, tight.fp32_bytes = st.model, st.dataset, st.reference, st.fp32_bytes
+    [v] = tight.run_coreai()
+    assert v.n_test == tight.coreai["images"]["used"] == 100 < len(stage.dataset.test)
+    assert tight.coreai["images"]["why"].startswith(f"100 of {len(stage.dataset.test):,} images (at least 100): ")
     # any other failure is recorded with its phase
     monkeypatch.setattr(cv, "compress_coreai", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad weights")))
     monkeypatch.setattr(cv, "export_aimodel", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     assert st.run_coreai() == []
     assert {(f["recipe"], f["phase"], f["error"]) for f in st.coreai["failed"]} == {
         ("coreai-fp16", "export", "OSError"), ("coreai-int8", "compress", "ValueError")}
+
+
+def test_core_ai_image_count_fits_the_time_budget():
+    """``choose_coreai_images``: every image asked when all variants fit the budget, else the largest count that
+    fits, rounded down to a hundred, never below the floor; budget 0 = no limit."""
+    from playbook.compress.coreai_variants import choose_coreai_images
+
+    # the default resnet: 214 s serial for 6 variants x 2,000 images = 17.8 ms per image; two processes halve it
+    n, why = choose_coreai_images(2000, 10000, 6, 0.0089, 240.0)
+    assert n == 2000 and why == "2,000 images: 6 variants x 2,000 x 8.9 ms = 107 s fits the 240 s budget."
+    assert choose_coreai_images(2000, 10000, 6, 214 / 12000, 240.0)[0] == 2000  # serial still fits
+    # efficientnet-lite0 at 56x56: 133 ms per image
+    n, why = choose_coreai_images(2000, 10000, 6, 0.133, 240.0)
+    assert n == 300 and why == ("300 of 2,000 images: 6 variants x 2,000 x 133 ms would take 1,596 s; the budget "
+                                "is 240 s.")
+    assert choose_coreai_images(2000, 10000, 6, 0.133, 0.0) == (2000, "2,000 images: no time budget "
+                                                                     "(coreai_seconds=0).")
+    assert choose_coreai_images(2000, 10000, 6, 1.0, 240.0)[0] == 100  # 40 would fit: the floor
+    assert choose_coreai_images(2000, 10000, 6, 0.01, 1e9)[0] == 2000  # never more than asked
+    n, why = choose_coreai_images(0, 360, 2, 0.001, 240.0)  # 0: the whole split
+    assert n == 360 and why.startswith("360 images (the whole split): 2 variants x 360 x 1.0 ms = 1 s fits")
+    assert choose_coreai_images(5000, 360, 6, 10.0, 1.0)[0] == 100  # the split is the upper bound
+    assert choose_coreai_images(50, 360, 2, 10.0, 1.0)[0] == 50  # fewer asked than the floor: all of them
+    assert choose_coreai_images(2000, 60, 6, 10.0, 1.0)[0] == 60  # a split smaller than the floor: all of it
+    assert choose_coreai_images(2000, 10000, 6, 0.0201, 240.0)[0] == 1900  # 1,990 fit: rounded down
+    with pytest.raises(ConfigError):
+        choose_coreai_images(2000, 10000, 6, 0.01, -1.0)
+
+
+def test_core_ai_worker_processes_follow_the_free_cores():
+    from playbook.compress.coreai_runtime import plan_coreai_processes
+
+    assert plan_coreai_processes(0, free_cores=1).processes == 0  # one free core: in this process
+    assert "only 1 core(s) free" in plan_coreai_processes(0, free_cores=1).reason
+    assert plan_coreai_processes(0, free_cores=2).processes == 2
+    assert plan_coreai_processes(0, free_cores=16).processes == 16
+    assert plan_coreai_processes(3, free_cores=16).processes == 3  # at most as asked
+    assert plan_coreai_processes(8, free_cores=2).processes == 2  # never more than the free cores
+    assert plan_coreai_processes(1, free_cores=16).processes == 0  # 1: in this process
+    assert plan_coreai_processes(0).processes in (0, *range(2, 1025))  # measured
+    few = plan_coreai_processes(0, free_cores=16, predictions=1500)  # a smoke split: start-up would cost more
+    assert few.processes == 0 and "1,500 predictions" in few.reason
+    assert plan_coreai_processes(0, free_cores=2, predictions=12000).processes == 2  # the default resnet's 6 x 2,000
+    assert plan_coreai_processes(2, free_cores=2, predictions=10).processes == 2  # asked for: as asked
+    with pytest.raises(ConfigError):
+        plan_coreai_processes(-1)
+
+
+def test_quantization_config_checks_coreai_seconds():
+    assert QuantizationConfig(model="resnet").coreai_seconds == 240.0
+    assert QuantizationConfig(model="resnet", coreai_seconds=0).coreai_settings().seconds_budget == 0.0
+    assert QuantizationConfig(model="resnet", coreai_seconds=90).coreai_settings().seconds_budget == 90.0
+    with pytest.raises(ConfigError, match="coreai_seconds"):
+        QuantizationConfig(model="resnet", coreai_seconds=-1)
 
 
 def test_without_the_core_ai_packages_the_stage_records_why(stage, monkeypatch):

@@ -115,6 +115,22 @@ def test_a_failing_coreai_recipe_is_recorded_not_fatal(data, tmp_path):
     assert not (tmp_path / "coreai-int4.aimodel").exists()
 
 
+def test_a_core_ml_counterpart_that_fails_to_convert_keeps_the_aimodel(data, tmp_path, monkeypatch):
+    """efficientnet-lite0: coremltools cannot convert coreai-opt's Core ML export (a TypeError in ct.convert), which
+    only the oracle needs; the compressed .aimodel is kept, with the reason, and predicts."""
+    _, model, x = data
+
+    def refuse(*args, **kwargs):
+        raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+    monkeypatch.setattr(cs, "_export_coreml", refuse)
+    made = cs.compress_coreai(model, "int8", x, tmp_path, coreml=True)
+    assert made.mlpackage is None and made.coreml_error["step"].startswith("ct.convert")
+    assert "0-dimensional" in made.coreml_error["coremltools_message"] and "kept" in made.coreml_error["hint"]
+    assert made.to_dict()["coreml_error"] == made.coreml_error
+    assert cr.predict_aimodel(made.aimodel.path, x.numpy()).shape == (len(x), 10)
+
+
 def test_oracle_apple_runtime_agrees_with_the_reference_executor_on_the_same_weights(data, exported, int8):
     from playbook.compress.coreai_oracle import oracle_agreement, oracle_on_split
     from playbook.coreml import package_info
@@ -131,3 +147,28 @@ def test_oracle_apple_runtime_agrees_with_the_reference_executor_on_the_same_wei
     assert split.n == 64 and split.passed
     with torch.no_grad():  # the compression did change the weights (int8 vs float logits differ slightly)
         assert not np.array_equal(cr.predict_aimodel(int8.aimodel.path, x.numpy()), model(x).numpy())
+
+
+def test_predictions_in_worker_processes_equal_the_serial_ones_exactly(data, exported, monkeypatch, tmp_path):
+    """Two spawned worker processes, each loading the .aimodel and predicting a contiguous chunk, give the serial
+    path's scores bit for bit, over several normalisation chunks (``LOAD_IMAGES`` made small) and on a raw array."""
+    digits, _, x = data
+    split = digits.test.head(130)
+    monkeypatch.setattr(cr, "LOAD_IMAGES", 25)  # 130 images: 3 chunks of up to 2 x 25, each shared by 2 workers
+    plan = cr.ProcessPlan(2, 2, 2, "two workers, for the test")
+    with cr.CoreAIPredictor(plan) as predictor:
+        for precision in ("fp16", "fp32"):
+            path = exported[precision].path
+            serial, _ = cr.predict_aimodel_split(path, digits, split, batch_size=16)
+            parallel, provenance = cr.predict_aimodel_split(path, digits, split, batch_size=16, predictor=predictor)
+            assert parallel.shape == serial.shape == (130, digits.num_classes) and parallel.dtype == serial.dtype
+            assert np.array_equal(parallel, serial), precision
+            assert provenance.runtime == "coreai"
+            timed = predictor.predict(path, x.numpy(), batch_size=16)
+            assert timed.processes == 2 and np.array_equal(timed.scores, cr.predict_aimodel(path, x.numpy(), 16))
+            assert timed.wall_s >= timed.predict_s > 0 and timed.seconds_per_image() > 0
+        assert predictor.processes == 2 and not predictor.notes and predictor.startup_s > 0
+        with pytest.raises(cs.CoreAIError, match="not a saved .aimodel"):  # a worker's error reaches the caller
+            predictor.predict(tmp_path / "missing.aimodel", np.zeros((4, 1, 8, 8), np.float32))
+        assert predictor.processes == 2 and predictor.pool is not None  # and the pool goes on
+    assert predictor.pool is None  # the context closed the pool

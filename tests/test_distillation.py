@@ -16,6 +16,7 @@ from playbook.config import ConfigError
 from playbook.coreml import export_model, package_info
 from playbook.distill import (DistillConfig, Distiller, distillation_loss, paired_seed_test, soft_loss, soft_targets,
                               student_cache_key, teacher_logits, train_or_load_student, training_split_id)
+from playbook.env import torch_threads
 from playbook.models import ModelError
 from playbook.notebooks import check_parameters
 from playbook.paths import notebooks_dir
@@ -234,6 +235,40 @@ def test_trained_students_are_cached_by_init_config_data_objective_and_teacher(d
     assert not fixed.from_cache and fixed.final_loss == pytest.approx(first.final_loss, rel=1e-5)
 
 
+def test_students_trained_in_worker_processes_are_the_ones_a_process_trains_alone(digits, tmp_path):
+    """Issue 25: the seed comparison trains its students side by side in worker processes.  A worker's student
+    lands in the cache, where the caller's own call finds it, with the same weights (to rounding) as the same job
+    trained alone in this process with one thread; a job that cannot be sent to a process (a lazy logits function)
+    is left to the caller."""
+    from playbook.student_training import StudentJob, train_pending, train_students_in_workers
+
+    teacher = _tiny(digits, seed=3, width=8)
+    cfg = TrainConfig(epochs=1, lr=0.05, validate=False, seed=1, threads=1)
+    dcfg = DistillConfig(temperature=4.0, alpha=0.5)
+    logits = teacher_logits(teacher, digits, "d" * 64, tmp_path, progress=False).logits
+
+    def jobs(cache, lazy=False):
+        return [StudentJob(_tiny(digits, seed=1), digits, cfg, cache_dir=cache),
+                StudentJob(_tiny(digits, seed=2), digits, cfg, dcfg, teacher, "d" * 64,
+                           (lambda: logits) if lazy else logits, cache_dir=cache)]
+
+    assert train_students_in_workers(jobs(tmp_path / "lazy", lazy=True), workers=2) == {}  # one sendable job only
+    plan, done = train_pending(jobs(tmp_path / "small"), max_workers=2)  # a smoke-sized step: no start-up to pay
+    assert plan.workers == 0 and done == {} and "in this process" in plan.reason
+    in_workers = jobs(tmp_path / "workers")
+    done = train_students_in_workers(in_workers, workers=2, threads_per_worker=1)
+    assert sorted(done) == sorted(job.key() for job in in_workers) and all(job.cached() for job in in_workers)
+    assert train_students_in_workers(jobs(tmp_path / "workers"), workers=2) == {}  # all cached: nothing starts
+    alone = jobs(tmp_path / "alone")
+    with torch_threads(1):
+        for worker_job, own_job in zip(in_workers, alone):
+            loaded, trained = worker_job.run(), own_job.run()
+            assert loaded.from_cache and not trained.from_cache and loaded.key == trained.key
+            assert loaded.checkpoint_sha256 == done[loaded.key].checkpoint_sha256
+            for name, value in worker_job.student.state_dict().items():
+                assert torch.allclose(value.float(), own_job.student.state_dict()[name].float(), atol=1e-5), name
+
+
 # --------------------------------------------------------------------------- statistics
 def test_paired_seed_test_matches_scipy_and_reports_mean_and_std():
     from scipy import stats
@@ -423,6 +458,26 @@ def test_torch_side_and_ios18_recipes_compress_the_student(smoke_stage):
     assert (run.out_dir / "_base" / "fp16-iOS18.mlpackage").exists()
     assert package_info(made.path).specification_version >= 9 and "constexpr_blockwise_shift_scale" in \
         package_info(made.path).op_histogram
+
+
+def test_the_teacher_runs_only_on_the_training_images_the_students_use(smoke_stage):
+    """Issue 25: with train_images set, the teacher's logits cover the larger of the two training prefixes (seed
+    comparison, sweeps), not the whole split (efficientnet-lite0 spent 394 s on 54,000 images for 5,000); a
+    compression fine-tune on the teacher's logits then trains on that prefix, so every index has a logit row."""
+    assert DistillationConfig(train_images=5000, sweep_train_images=2000).logit_images() == 5000
+    assert DistillationConfig(train_images=1000, sweep_train_images=2000).logit_images() == 2000
+    assert DistillationConfig(train_images=0).logit_images() == 0  # every image: the default
+    cfg, _, root = smoke_stage
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        run = DistillationRun(cfg.replace(train_images=120, sweep_train_images=80))
+        run.cache_teacher_logits(progress=False)
+        assert run.logits.logits.shape[0] == 120 < len(run.dataset.train)
+        student = run.build_student(0).eval()
+        base = export_model(student, run.dataset, run.export_cfg.replace(precision="fp16"), run.out_dir,
+                            "probe-prefix").path
+        made = run.compress_student(student, base, "torch-prune-75-ft", {}, "probe-prefix-ft")
+    assert made.finetune_steps > 0 and made.path.exists()
 
 
 def _lut_bits(package):

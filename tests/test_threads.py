@@ -1,5 +1,5 @@
 """Threads that fit the free cores (``playbook.env.choose_threads``), OpenMP's wait policy set before torch loads,
-worker processes x threads within the free cores (``playbook.family_training.plan_workers``), and the step timer's
+worker processes x threads within the free cores (``playbook.env.plan_workers``), and the step timer's
 wall and CPU seconds (``playbook.env.StepTimer``).  The load is injected, never taken from the machine."""
 from __future__ import annotations
 

@@ -336,12 +336,14 @@ class CoreAICompressed:
     coreml_target: str
     seconds: float
     messages: tuple[str, ...] = ()
+    coreml_error: dict[str, str] | None = None  # why the Core ML counterpart was not made (the .aimodel was)
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "technique": self.technique, "bits": TECHNIQUES[self.technique].bits,
                 "description": TECHNIQUES[self.technique].description, "aimodel": self.aimodel.to_dict(),
                 "mlpackage": self.mlpackage, "mlpackage_size_bytes": self.mlpackage_size_bytes,
-                "coreml_target": self.coreml_target, "seconds": self.seconds, "messages": list(self.messages)}
+                "coreml_target": self.coreml_target, "seconds": self.seconds, "messages": list(self.messages),
+                "coreml_error": self.coreml_error}
 
 
 def _compressor(technique: str, model: nn.Module) -> Any:
@@ -367,8 +369,8 @@ def _hint(technique: str, step: str, message: str) -> str:
     if "axis" in low and "unresolved" in low:
         return "state the per-channel axis of the weights (PerChannelGranularity(axis=0)) for these layer classes"
     if step.startswith("ct.convert"):
-        return ("coremltools could not convert coreai-opt's Core ML export; the .aimodel may still be usable: "
-                "call compress_coreai(..., coreml=False)")
+        return ("coremltools could not convert coreai-opt's Core ML export of this model; the .aimodel was kept "
+                "and measured, only the comparison of the two runtimes on it is missing")
     if "export" in step:
         return "the model must be exportable with torch.export (no data-dependent control flow)"
     return f"see coreai-opt's documentation for {TECHNIQUES[technique].description.split(',')[0]}"
@@ -403,8 +405,9 @@ def compress_coreai(model: nn.Module, technique: str, example_input: torch.Tenso
         coreml_target: the Core ML package's ``minimum_deployment_target`` (``COREML_TARGETS``).
 
     Raises:
-        CoreAICompressionError: coreai-opt, the Core AI export or the Core ML conversion failed (``step`` says
-            which); ``ConfigError`` for a bad argument.
+        CoreAICompressionError: coreai-opt or the Core AI export failed (``step`` says which); ``ConfigError`` for
+            a bad argument.  A failing Core ML counterpart does not raise: the result has ``mlpackage=None`` and
+            ``coreml_error`` (``CoreAICompressionError.to_dict``) says why.
     """
     if technique not in TECHNIQUES:
         raise ConfigError(f"technique {technique!r} is not one of {sorted(TECHNIQUES)}")
@@ -429,8 +432,13 @@ def compress_coreai(model: nn.Module, technique: str, example_input: torch.Tenso
         step = "Core AI export"
         values = {"playbook.recipe": name, "playbook.technique": technique, **(metadata or {})}
         aimodel = export_aimodel(finalized, x, out_dir, name, precision, metadata=values, technique=technique)
-        package, package_bytes = None, None
-        if coreml:
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _compression_error(name, technique, step, exc) from exc
+    package, package_bytes, coreml_error = None, None, None
+    if coreml:  # the Core ML counterpart serves the oracle only: when it fails, the .aimodel above still stands
+        try:
             step = "coreai-opt finalize(backend=CoreML)"
             with quiet_native(printed), _capture_warnings(messages):
                 for_coreml = compressor.finalize(model=spare, backend=ExportBackend.CoreML)
@@ -440,14 +448,16 @@ def compress_coreai(model: nn.Module, technique: str, example_input: torch.Tenso
                                {"playbook.variant": name, "playbook.recipe": name, "playbook.precision": precision,
                                 "playbook.weights": f"coreai-opt {technique}", **(metadata or {})})
             package, package_bytes = str(target), directory_size(target)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        cause = exc.__cause__ if isinstance(exc, CoreAIError) and exc.__cause__ else exc
-        message = f"{type(cause).__name__}: {_first_line(cause)}"
-        raise CoreAICompressionError(name, technique, step, message, _hint(technique, step, message)) from exc
+        except Exception as exc:  # noqa: BLE001
+            coreml_error = _compression_error(name, technique, step, exc).to_dict()
     return CoreAICompressed(name, technique, aimodel, package, package_bytes, coreml_target,
-                            time.perf_counter() - start, tuple(messages))
+                            time.perf_counter() - start, tuple(messages), coreml_error)
+
+
+def _compression_error(name: str, technique: str, step: str, exc: BaseException) -> CoreAICompressionError:
+    cause = exc.__cause__ if isinstance(exc, CoreAIError) and exc.__cause__ else exc
+    message = f"{type(cause).__name__}: {_first_line(cause)}"
+    return CoreAICompressionError(name, technique, step, message, _hint(technique, step, message))
 
 
 def compress_coreai_all(model: nn.Module, techniques: Sequence[str], example_input: torch.Tensor, out_dir: Path,

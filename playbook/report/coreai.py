@@ -31,8 +31,12 @@ def _problems(info: dict[str, Any], stage: dict[str, Any], row: Row | None, targ
     out = []
     if skipped:
         out.append(loc.t("cai.problems.refused", n=len(skipped), names=loc.join([s["recipe"] for s in skipped])))
+    no_oracle = [f for f in failed if f.get("phase") == "oracle" and f.get("error") == "CoreMLCounterpart"]
+    failed = [f for f in failed if f not in no_oracle]
     if failed:
         out.append(loc.t("cai.problems.failed", n=len(failed), names=loc.join([f["recipe"] for f in failed])))
+    if no_oracle:
+        out.append(loc.t("cai.problems.no_oracle", n=len(no_oracle), names=loc.join([f["recipe"] for f in no_oracle])))
     messages = ((row.raw.get("details") or {}).get("messages") or []) if row is not None else []
     if target == "coreai" and any("skip" in m.lower() for m in messages):
         out.append(loc.t("cai.problems.skipped_layers", name=row.name))

@@ -50,6 +50,11 @@ COREAI_MESSAGES: dict[str, dict[str, str]] = {
     "cai.no_problems": {"en": "none recorded", "ja": "記録なし"},
     "cai.problems.refused": {"en": "{n} recipe(s) refused: {names}", "ja": "{n} 件のレシピが拒否されました：{names}"},
     "cai.problems.failed": {"en": "{n} recipe(s) failed: {names}", "ja": "{n} 件のレシピが失敗しました：{names}"},
+    "cai.problems.no_oracle": {
+        "en": "{n} compressed model(s) measured without the runtime comparison, because coremltools could not convert "
+              "coreai-opt's Core ML export of this model: {names}",
+        "ja": "{n} 件の圧縮モデルは、coremltools が coreai-opt の Core ML 書き出しを変換できなかったため、ランタイム間の比較なしで"
+              "測定しました：{names}"},
     "cai.problems.skipped_layers": {"en": "{name}: some layers were left uncompressed (see the messages below)",
                                     "ja": "{name}：一部のレイヤーは圧縮されませんでした（下のメッセージを参照）"},
     "cai.oracle": {

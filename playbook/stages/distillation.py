@@ -16,12 +16,14 @@ PyTorch-side fine-tune learns from the teacher's cached logits.  Tables and narr
 Fairness of the comparison: for each seed the student is built from the same initial weights and trained on the
 same images in the same order with the same optimiser, schedule and budget, once with plain cross-entropy
 (*scratch*) and once with the distillation loss (*distilled*); only the loss differs.
+
+Cost: a step's students are independent; with two or more free cores they train side by side in one-thread worker
+processes (``student_training``; each step's plan is kept under ``worker_plans``), else here one after another.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,22 +32,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from playbook.architectures import count_macs
+from playbook.architectures import forward_flops
 from playbook.compress import CompressionError, get_recipe, weight_layers
 from playbook.compress.apply import CompressConfig, Compressed, FinetuneConfig, ModelSource, compress
 from playbook.compress.search import AllocationSettings, BitAllocator, LayerProbes, ValidationReference
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, directory_size, export_model, predict_split
-from playbook.data import Dataset
 from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256, logit_loss,
-                              paired_seed_test, soft_targets, subset, teacher_logits, train_or_load_student)
-from playbook.env import CpuClock
+                              paired_seed_test, soft_targets, subset, teacher_logits)
+from playbook.env import CpuClock, core_budget
 from playbook.metrics import compare_paired
 from playbook.models import check_model_name, count_parameters
 from playbook.paths import default_cache_dir
 from playbook.records import StageRecord, VariantRecord, relative, sha256_path
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.stages.distillation_student import choose_recipe, plan_student, recipe_rate, usable_quantization_record
+from playbook.stages.distillation_student import (choose_recipe, eligible_elements, plan_student, recipe_rate,
+                                                 usable_quantization_record, width_package)
+from playbook.student_training import StudentJob, StudentResult, train_pending
 from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, load_checkpoint, save_checkpoint
 
 
@@ -115,6 +118,11 @@ class DistillationConfig(MeasuredStageConfig):
                              alpha=self.alpha if alpha is None else float(alpha), beta=self.beta,
                              feature_layer=self.feature_layer)
 
+    def logit_images(self) -> int:
+        """Training images that need the teacher's logits: the larger of the seed comparison's and the sweeps'
+        subsets, which are prefixes of one split (0: every training image)."""
+        return max(self.train_images, self.sweep_train_images) if self.train_images else 0
+
     def epochs(self) -> int:
         """Epochs of the seed comparison (the smoke policy caps them)."""
         return SMOKE.epochs(self.student_epochs) if self.smoke else self.student_epochs
@@ -126,31 +134,6 @@ class DistillationConfig(MeasuredStageConfig):
         """One student training run: identical for scratch and distilled students of the same ``seed``."""
         return TrainConfig(epochs=self.sweep_epoch_count() if sweep else self.epochs(), batch_size=self.batch_size,
                            lr=self.student_lr, augment=self.augment, validate=False, seed=seed, threads=self.threads)
-
-
-def forward_flops(model: nn.Module, dataset: Dataset) -> int:
-    """FLOPs of one forward pass on one image (``architectures.count_macs``: two per multiply-accumulate), or 0 for
-    a user model whose ops PyTorch's counter cannot run: the count is optional."""
-    try:
-        return 2 * count_macs(model, dataset.input_shape)
-    except Exception:
-        return 0
-
-
-@dataclasses.dataclass
-class StudentResult:
-    """One trained student: how it was trained and what it scored (``top1`` on ``split``)."""
-
-    kind: str  # "scratch" or "distilled"
-    seed: int
-    temperature: float | None
-    alpha: float | None
-    split: str
-    top1: float
-    seconds: float
-    final_loss: float
-    model: nn.Module | None = None
-    correct: np.ndarray | None = None
 
 
 class DistillationRun(DownstreamRun):
@@ -203,7 +186,9 @@ class DistillationRun(DownstreamRun):
         self.students: dict[int, dict[str, StudentResult]] = {}
         self.shipped: dict[str, Any] | None = None
         self.allocations: dict[str, Any] = {}
-        self.cache_hits: dict[str, bool] = {}  # student cache key -> loaded from the cache (True) or trained now  # the per-layer palette sizes a mixed-bit recipe chose for the student
+        self.worker_plans: dict[str, dict[str, Any]] = {}  # step -> how its students were trained (env.WorkerPlan)
+        self.trained_in_workers: dict[str, Any] = {}  # student cache key -> distill.StudentTraining, this run
+        self.cache_hits: dict[str, bool] = {}  # student cache key -> loaded from the cache (True) or trained now
         self.timings: dict[str, float] = {}
 
     # ---- the two networks
@@ -234,40 +219,57 @@ class DistillationRun(DownstreamRun):
                 "probabilities": {t: soft_targets(logits, t) for t in temps}}
 
     def cache_teacher_logits(self, progress: bool = True) -> TeacherLogits:
-        """The teacher's logits on every training image, from the on-disk cache or computed once now."""
+        """The teacher's logits on the training images the students use (``logit_images``), from the on-disk cache
+        or computed once now."""
         start = time.perf_counter()
         with self.threads(), self.timer.step("teacher_logits"):
-            self.logits = teacher_logits(self.teacher, self.dataset, self.teacher_sha256,
-                                         default_cache_dir(), progress=progress)
+            self.logits = teacher_logits(self.teacher, subset(self.dataset, self.cfg.logit_images()),
+                                         self.teacher_sha256, default_cache_dir(), progress=progress)
         self.timings["teacher_logits"] = time.perf_counter() - start
         return self.logits
 
     # ---- training one student
+    def student_job(self, seed: int, distill: bool, temperature: float | None = None, alpha: float | None = None,
+                    sweep: bool = False) -> StudentJob:
+        """One student's training as data (``StudentJob``); the teacher's logits lazily (a cached student never
+        computes them)."""
+        logits = None if self.cfg.augment else (  # augmented images: the teacher runs live on every batch
+            lambda: (self.logits or self.cache_teacher_logits(progress=False)).logits)
+        return StudentJob(self.build_student(seed),
+                          subset(self.dataset, self.cfg.sweep_train_images if sweep else self.cfg.train_images),
+                          self.cfg.train_config(seed, sweep),
+                          self.cfg.distill_config(temperature, alpha) if distill else None, self.teacher,
+                          self.teacher_sha256, logits, self.example, self.student_cfg.to_dict())
+
+    def train_in_workers(self, step: str, runs: list[tuple[int, bool, float | None, float | None, bool]]) -> None:
+        """Train the uncached students of ``runs`` (seed, distill, temperature, alpha, sweep) in worker processes
+        when the free cores allow (``train_pending``); ``train_student`` then finds them in the cache."""
+        plan, done = train_pending([self.student_job(*run) for run in runs], core_budget(), self.cfg.threads,
+                                   None if self.cfg.augment else lambda: (
+                                       self.logits or self.cache_teacher_logits(progress=False)).logits)
+        self.worker_plans[step] = plan.to_dict()
+        self.trained_in_workers.update(done)
+
     def train_student(self, seed: int, distill: bool, temperature: float | None = None, alpha: float | None = None,
                       sweep: bool = False) -> StudentResult:
-        """Train one student (``distill=False``: plain cross-entropy) and score it: on the validation split for the
-        sweeps (the test split stays out of every choice), on the test split for the seed comparison."""
-        data = subset(self.dataset, self.cfg.sweep_train_images if sweep else self.cfg.train_images)
-        train_cfg = self.cfg.train_config(seed, sweep)
+        """Train one student (``distill=False``: plain cross-entropy), or load what a worker or an earlier run
+        trained, and score it: on the validation split for the sweeps (the test split stays out of every choice),
+        on the test split for the seed comparison."""
         start = time.perf_counter()
         with self.threads():
-            student = self.build_student(seed)
-            dcfg = self.cfg.distill_config(temperature, alpha) if distill else None
-            logits = None if self.cfg.augment else (  # augmented images: the teacher runs live on every batch
-                lambda: (self.logits or self.cache_teacher_logits(progress=False)).logits)
-            trained = train_or_load_student(student, data, train_cfg, distill=dcfg, teacher=self.teacher,
-                                            teacher_sha256=self.teacher_sha256, cached_logits=logits,
-                                            example=self.example, model_cfg=self.student_cfg.to_dict())
+            job = self.student_job(seed, distill, temperature, alpha, sweep)
+            trained = job.run()
             split = self.dataset.val if sweep and len(self.dataset.val) else self.dataset.test
-            metrics = evaluate(student, self.dataset, split)
-        self.cache_hits[trained.key] = trained.from_cache
+            metrics = evaluate(job.student, self.dataset, split)
+        fresh = trained.key in self.trained_in_workers  # trained by a worker of this run, not by an earlier run
+        self.cache_hits[trained.key] = trained.from_cache and not fresh
         return StudentResult(
             kind="distilled" if distill else "scratch", seed=seed,
             temperature=(temperature if temperature is not None else self.cfg.temperature) if distill else None,
             alpha=(alpha if alpha is not None else self.cfg.alpha) if distill else None,
             split="val" if split is self.dataset.val else "test", top1=metrics.top1,
-            seconds=time.perf_counter() - start if not trained.from_cache else trained.seconds,
-            final_loss=trained.final_loss, model=student.eval(),
+            seconds=trained.seconds if trained.from_cache else time.perf_counter() - start,
+            final_loss=trained.final_loss, model=job.student.eval(),
             correct=np.asarray(metrics.correct, dtype=bool))
 
     # ---- sweeps (one seed, a training subset, validation split)
@@ -287,6 +289,10 @@ class DistillationRun(DownstreamRun):
         ``sweep_train_images`` training images, ``sweep_epochs`` epochs; the scratch student is the reference."""
         start = time.perf_counter()
         with self.timer.step("sweep_temperature"):
+            seed = self.cfg.seeds[0]
+            self.train_in_workers("sweep_temperature", [(seed, False, None, None, True)] + [
+                (seed, True, t, self.cfg.alpha, True) for t in self.cfg.sweep_temperatures
+                if (float(t), float(self.cfg.alpha)) not in self._sweep_memo])
             scratch = self._sweep_reference()
             self.sweeps["temperature"] = [self._sweep_row(self._sweep_point(t, self.cfg.alpha), scratch)
                                           for t in self.cfg.sweep_temperatures]
@@ -297,6 +303,9 @@ class DistillationRun(DownstreamRun):
         """Validation top-1 of students distilled with each of ``sweep_alphas`` at the configured ``temperature``."""
         start = time.perf_counter()
         with self.timer.step("sweep_alpha"):
+            seed = self.cfg.seeds[0]
+            self.train_in_workers("sweep_alpha", [(seed, True, self.cfg.temperature, a, True) for a in self.cfg.sweep_alphas
+                                                  if (float(self.cfg.temperature), float(a)) not in self._sweep_memo])
             scratch = self._sweep_reference()
             self.sweeps["alpha"] = [self._sweep_row(self._sweep_point(self.cfg.temperature, a), scratch)
                                     for a in self.cfg.sweep_alphas]
@@ -328,6 +337,9 @@ class DistillationRun(DownstreamRun):
         cross-entropy and with distillation; test top-1, McNemar's exact test per seed, paired t-test over seeds."""
         start = time.perf_counter()
         self.seed_results = []
+        with self.timer.step("compare_seeds"):
+            self.train_in_workers("compare_seeds", [(seed, distill, None, None, False) for seed in self.cfg.seeds
+                                                    for distill in (False, True)])
         for seed in self.cfg.seeds:
             with self.timer.step("compare_seeds"):
                 scratch = self.train_student(seed, distill=False)
@@ -370,24 +382,13 @@ class DistillationRun(DownstreamRun):
         if not widths or fp16 is None:
             return plan_student([], dict(self.cfg.student_options), None, {}, self.fp32_bytes, self.cfg.min_size_ratio)
         teacher_fp16 = fp16.package_path(self.model_dir)
-        teacher_eligible = sum(x.size for x in weight_layers(teacher_fp16, self.cfg.weight_threshold) if x.eligible)
         rate = recipe_rate(self.recipe_choice["recipe"], self.quantization, self.quantization_why_not,
-                           directory_size(teacher_fp16), teacher_eligible)
-
-        def measure(width: int) -> dict[str, Any]:  # an untrained student's FP16 package: its size is exact
-            torch.manual_seed(0)
-            student = build_model(ModelConfig(self.cfg.student, {**self.cfg.student_options, "width": width}),
-                                  self.dataset)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = export_model(student, self.dataset, self.export_cfg.replace(precision="fp16"), Path(tmp),
-                                    f"width-{width}").path
-                eligible = sum(x.size for x in weight_layers(path, self.cfg.weight_threshold) if x.eligible)
-                return {"parameters": count_parameters(student), "fp16_bytes": directory_size(path),
-                        "eligible": eligible}
-
+                           directory_size(teacher_fp16), eligible_elements(teacher_fp16, self.cfg.weight_threshold))
         with self.threads(), self.timer.step("plan_student"):
-            return plan_student(widths, dict(self.cfg.student_options), measure, rate, self.fp32_bytes,
-                                self.cfg.min_size_ratio)
+            return plan_student(widths, dict(self.cfg.student_options),
+                                lambda width: width_package(self.cfg.student, self.cfg.student_options, width,
+                                                            self.dataset, self.export_cfg, self.cfg.weight_threshold),
+                                rate, self.fp32_bytes, self.cfg.min_size_ratio)
 
     def ship(self) -> list[VariantRecord]:
         """Export the distilled student of the first seed (fixed in advance: no choice on the test split), compress
@@ -464,7 +465,8 @@ class DistillationRun(DownstreamRun):
         # a PyTorch-side fine-tune learns from the teacher's cached logits (the distillation loss), not only labels
         loss = (logit_loss(self.logits, self.cfg.temperature, self.cfg.alpha)
                 if self.logits is not None and not self.cfg.augment else None)
-        source = ModelSource(student, self.dataset, self.export_cfg, self.out_dir,
+        source = ModelSource(student, subset(self.dataset, self.cfg.logit_images()) if loss else self.dataset,
+                             self.export_cfg, self.out_dir,
                              {(self.cfg.precision, self.export_cfg.minimum_deployment_target): base},
                              metadata=self._package_metadata(), loss_fn=loss)
         example = self.dataset.to_tensor(self.dataset.calib.images[:1])
@@ -565,7 +567,9 @@ class DistillationRun(DownstreamRun):
             "shipped": self.shipped,
             "mixed_bits": self.allocations,
             "timings": self.timings,
-            "student_cache": {"students": len(self.cache_hits), "from_cache": sum(self.cache_hits.values())},
+            "student_cache": {"students": len(self.cache_hits), "from_cache": sum(self.cache_hits.values()),
+                              "trained_in_workers": len(self.trained_in_workers)},
+            "worker_plans": self.worker_plans,
             "cpu_seconds": CpuClock.now().since(self._clock)["cpu_s"],
             "threads": self.thread_choice.threads,
         }

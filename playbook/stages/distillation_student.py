@@ -126,3 +126,30 @@ def plan_student(widths: Sequence[int], configured: dict[str, Any], measure_cand
                     f"no width of {list(widths)} is predicted to reach {min_size_ratio:g}x with {rate['recipe']} "
                     f"(at most {max_bytes / 1e3:,.1f} KB): the smallest, width {chosen['width']}, predicted "
                     f"{chosen['predicted_bytes'] / 1e3:,.1f} KB")}
+
+
+def eligible_elements(package: Path, threshold: int) -> int:
+    """Elements of the weights a compression recipe would touch in a saved package (``compress.weight_layers``)."""
+    from playbook.compress import weight_layers
+
+    return sum(x.size for x in weight_layers(package, threshold) if x.eligible)
+
+
+def width_package(student: str, options: dict[str, Any], width: int, dataset: Any, export_cfg: Any,
+                  threshold: int) -> dict[str, Any]:
+    """An untrained ``student`` of ``width`` exported as FP16: its parameters, package bytes (exact: training changes
+    no size) and eligible weight elements, which ``plan_student`` scales by the recipe's rate."""
+    import tempfile
+
+    import torch
+
+    from playbook.coreml import directory_size, export_model
+    from playbook.models import count_parameters
+    from playbook.train import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(student, {**options, "width": width}), dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(model, dataset, export_cfg.replace(precision="fp16"), Path(tmp), f"width-{width}").path
+        return {"parameters": count_parameters(model), "fp16_bytes": directory_size(path),
+                "eligible": eligible_elements(path, threshold)}

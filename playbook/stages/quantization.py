@@ -64,6 +64,7 @@ class QuantizationConfig(MeasuredStageConfig):
     max_exceptions: int = 3
     coreai: bool = True
     coreai_images: int = 2000
+    coreai_seconds: float = 240.0
     seed: int = 0
     interactive: bool = True
 
@@ -82,6 +83,7 @@ class QuantizationConfig(MeasuredStageConfig):
         check_range("sensitivity_images", self.sensitivity_images, 1)
         check_range("search_images", self.search_images, 0)
         check_range("coreai_images", self.coreai_images, 0)
+        check_range("coreai_seconds", self.coreai_seconds, 0.0)
         check_range("max_exceptions", self.max_exceptions, 1)
 
     def recipe_names(self) -> list[str]:
@@ -107,12 +109,14 @@ class QuantizationConfig(MeasuredStageConfig):
 
     def coreai_settings(self) -> CoreAISettings:
         """Which Core AI variants ``run_coreai`` makes (the smoke policy's few in smoke runs) and how they are
-        measured (the same repeats and resamples as the Core ML variants)."""
+        measured (the same repeats and resamples as the Core ML variants), on at most ``coreai_images`` test images
+        within ``coreai_seconds`` of the runtime's measured speed (smoke runs too: the probe and the choice run on the
+        smoke split)."""
         m = self.measure_config()
         techniques = SMOKE.coreai_techniques if self.smoke else CoreAISettings.techniques
         return CoreAISettings(techniques=tuple(techniques), fp32=not self.smoke, latency_warmup=m.latency_warmup,
                               latency_repeats=m.latency_repeats, bootstrap_resamples=m.bootstrap_resamples,
-                              test_images=self.coreai_images)
+                              test_images=self.coreai_images, seconds_budget=float(self.coreai_seconds))
 
     def allocation_settings(self) -> AllocationSettings:
         """How mixed bit-widths are chosen: the images of the probes and checks, the budget, and in smoke runs the
@@ -269,7 +273,10 @@ class QuantizationRun(DownstreamRun):
     def run_coreai(self) -> list[VariantRecord]:
         """Export the trained model as Core AI ``.aimodel`` (FP16, and FP32 outside smoke runs) and apply coreai-opt's
         compressions, each measured through Apple's Core AI runtime (``compress.coreai_variants``).  A Core AI recipe
-        that fails is recorded, never fatal; without the packages (or with ``coreai=False``) the record says why."""
+        that fails is recorded, never fatal; without the packages (or with ``coreai=False``) the record says why.
+        The runtime's predictions are shared by worker processes when cores are free, and the test images are as many
+        as ``coreai_images`` allows within ``coreai_seconds`` at the runtime's measured speed: the log and
+        ``details["coreai"]["images"]`` / ``["processes"]`` say how many and why."""
         settings = self.cfg.coreai_settings()
         if not self.cfg.coreai:
             self.coreai = CoreAIOutcome(False, "coreai=False: Core AI variants were not asked for").details(settings)

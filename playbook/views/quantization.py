@@ -347,6 +347,10 @@ def explain_coreai(record: StageRecord) -> str:
     lines = [f"Core AI variants made with {info.get('versions')}: {made} ({info.get('seconds', 0.0):.0f} s). They load "
              f"only on iOS / macOS {major} or later; the report lets them compete only for a client whose deployment "
              "target is that recent."]
+    if (info.get("images") or {}).get("why"):
+        lines.append(f"* test images: {info['images']['why']} (the paired interval widens as 1/sqrt(images))")
+    if (info.get("processes") or {}).get("why"):
+        lines.append(f"* runtime processes: {info['processes']['why']}")
     for s in info.get("skipped") or []:
         lines.append(f"* `{s['recipe']}` was refused: {s['coremltools_message']} -- {s['hint']}")
     for f in info.get("failed") or []:
