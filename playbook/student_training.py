@@ -62,11 +62,12 @@ class StudentJob:
         return student_cache_key(self.student, self.dataset, self.train_cfg, self.distill, self.teacher_sha256,
                                  self.model_cfg)
 
-    def checkpoint(self) -> Path:
-        """Where the trained student is (or will be) cached."""
+    def checkpoint(self, key: str | None = None) -> Path:
+        """Where the trained student is (or will be) cached (``key``: this job's ``key()``, when already known;
+        computing it hashes the training images)."""
         from playbook.paths import default_cache_dir
 
-        return Path(self.cache_dir or default_cache_dir()) / "students" / f"{self.key()}.pt"
+        return Path(self.cache_dir or default_cache_dir()) / "students" / f"{key or self.key()}.pt"
 
     def cached(self) -> bool:
         """Whether the cache already holds this student (a corrupt file is found and replaced by ``run``)."""
@@ -107,7 +108,7 @@ def train_students_in_workers(jobs: Sequence[StudentJob], workers: int, threads_
     pending: dict[str, bytes] = {}
     for job in jobs:
         key = job.key()
-        if key in pending or job.cached():
+        if key in pending or job.checkpoint(key).exists():
             continue
         try:
             pending[key] = pickle.dumps(job)
