@@ -177,6 +177,16 @@ def _input_type(dataset: Dataset, cfg: ExportConfig) -> tuple[Any, tuple[float, 
     return image, dataset.mean, dataset.std
 
 
+def conversion_passes(const_threshold: int = 1) -> Any:
+    """coremltools' default passes, with ``common::const_deduplication`` on constants of ``const_threshold`` elements
+    and more (its default, 100, leaves every conv its own ``strides``/``pad``/``dilations``; 1 is what coremltools
+    uses to share constants across functions).  A width-12 ResNet's FP16 program measured 16,183 bytes with 100 and
+    11,113 with 1 (package 106,548 -> 100,454 bytes): 15 % of a 35.7 KB student budget (set on the pass class)."""
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.set_options("common::const_deduplication", {"const_threshold": const_threshold})
+    return pipeline
+
+
 def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir: Path, stem: str,
                  metadata: dict[str, str] | None = None) -> ExportResult:
     """Trace and convert ``model`` to ``out_dir/<stem>.mlpackage``; returns sizes and op histogram.
@@ -197,7 +207,7 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
         kwargs["outputs"] = [ct.TensorType(name=PROBS_NAME)]
     else:
         kwargs["outputs"] = [ct.TensorType(name=LOGITS_NAME, dtype=np.float32)]
-    kwargs.update(convert_to="mlprogram", inputs=[input_type],
+    kwargs.update(convert_to="mlprogram", inputs=[input_type], pass_pipeline=conversion_passes(),
                   compute_precision=ct.precision.FLOAT16 if cfg.precision == "fp16" else ct.precision.FLOAT32,
                   minimum_deployment_target=getattr(ct.target, cfg.minimum_deployment_target))
     errors = []

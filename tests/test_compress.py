@@ -644,6 +644,40 @@ def test_mixed_bits_choose_on_validation_and_write_the_chosen_allocation(lowbit_
     assert info["val_images"] == 60 < len(st.dataset.val)  # search_images bounds the allocation checks
 
 
+def test_a_size_budget_gets_the_widest_allocation_whose_package_fits(lowbit_stage, tmp_path):
+    """Issue 25: a student that must be N times smaller than its teacher gets the least damaging allocation within
+    that size (the widest fitting point of the path, found on measured package sizes), not the smallest package
+    within an accuracy budget."""
+    import dataclasses
+
+    from playbook.compress.search import AllocationSettings, BitAllocator
+    from playbook.coreml import directory_size
+
+    st = lowbit_stage
+    recipe, base = get_recipe("palettize-mixed"), st.source.program("fp16", "iOS18")
+    sizes = {b: directory_size(compress_package(f"palettize-{b}bit", base, tmp_path, f"u{b}", 2048).path)
+             for b in (2, 8)}
+    limit = (sizes[2] + sizes[8]) // 2  # between every layer at 2 bits and every layer at 8
+    sized = BitAllocator(st.probes, st.dataset, dataclasses.replace(st.allocator.settings, max_bytes=limit),
+                         st.allocator.layers_of)
+    made, info = sized.allocate(recipe, base, tmp_path, "sized")
+    assert info["max_bytes"] == limit and info["fits_size"]
+    assert directory_size(made.path) <= limit < sizes[8]
+    fits = {c["index"]: c for c in info["size_checks"]}
+    assert fits[info["chosen_index"]]["accepted"] and fits[info["chosen_index"]]["package_bytes"] <= limit
+    if info["chosen_index"] > 0:  # the bisection stopped at a wider neighbour that did not fit
+        assert not fits[info["chosen_index"] - 1]["accepted"] and fits[info["chosen_index"] - 1]["package_bytes"] > limit
+    assert len(fits) <= int(np.ceil(np.log2(info["path_length"] + 1)))
+    # its accuracy is checked and recorded, not used to choose
+    assert [c["index"] for c in info["checks"]] == [info["chosen_index"]] and "val_delta_top1" in info["checks"][0]
+    # an impossible budget: the narrowest allocation, marked as not fitting
+    tiny = BitAllocator(st.probes, st.dataset, dataclasses.replace(st.allocator.settings, max_bytes=1),
+                        st.allocator.layers_of)
+    made, info = tiny.allocate(recipe, base, tmp_path, "tiny")
+    assert not info["fits_size"] and not info["met_budget"] and info["chosen_index"] is None
+    assert {row["bits"] for row in info["allocation"]} == {min(info["bit_choices"])}
+
+
 def test_the_stage_counts_its_validation_work_and_fine_tunes_before_it_starts(lowbit_stage):
     """Issue 18: the cost printed before the first recipe counts what the mixed bit-widths and fine-tunes will do,
     and the count matches what the run then did."""

@@ -8,7 +8,7 @@ logging.getLogger("coremltools").setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
 
 from playbook.config import ConfigError  # noqa: E402
-from playbook.coreml import ExportConfig, export_model, package_info, safe_package_path  # noqa: E402
+from playbook.coreml import ExportConfig, export_model, package_info, predict_split, safe_package_path  # noqa: E402
 from playbook.models import create_model  # noqa: E402
 
 
@@ -43,6 +43,32 @@ def test_fp16_weights_make_the_package_about_half_the_size(tmp_path, digits):
     sizes = {p: export_model(model, digits, ExportConfig(precision=p), tmp_path, p).package.size_bytes
              for p in ("fp32", "fp16")}
     assert 0.4 < sizes["fp16"] / sizes["fp32"] < 0.6
+
+
+def test_every_repeated_constant_is_stored_once_and_the_outputs_do_not_change(tmp_path, digits, small_model,
+                                                                              monkeypatch):
+    """conversion_passes: coremltools' const_deduplication on constants of every size (its default skips those
+    under 100 elements), so the convs share one ``strides``/``pad``/``dilations`` const; the package shrinks and
+    the program computes the same thing."""
+    import playbook.coreml as coreml
+
+    def duplicates(package):
+        spec = ct.utils.load_spec(str(package))
+        block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+        values = [op.attributes["val"].SerializeToString() for op in block.operations if op.type == "const"
+                  and op.attributes["val"].type.tensorType.dataType != ct.proto.MIL_pb2.DataType.STRING]
+        return len(values) - len(set(values))  # numbers only: the pass leaves strings ("valid", "custom") alone
+
+    with monkeypatch.context() as patch:
+        default = coreml.conversion_passes
+        patch.setattr(coreml, "conversion_passes", lambda: default(100))  # coremltools' own default
+        plain = export_model(small_model, digits, ExportConfig(precision="fp16"), tmp_path, "plain")
+    shared = export_model(small_model, digits, ExportConfig(precision="fp16"), tmp_path, "shared")
+    assert duplicates(plain.path) > 10 and duplicates(shared.path) == 0
+    assert shared.package.size_bytes < plain.package.size_bytes - 2000
+    split = digits.test.head(32)
+    scores = [predict_split(made.path, digits, split, runtime="reference")[0] for made in (shared, plain)]
+    assert np.array_equal(scores[0], scores[1])
 
 
 def test_image_input_and_classifier_outputs(tmp_path, digits, small_model):

@@ -35,7 +35,8 @@ from torch import nn
 
 from playbook.compress.recipes import CompressionError
 from playbook.config import ConfigError, check_choice
-from playbook.coreml import INPUT_NAME, LOGITS_NAME, ct, directory_size, safe_package_path, save_package
+from playbook.coreml import (INPUT_NAME, LOGITS_NAME, conversion_passes, ct, directory_size, safe_package_path,
+                             save_package)
 
 PACKAGES = {"coreai-core": "coreai.runtime", "coreai-torch": "coreai_torch", "coreai-opt": "coreai_opt"}
 PRECISIONS = ("fp32", "fp16")
@@ -386,7 +387,7 @@ def _export_coreml(model: nn.Module, x: torch.Tensor, target: Path, precision: s
     mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs,
                          outputs=[ct.TensorType(name=LOGITS_NAME, dtype=np.float32)],
                          compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                         minimum_deployment_target=getattr(ct.target, coreml_target))
+                         minimum_deployment_target=getattr(ct.target, coreml_target), pass_pipeline=conversion_passes())
     save_package(mlmodel, target, metadata)
 
 

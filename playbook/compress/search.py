@@ -29,10 +29,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from playbook.compress.coreml_side import CompressedPackage, WeightLayer, compress_package, weight_file_bytes
-from playbook.compress.mixed import (LayerSensitivity, allocation_bytes, allocation_path, bits_per_weight,
+from playbook.compress.mixed import (LayerSensitivity, PathSearch, allocation_bytes, allocation_path, bits_per_weight,
                                      predicted_damage, search_path)
 from playbook.compress.recipes import CompressionError, Recipe
-from playbook.coreml import package_info
+from playbook.coreml import directory_size, package_info
 from playbook.data import Dataset, Split
 from playbook.metrics import fidelity
 
@@ -126,12 +126,17 @@ class AllocationSettings:
         probe_images: validation images of each per-layer probe.
         check_images: validation images of each allocation check (0: the whole validation split).
         max_top1_drop: the accuracy budget in points; a recipe's ``budget_share`` takes a share of it.
+        max_bytes: a size budget for the package (0: none).  With one, the allocation is the *widest* point of the
+            path whose package, compressed and measured, is at most this many bytes: the least damage the size
+            allows (a distilled student that must be N times smaller than its teacher).  The accuracy check is
+            then run on that point and recorded, but does not choose.
     """
 
     bit_choices: tuple[int, ...] = ()
     probe_images: int = 1000
     check_images: int = 0
     max_top1_drop: float = 1.0
+    max_bytes: int = 0
 
     def choices_for(self, recipe: Recipe) -> tuple[int, ...]:
         """The palette sizes ``recipe`` may give a layer here: the recipe's, narrowed to ``bit_choices`` when at least
@@ -218,8 +223,14 @@ class BitAllocator:
                      "predicted_kl": predicted_damage(layers, allocation)}
             return facts["val_delta_top1"] >= -budget, facts
 
-        search = search_path(path, accept)
-        chosen = path[search.chosen if search.chosen is not None else 0]
+        if self.settings.max_bytes > 0:  # the widest point within the size budget; its accuracy is recorded
+            search, size_checks = self._fit_size(recipe, base, path)
+            if search.chosen is not None:
+                ok, facts = accept(path[search.chosen])
+                search = PathSearch(search.chosen, ({"index": search.chosen, "accepted": bool(ok), **facts},))
+        else:
+            search, size_checks = search_path(path, accept), []
+        chosen = path[search.chosen if search.chosen is not None else (len(path) - 1 if size_checks else 0)]
         made = compress_package(recipe, base, out_dir, stem, self.probes.weight_threshold,
                                 overrides={n: {"nbits": b} for n, b in chosen.items()}, metadata=metadata)
         by_name = {layer.name: layer for layer in layers}
@@ -235,8 +246,32 @@ class BitAllocator:
             "predicted_kl": predicted_damage([by_name[n] for n in chosen], chosen),
             "probe_seconds": table["seconds"], "seconds": time.perf_counter() - start,
         }
+        if size_checks:
+            details.update(max_bytes=self.settings.max_bytes, size_checks=size_checks,
+                           fits_size=search.chosen is not None,
+                           met_budget=bool(search.chosen is not None and search.checks[-1]["accepted"]))
         self.allocations[recipe.name] = details
         return made, details
+
+    def _fit_size(self, recipe: Recipe, base: Path, path: Sequence[dict[str, int]]
+                  ) -> tuple[PathSearch, list[dict[str, Any]]]:
+        """The widest point of ``path`` whose package is at most ``settings.max_bytes`` bytes: bisection on the
+        measured size of packages compressed into a scratch folder (sizes fall along the path, so about
+        ``log2(len(path))`` compressions).  ``chosen`` is ``None`` when even the narrowest point is too large."""
+        limit = self.settings.max_bytes
+
+        def fits(allocation: dict[str, int]) -> tuple[bool, dict[str, Any]]:
+            with self.probes.workspace("size") as work:
+                made = compress_package(recipe, base, work, "probe", self.probes.weight_threshold,
+                                        overrides={n: {"nbits": b} for n, b in allocation.items()})
+                size = directory_size(made.path)
+            return size <= limit, {"package_bytes": size}
+
+        backwards = list(reversed(path))  # smallest first: "fits" holds from the start and fails past some point
+        found = search_path(backwards, fits)
+        index = None if found.chosen is None else len(path) - 1 - found.chosen
+        checks = [{**c, "index": len(path) - 1 - c["index"]} for c in found.checks]
+        return PathSearch(index, ()), checks
 
     def module_bits(self, recipe: Recipe, source: Recipe, base: Path) -> dict[str, int]:
         """The palette size per PyTorch module that the mixed-bit recipe ``source`` chose on ``base`` (what a DKM

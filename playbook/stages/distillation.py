@@ -46,8 +46,9 @@ from playbook.models import check_model_name, count_parameters
 from playbook.paths import default_cache_dir
 from playbook.records import StageRecord, VariantRecord, relative, sha256_path
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
-from playbook.stages.distillation_student import (choose_recipe, eligible_elements, plan_student, recipe_rate,
-                                                 usable_quantization_record, width_package)
+from playbook.stages.distillation_student import (choose_recipe, eligible_elements, fitted_sentence, plan_student,
+                                                 recipe_rate, size_fitted_rate, usable_quantization_record,
+                                                 width_package)
 from playbook.student_training import StudentJob, StudentResult, train_pending
 from playbook.train import ModelConfig, TrainConfig, build_model, evaluate, load_checkpoint, save_checkpoint
 
@@ -62,6 +63,7 @@ class DistillationConfig(MeasuredStageConfig):
     student_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 8})
     student_widths: list[int] = dataclasses.field(default_factory=lambda: [8, 10, 12, 16])
     min_size_ratio: float = 20.0
+    student_bits: float = 4.0
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
@@ -94,6 +96,7 @@ class DistillationConfig(MeasuredStageConfig):
             raise ConfigError(f"student_widths={self.student_widths!r} must be widths >= 1 (e.g. [8, 12, 16]), or [] "
                               "to train the student of student_options as given")
         check_range("min_size_ratio", self.min_size_ratio, 1.0)
+        check_range("student_bits", self.student_bits, 1.0, 16.0)
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ConfigError(f"seeds={self.seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
@@ -375,8 +378,9 @@ class DistillationRun(DownstreamRun):
 
     def plan_student(self) -> dict[str, Any]:
         """The student's width from the size budget: the widest of ``student_widths`` whose package, compressed
-        with the chosen recipe at the rate it reached on the teacher, is predicted ``min_size_ratio`` times smaller
-        than the teacher's FP32 package (``distillation_student.plan_student``)."""
+        with the chosen recipe at the rate it reached on the teacher (for a mixed-bit recipe, whose allocation is
+        fitted to the size, at no fewer than ``student_bits`` per weight), is predicted ``min_size_ratio`` times
+        smaller than the teacher's FP32 package (``distillation_student.plan_student``)."""
         widths = list(self.cfg.student_widths[:2] if self.cfg.smoke else self.cfg.student_widths)
         fp16 = next((v for v in self.baseline_variants if v.get("precision") == "fp16"), None)
         if not widths or fp16 is None:
@@ -384,6 +388,8 @@ class DistillationRun(DownstreamRun):
         teacher_fp16 = fp16.package_path(self.model_dir)
         rate = recipe_rate(self.recipe_choice["recipe"], self.quantization, self.quantization_why_not,
                            directory_size(teacher_fp16), eligible_elements(teacher_fp16, self.cfg.weight_threshold))
+        if get_recipe(self.recipe_choice["recipe"]).allocation == "sensitivity":  # its package is fitted to the size
+            rate = size_fitted_rate(rate, self.cfg.student_bits)
         with self.threads(), self.timer.step("plan_student"):
             return plan_student(widths, dict(self.cfg.student_options),
                                 lambda width: width_package(self.cfg.student, self.cfg.student_options, width,
@@ -443,7 +449,8 @@ class DistillationRun(DownstreamRun):
                         "predicted_bytes": self.student_plan.get("predicted_bytes"),
                         "finetune_loss": "distillation (teacher logits)" if made.finetune_steps and self.logits
                         is not None and not self.cfg.augment else "cross-entropy" if made.finetune_steps else None,
-                        "compression_delta_top1": packed.top1 - plain.top1}
+                        "compression_delta_top1": packed.top1 - plain.top1,
+                        "fitted": fitted_sentence(recipe.name, self.allocations.get(recipe.name), packed.size_bytes)}
         self.timings["ship"] = time.perf_counter() - start
         return [plain, packed]
 
@@ -454,7 +461,8 @@ class DistillationRun(DownstreamRun):
                          stem: str) -> Compressed:
         """``recipe`` applied to the student through ``compress.compress``, the entry point stage 02 uses: ``base`` is
         the student's uncompressed package (re-exported where the recipe needs another precision or target); a
-        mixed-bit recipe chooses its per-layer palette sizes on the student's own validation outputs; PyTorch-side
+        mixed-bit recipe chooses its per-layer palette sizes on the student's own validation outputs, the widest
+        allocation whose package is ``min_size_ratio`` times smaller than the teacher's FP32 package; PyTorch-side
         recipes fine-tune with stage 02's settings when ``choice`` came from its record (``FinetuneConfig``
         otherwise), capped by the smoke policy."""
         finetune = FinetuneConfig.from_dict(choice.get("finetune") or {})
@@ -471,7 +479,8 @@ class DistillationRun(DownstreamRun):
                              metadata=self._package_metadata(), loss_fn=loss)
         example = self.dataset.to_tensor(self.dataset.calib.images[:1])
         allocation = AllocationSettings(bit_choices=SMOKE.mixed_bit_choices if self.cfg.smoke else (),
-                                        **(choice.get("allocation") or {}))
+                                        **{**(choice.get("allocation") or {}),
+                                           "max_bytes": int(self.fp32_bytes / self.cfg.min_size_ratio)})
         reference = ValidationReference(base, lambda p, split: predict_split(p, self.dataset, split,
                                                                              self.mcfg.runtime)[0])
         allocator = BitAllocator(LayerProbes(reference, self.cfg.weight_threshold, self.out_dir), self.dataset,
