@@ -267,12 +267,20 @@ class WorkerPlan:
         return dataclasses.asdict(self)
 
 
+def free_process_cores() -> tuple[int, dict[str, Any]]:
+    """Cores free for single-threaded worker processes, and the measurement: ``choose_threads`` limited by
+    ``core_budget()`` rather than by torch's thread default, since ``$OMP_NUM_THREADS=1`` bounds each process's
+    threads, not how many one-thread processes the free cores can take."""
+    choice = choose_threads(limit=core_budget())
+    return choice.threads, choice.to_dict()
+
+
 def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | None = None,
                  noun: tuple[str, str] = ("family", "families")) -> WorkerPlan:
     """Worker processes and threads for ``pending`` models to train (families, students: ``noun`` is the singular
     and plural the reasons use), at most ``jobs`` processes.
 
-    ``free_cores``: how many cores other work leaves free (default: measured, ``choose_threads()``).  Workers are
+    ``free_cores``: how many cores other work leaves free (default: measured, ``free_process_cores()``).  Workers are
     started only when at least two models are pending and at least two cores are free; then ``workers`` =
     min(jobs, pending, free cores) and each gets ``free cores // workers`` threads, so workers x threads <= free
     cores.  ``threads`` (> 0) is the thread count asked for training in this process; 0 = the free cores."""
@@ -284,8 +292,7 @@ def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | No
             return WorkerPlan(0, 0, threads, 0, pending, jobs,
                               f"{pending} {noun[pending != 1]} to train, jobs={jobs}: in this "
                               f"process with {threads} thread(s), as asked")
-        c = choose_threads()
-        free_cores, choice = c.threads, c.to_dict()
+        free_cores, choice = free_process_cores()
     free_cores = max(1, int(free_cores))
     main_threads = threads or free_cores
     workers = min(jobs, pending, free_cores)

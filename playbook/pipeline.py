@@ -50,7 +50,7 @@ class LockHeld(ConfigError):
 
 from playbook.run_plan import (  # noqa: E402,F401 -- the plan, re-exported: pipeline.plan, pipeline.Step ...
     RunSpec, Step, check_existing_records, check_inputs, check_parameter_names, check_reports_folder, check_upstream,
-    declared_parameters, is_up_to_date, model_budgets, model_budgets_note, plan, select_stages, stage_fingerprint,
+    declared_parameters, is_up_to_date, model_budgets_note, plan, select_stages, stage_fingerprint,
     stage_outputs, stamp_path, write_stamp)
 
 
@@ -273,7 +273,7 @@ def run_model(spec: RunSpec, steps: list[Step] | None = None, say: Callable[[str
 
         # the budgets the model declares, applied under the command's own values: recorded apart from the command
         # (which holds only what the user gave, and re-derives them when run again)
-        declared = model_budgets(spec.command, {k for s in steps for k in s.params})
+        declared = {k: v for s in steps for k, v in s.declared.items()}
         status: dict[str, Any] = {"model": spec.model, "status": "running", "started": _now(),
                                   "started_epoch": time.time(), "pid": os.getpid(), "command": command,
                                   "declared_budgets": declared, "stages": []}

@@ -48,11 +48,13 @@ class RunSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One planned stage: its registry entry, its notebook and exactly the parameters the notebook declares."""
+    """One planned stage: its registry entry, its notebook and exactly the parameters the notebook declares;
+    ``declared``: those of them that come from the model's declared budgets (``model_budgets``)."""
 
     stage: Stage
     notebook: Path
     params: dict[str, Any]
+    declared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -194,7 +196,7 @@ def plan(spec: RunSpec) -> list[Step]:
         for k, v in params.items():
             _check_type(path.name, k, v, str(names[k].get("inferred_type_name", "")), names[k].get("default"))
         _validate_values(stage, path, params, names)
-        steps.append(Step(stage, path, params))
+        steps.append(Step(stage, path, params, {k: v for k, v in budgets.items() if k in names}))
     check_inputs(steps)
     check_existing_records(spec, steps)
     check_upstream(spec.model_dir, steps, advice=spec)

@@ -660,9 +660,11 @@ def test_a_size_budget_gets_the_widest_allocation_whose_package_fits(lowbit_stag
     limit = (sizes[2] + sizes[8]) // 2  # between every layer at 2 bits and every layer at 8
     sized = BitAllocator(st.probes, st.dataset, dataclasses.replace(st.allocator.settings, max_bytes=limit),
                          st.allocator.layers_of)
-    made, info = sized.allocate(recipe, base, tmp_path, "sized")
+    made, info = sized.allocate(recipe, base, tmp_path, "sized", metadata={"playbook.note": "x" * 500})
     assert info["max_bytes"] == limit and info["fits_size"]
     assert directory_size(made.path) <= limit < sizes[8]
+    # the package written is the one measured (metadata included)
+    assert directory_size(made.path) == {c["index"]: c for c in info["size_checks"]}[info["chosen_index"]]["package_bytes"]
     fits = {c["index"]: c for c in info["size_checks"]}
     assert fits[info["chosen_index"]]["accepted"] and fits[info["chosen_index"]]["package_bytes"] <= limit
     if info["chosen_index"] > 0:  # the bisection stopped at a wider neighbour that did not fit

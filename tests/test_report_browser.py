@@ -255,6 +255,13 @@ def test_the_report_as_a_client_reads_it(smoke_report):
                 if lang == "ja":
                     english = page.evaluate(_ENGLISH_SENTENCES)
                     assert english == [], english[:10]
+                # a code block's lines start at one margin (an inline code box's padding shifts only its first line)
+                lefts = page.evaluate("""() => [...document.querySelectorAll('pre.pb-code > code')].map(c => {
+                    const r = document.createRange(); r.setStart(c.firstChild, 0); r.setEnd(c.firstChild, 1);
+                    return r.getBoundingClientRect().left - c.parentElement.getBoundingClientRect().left
+                        - parseFloat(getComputedStyle(c.parentElement).paddingLeft)
+                        - parseFloat(getComputedStyle(c.parentElement).borderLeftWidth); })""")
+                assert lefts and max(abs(x) for x in lefts) < 0.5, (lang, lefts)
                 # print: each section laid out at the content width of the page it prints on
                 page.emulate_media(media="print")
                 for section in ("variants", "deliverables"):

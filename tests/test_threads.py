@@ -102,6 +102,25 @@ def test_workers_times_threads_never_exceed_the_free_cores():
     assert cached.workers == 0 and cached.choice is None
 
 
+def test_worker_plans_count_cores_not_torch_threads(monkeypatch):
+    """Under ``OMP_NUM_THREADS=1`` torch's default is one thread, but two free cores still take two one-thread worker
+    processes (stage 03's students, stage 04's families, the Core AI runtime); ``$PLAYBOOK_CORES`` still caps them."""
+    import playbook.env as env
+    from playbook.compress.coreai_runtime import plan_coreai_processes
+
+    monkeypatch.setattr(env, "TORCH_DEFAULT_THREADS", 1)
+    monkeypatch.setattr(env, "available_cores", lambda: 2)
+    quiet = env.BusyCores(0.0, "sampled", (0.0, 0.0, 0.0), 0.0, 0.5)
+    monkeypatch.setattr(env, "busy_cores", lambda sample_s=0.5, cpus=None: quiet)
+    monkeypatch.delenv("PLAYBOOK_CORES", raising=False)
+    assert choose_threads().threads == 1  # torch threads for this process: OMP_NUM_THREADS holds
+    plan = plan_workers(2, 6, noun=("student", "students"))
+    assert (plan.workers, plan.threads_per_worker, plan.free_cores) == (2, 1, 2)
+    assert plan_coreai_processes(0, predictions=10_000).processes == 2
+    monkeypatch.setenv("PLAYBOOK_CORES", "1")  # a batch's share of one core: no second process
+    assert plan_workers(2, 6).workers == 0 and plan_coreai_processes(0, predictions=10_000).processes == 0
+
+
 _PROBE = ("import os, json, sys; import playbook.cli; assert 'torch' not in sys.modules; import torch; "
           "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'KMP_BLOCKTIME')}))")
 

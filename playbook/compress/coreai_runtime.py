@@ -179,11 +179,10 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
     single-threaded interpreter), in the style of ``env.plan_workers``.
 
     ``requested``: 0 = as many as the free cores; 1 = in this process; n >= 2 = at most n.  ``free_cores``: how many
-    cores other work leaves free (default: measured, ``env.choose_threads`` up to ``env.core_budget()``, since these
-    are processes, not torch threads).  Workers are started only when at least two cores are free, and never more
-    than the free cores (workers x 1 thread <= free cores).  ``predictions`` (images x models to predict, when known):
+    cores other work leaves free (default: measured, ``env.free_process_cores``).  Workers are started only when at
+    least two cores are free, and never more than the free cores (workers x 1 thread <= free cores).  ``predictions`` (images x models to predict, when known):
     with ``requested`` 0, fewer than ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
-    from playbook.env import choose_threads, core_budget
+    from playbook.env import free_process_cores
 
     if requested < 0:
         raise ConfigError(f"processes must be >= 0 (0: from the free cores), got {requested!r}")
@@ -194,8 +193,7 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
                            f"process (below {MIN_PARALLEL_PREDICTIONS:,}, worker start-up costs more than it saves)")
     choice = None
     if free_cores is None:
-        c = choose_threads(limit=core_budget())
-        free_cores, choice = c.threads, c.to_dict()
+        free_cores, choice = free_process_cores()
     free_cores = max(1, int(free_cores))
     workers = min(free_cores, requested) if requested else free_cores
     if workers < 2:

@@ -224,7 +224,7 @@ class BitAllocator:
             return facts["val_delta_top1"] >= -budget, facts
 
         if self.settings.max_bytes > 0:  # the widest point within the size budget; its accuracy is recorded
-            search, size_checks = self._fit_size(recipe, base, path)
+            search, size_checks = self._fit_size(recipe, base, path, stem, metadata)
             if search.chosen is not None:
                 ok, facts = accept(path[search.chosen])
                 search = PathSearch(search.chosen, ({"index": search.chosen, "accepted": bool(ok), **facts},))
@@ -253,17 +253,18 @@ class BitAllocator:
         self.allocations[recipe.name] = details
         return made, details
 
-    def _fit_size(self, recipe: Recipe, base: Path, path: Sequence[dict[str, int]]
-                  ) -> tuple[PathSearch, list[dict[str, Any]]]:
+    def _fit_size(self, recipe: Recipe, base: Path, path: Sequence[dict[str, int]], stem: str,
+                  metadata: dict[str, Any] | None) -> tuple[PathSearch, list[dict[str, Any]]]:
         """The widest point of ``path`` whose package is at most ``settings.max_bytes`` bytes: bisection on the
-        measured size of packages compressed into a scratch folder (sizes fall along the path, so about
-        ``log2(len(path))`` compressions).  ``chosen`` is ``None`` when even the narrowest point is too large."""
+        measured size of packages compressed into a scratch folder as the final one will be (same name and
+        metadata); sizes fall along the path, so about ``log2(len(path))`` compressions.  ``chosen`` is ``None``
+        when even the narrowest point is too large."""
         limit = self.settings.max_bytes
 
         def fits(allocation: dict[str, int]) -> tuple[bool, dict[str, Any]]:
             with self.probes.workspace("size") as work:
-                made = compress_package(recipe, base, work, "probe", self.probes.weight_threshold,
-                                        overrides={n: {"nbits": b} for n, b in allocation.items()})
+                made = compress_package(recipe, base, work, stem, self.probes.weight_threshold,
+                                        overrides={n: {"nbits": b} for n, b in allocation.items()}, metadata=metadata)
                 size = directory_size(made.path)
             return size <= limit, {"package_bytes": size}
 
