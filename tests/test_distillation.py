@@ -514,6 +514,12 @@ def test_the_student_ships_with_a_mixed_bit_recipe_and_with_a_joint_recipe(smoke
     assert program_bits and set(program_bits) <= set(SMOKE.mixed_bit_choices)  # never the uniform 8-bit step
     assert sorted(program_bits) == sorted(chosen.values())
     assert v.get("bits_per_weight") == pytest.approx(mixed.allocations["palettize-mixed"]["bits_per_weight"])
+    # fitted to the size budget, and the variant says so instead of the recipe's accuracy-budget description
+    fitted = mixed.allocations["palettize-mixed"]
+    assert fitted["max_bytes"] == int(mixed.fp32_bytes / cfg.min_size_ratio)
+    assert "per-layer palettes fitted to" in v.description and "accuracy budget" not in v.description
+    sentence = mixed.shipped["fitted"]
+    assert sentence.startswith("palettize-mixed fitted to") and f"{v.size_bytes:,} bytes" in sentence
     student = mixed.students[0]["distilled"].model
     base = mixed.model_dir / mixed.variant("student-fp16").package
     joint = mixed.compress_student(student, base, "torch-prune-75-ft+palettize-4bit", {}, "probe-joint")

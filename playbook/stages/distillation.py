@@ -418,7 +418,6 @@ class DistillationRun(DownstreamRun):
             k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
             "teacher_checkpoint_sha256": self.teacher_sha256})
         facts["student_checkpoint"] = relative(weights, self.model_dir)
-        current = self.export_cfg.minimum_deployment_target
         with self.threads():
             base = export_model(student, self.dataset, self.export_cfg.replace(precision=self.cfg.precision),
                                 self.out_dir, f"student-{self.cfg.precision}",
@@ -427,7 +426,8 @@ class DistillationRun(DownstreamRun):
         plain = self.measure(f"student-{self.cfg.precision}", base,
                              f"distilled {self.cfg.student} student ({self.student_params:,} parameters, "
                              f"{self.param_ratio:.0%} of the teacher), {self.cfg.precision.upper()}, uncompressed",
-                             **facts, recipe=None, precision=self.cfg.precision, deployment_target=current,
+                             **facts, recipe=None, precision=self.cfg.precision,
+                             deployment_target=self.export_cfg.minimum_deployment_target,
                              size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(base)))
         name = f"student-{recipe.name}"
         try:
@@ -437,20 +437,20 @@ class DistillationRun(DownstreamRun):
             self.add_pitfall(f"{recipe.name} refused on the student", f"{exc.coremltools_message} -- {exc.hint}")
             self.shipped = {"choice": choice, "variants": [plain.name], "refused": exc.to_dict()}
             return [plain]
+        fitted = fitted_sentence(recipe.name, self.allocations.get(recipe.name), directory_size(made.path))
         packed = self.measure(name, made.path, f"distilled {self.cfg.student} student compressed with {recipe.name}: "
-                                               f"{recipe.description}",
+                                               + (fitted.replace(f"{recipe.name} fitted", "per-layer palettes fitted")
+                                                  if fitted else recipe.description),
                               **facts, **made.facts(), recipe=recipe.to_dict(), deployment_target=made.target,
-                              weight_threshold=self.cfg.weight_threshold,
-                              size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(made.path)),
-                              details=made.details)
+                              weight_threshold=self.cfg.weight_threshold, details=made.details,
+                              size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(made.path)))
         self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
                         "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
                         "delta_top1_vs_teacher_fp32": packed.delta_top1,
                         "predicted_bytes": self.student_plan.get("predicted_bytes"),
                         "finetune_loss": "distillation (teacher logits)" if made.finetune_steps and self.logits
                         is not None and not self.cfg.augment else "cross-entropy" if made.finetune_steps else None,
-                        "compression_delta_top1": packed.top1 - plain.top1,
-                        "fitted": fitted_sentence(recipe.name, self.allocations.get(recipe.name), packed.size_bytes)}
+                        "compression_delta_top1": packed.top1 - plain.top1, "fitted": fitted}
         self.timings["ship"] = time.perf_counter() - start
         return [plain, packed]
 
