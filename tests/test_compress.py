@@ -664,7 +664,8 @@ def test_a_size_budget_gets_the_widest_allocation_whose_package_fits(lowbit_stag
     assert info["max_bytes"] == limit and info["fits_size"]
     assert directory_size(made.path) <= limit < sizes[8]
     # the package written is the one measured (metadata included)
-    assert directory_size(made.path) == {c["index"]: c for c in info["size_checks"]}[info["chosen_index"]]["package_bytes"]
+    measured = {c["index"]: c["package_bytes"] for c in info["size_checks"]}
+    assert directory_size(made.path) == measured[info["chosen_index"]]
     fits = {c["index"]: c for c in info["size_checks"]}
     assert fits[info["chosen_index"]]["accepted"] and fits[info["chosen_index"]]["package_bytes"] <= limit
     if info["chosen_index"] > 0:  # the bisection stopped at a wider neighbour that did not fit

@@ -180,8 +180,9 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
 
     ``requested``: 0 = as many as the free cores; 1 = in this process; n >= 2 = at most n.  ``free_cores``: how many
     cores other work leaves free (default: measured, ``env.free_process_cores``).  Workers are started only when at
-    least two cores are free, and never more than the free cores (workers x 1 thread <= free cores).  ``predictions`` (images x models to predict, when known):
-    with ``requested`` 0, fewer than ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
+    least two cores are free, and never more than the free cores (workers x 1 thread <= free cores).
+    ``predictions`` (images x models to predict, when known): with ``requested`` 0, fewer than
+    ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
     from playbook.env import free_process_cores
 
     if requested < 0:

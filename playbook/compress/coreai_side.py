@@ -387,7 +387,8 @@ def _export_coreml(model: nn.Module, x: torch.Tensor, target: Path, precision: s
     mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs,
                          outputs=[ct.TensorType(name=LOGITS_NAME, dtype=np.float32)],
                          compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                         minimum_deployment_target=getattr(ct.target, coreml_target), pass_pipeline=conversion_passes())
+                         minimum_deployment_target=getattr(ct.target, coreml_target),
+                         pass_pipeline=conversion_passes())
     save_package(mlmodel, target, metadata)
 
 

@@ -29,8 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from playbook.compress.coreml_side import CompressedPackage, WeightLayer, compress_package, weight_file_bytes
-from playbook.compress.mixed import (LayerSensitivity, PathSearch, allocation_bytes, allocation_path, bits_per_weight,
-                                     predicted_damage, search_path)
+from playbook.compress.mixed import (LayerSensitivity, PathSearch, allocation_bytes, allocation_path,
+                                     bits_per_weight, predicted_damage, search_path)
 from playbook.compress.recipes import CompressionError, Recipe
 from playbook.coreml import directory_size, package_info
 from playbook.data import Dataset, Split
@@ -223,14 +223,18 @@ class BitAllocator:
                      "predicted_kl": predicted_damage(layers, allocation)}
             return facts["val_delta_top1"] >= -budget, facts
 
-        if self.settings.max_bytes > 0:  # the widest point within the size budget; its accuracy is recorded
-            search, size_checks = self._fit_size(recipe, base, path, stem, metadata)
-            if search.chosen is not None:
-                ok, facts = accept(path[search.chosen])
-                search = PathSearch(search.chosen, ({"index": search.chosen, "accepted": bool(ok), **facts},))
+        sized = self.settings.max_bytes > 0
+        size_checks: list[dict[str, Any]] = []
+        if sized:  # the widest point within the size budget; its accuracy is checked and recorded, not chosen by
+            index, size_checks = self._fit_size(recipe, base, path, stem, metadata)
+            checks: tuple[dict[str, Any], ...] = ()
+            if index is not None:
+                ok, facts = accept(path[index])
+                checks = ({"index": index, "accepted": bool(ok), **facts},)
+            search = PathSearch(index, checks)
         else:
-            search, size_checks = search_path(path, accept), []
-        chosen = path[search.chosen if search.chosen is not None else (len(path) - 1 if size_checks else 0)]
+            search = search_path(path, accept)
+        chosen = path[search.chosen if search.chosen is not None else (len(path) - 1 if sized else 0)]
         made = compress_package(recipe, base, out_dir, stem, self.probes.weight_threshold,
                                 overrides={n: {"nbits": b} for n, b in chosen.items()}, metadata=metadata)
         by_name = {layer.name: layer for layer in layers}
@@ -240,25 +244,25 @@ class BitAllocator:
         details = {
             "messages": list(made.messages), "bit_choices": list(choices), "budget_points": budget,
             "budget_share": share, "val_images": len(split), "probe_images": table["val_images"],
-            "val_reference_top1": ref_top1, "allocation": allocation, "met_budget": search.chosen is not None,
+            "val_reference_top1": ref_top1, "allocation": allocation,
+            "met_budget": search.chosen is not None and (not sized or search.checks[-1]["accepted"]),
             "path_length": len(path), "chosen_index": search.chosen, "checks": list(search.checks),
             "estimated_bytes": allocation_bytes(layers, chosen), "bits_per_weight": bits_per_weight(layers, chosen),
             "predicted_kl": predicted_damage([by_name[n] for n in chosen], chosen),
             "probe_seconds": table["seconds"], "seconds": time.perf_counter() - start,
         }
-        if size_checks:
+        if sized:
             details.update(max_bytes=self.settings.max_bytes, size_checks=size_checks,
-                           fits_size=search.chosen is not None,
-                           met_budget=bool(search.chosen is not None and search.checks[-1]["accepted"]))
+                           fits_size=search.chosen is not None)
         self.allocations[recipe.name] = details
         return made, details
 
     def _fit_size(self, recipe: Recipe, base: Path, path: Sequence[dict[str, int]], stem: str,
-                  metadata: dict[str, Any] | None) -> tuple[PathSearch, list[dict[str, Any]]]:
+                  metadata: dict[str, Any] | None) -> tuple[int | None, list[dict[str, Any]]]:
         """The widest point of ``path`` whose package is at most ``settings.max_bytes`` bytes: bisection on the
         measured size of packages compressed into a scratch folder as the final one will be (same name and
-        metadata); sizes fall along the path, so about ``log2(len(path))`` compressions.  ``chosen`` is ``None``
-        when even the narrowest point is too large."""
+        metadata); sizes fall along the path, so about ``log2(len(path))`` compressions.  Returns the index (``None``
+        when even the narrowest point is too large) and the size checks."""
         limit = self.settings.max_bytes
 
         def fits(allocation: dict[str, int]) -> tuple[bool, dict[str, Any]]:
@@ -271,8 +275,7 @@ class BitAllocator:
         backwards = list(reversed(path))  # smallest first: "fits" holds from the start and fails past some point
         found = search_path(backwards, fits)
         index = None if found.chosen is None else len(path) - 1 - found.chosen
-        checks = [{**c, "index": len(path) - 1 - c["index"]} for c in found.checks]
-        return PathSearch(index, ()), checks
+        return index, [{**c, "index": len(path) - 1 - c["index"]} for c in found.checks]
 
     def module_bits(self, recipe: Recipe, source: Recipe, base: Path) -> dict[str, int]:
         """The palette size per PyTorch module that the mixed-bit recipe ``source`` chose on ``base`` (what a DKM

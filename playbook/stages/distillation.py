@@ -377,10 +377,9 @@ class DistillationRun(DownstreamRun):
         return choice
 
     def plan_student(self) -> dict[str, Any]:
-        """The student's width from the size budget: the widest of ``student_widths`` whose package, compressed
-        with the chosen recipe at the rate it reached on the teacher (for a mixed-bit recipe, whose allocation is
-        fitted to the size, at no fewer than ``student_bits`` per weight), is predicted ``min_size_ratio`` times
-        smaller than the teacher's FP32 package (``distillation_student.plan_student``)."""
+        """The student's width: the widest of ``student_widths`` whose package, compressed with the chosen recipe at
+        the rate it reached on the teacher (a mixed-bit recipe, fitted to the size: at least ``student_bits`` per
+        weight), is predicted ``min_size_ratio`` times smaller than the teacher's FP32 package."""
         widths = list(self.cfg.student_widths[:2] if self.cfg.smoke else self.cfg.student_widths)
         fp16 = next((v for v in self.baseline_variants if v.get("precision") == "fp16"), None)
         if not widths or fp16 is None:
@@ -437,20 +436,21 @@ class DistillationRun(DownstreamRun):
             self.add_pitfall(f"{recipe.name} refused on the student", f"{exc.coremltools_message} -- {exc.hint}")
             self.shipped = {"choice": choice, "variants": [plain.name], "refused": exc.to_dict()}
             return [plain]
-        fitted = fitted_sentence(recipe.name, self.allocations.get(recipe.name), directory_size(made.path))
+        size, allocation = directory_size(made.path), self.allocations.get(recipe.name)
         packed = self.measure(name, made.path, f"distilled {self.cfg.student} student compressed with {recipe.name}: "
-                                               + (fitted.replace(f"{recipe.name} fitted", "per-layer palettes fitted")
-                                                  if fitted else recipe.description),
+                                               + (fitted_sentence("per-layer palettes", allocation, size)
+                                                  or recipe.description),
                               **facts, **made.facts(), recipe=recipe.to_dict(), deployment_target=made.target,
                               weight_threshold=self.cfg.weight_threshold, details=made.details,
-                              size_ratio_vs_fp32=self.fp32_bytes / max(1, directory_size(made.path)))
+                              size_ratio_vs_fp32=self.fp32_bytes / max(1, size))
         self.shipped = {"choice": choice, "variants": [plain.name, packed.name], "shipped": packed.name,
                         "size_ratio_vs_teacher_fp32": self.fp32_bytes / packed.size_bytes,
                         "delta_top1_vs_teacher_fp32": packed.delta_top1,
                         "predicted_bytes": self.student_plan.get("predicted_bytes"),
                         "finetune_loss": "distillation (teacher logits)" if made.finetune_steps and self.logits
                         is not None and not self.cfg.augment else "cross-entropy" if made.finetune_steps else None,
-                        "compression_delta_top1": packed.top1 - plain.top1, "fitted": fitted}
+                        "compression_delta_top1": packed.top1 - plain.top1,
+                        "fitted": fitted_sentence(recipe.name, allocation, size)}
         self.timings["ship"] = time.perf_counter() - start
         return [plain, packed]
 

@@ -116,14 +116,15 @@ def size_fitted_rate(rate: dict[str, Any], bits: float) -> dict[str, Any]:
                       "per weight cost a student more accuracy than a narrower width"}
 
 
-def fitted_sentence(recipe: str, allocation: dict[str, Any] | None, size_bytes: int) -> str | None:
-    """How a mixed-bit allocation (``BitAllocator.allocate``'s details) was fitted to a size budget, in one sentence;
-    ``None`` when it had no size budget (or the recipe is not mixed)."""
+def fitted_sentence(subject: str, allocation: dict[str, Any] | None, size_bytes: int) -> str | None:
+    """How a mixed-bit allocation (``BitAllocator.allocate``'s details) was fitted to a size budget, in one sentence
+    about ``subject`` (the recipe's name, or "per-layer palettes"); ``None`` when it had no size budget (or the recipe
+    is not mixed)."""
     info = allocation or {}
     if not info.get("max_bytes"):
         return None
     check = (info.get("checks") or [{}])[-1]
-    return (f"{recipe} fitted to {info['max_bytes']:,} bytes: the widest of {info['path_length']} allocations whose "
+    return (f"{subject} fitted to {info['max_bytes']:,} bytes: the widest of {info['path_length']} allocations whose "
             f"package fits ({len(info['size_checks'])} compressed to find it), {info['bits_per_weight']:.2f} bits per "
             f"weight, {size_bytes:,} bytes"
             + (f", validation top-1 {check['val_delta_top1']:+.2f} points against the uncompressed student"
