@@ -88,6 +88,24 @@ def soft_targets(logits: np.ndarray | torch.Tensor, temperature: float) -> np.nd
     return torch.softmax(t.double() / temperature, dim=-1).numpy()
 
 
+def soft_label_examples(teacher: nn.Module, dataset: Dataset, temperatures: Sequence[float],
+                        count: int = 3) -> dict[str, Any]:
+    """The teacher's logits on the first test image of ``count`` different classes and their soft targets at each of
+    ``temperatures`` (for the soft-label plot)."""
+    labels = dataset.test.labels
+    picks: list[int] = []
+    for i, y in enumerate(labels):
+        if int(y) not in {int(labels[j]) for j in picks}:
+            picks.append(i)
+        if len(picks) == count:
+            break
+    with torch.inference_mode():
+        logits = teacher.eval()(dataset.to_tensor(dataset.test.images[picks])).numpy()
+    return {"images": dataset.test.images[picks], "labels": [int(labels[i]) for i in picks], "logits": logits,
+            "temperatures": list(temperatures), "class_names": list(dataset.class_names),
+            "probabilities": {t: soft_targets(logits, t) for t in temperatures}}
+
+
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)

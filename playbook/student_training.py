@@ -4,8 +4,8 @@ student is (``StudentResult``).
 
 The weights a worker trains land in the checkpoint cache, where the caller's own ``StudentJob.run`` finds them, so
 parallel training changes where a student is trained, never what it is.  Worker processes are started with
-``spawn`` and sized by ``env.plan_workers`` (workers x threads never exceed the free cores; with one free core nothing
-starts).  Knows nothing of notebooks, stages or records (stage 03 uses it).
+``spawn`` and sized by ``env.plan_workers`` (workers x threads never exceed the free cores; with one free core,
+one-thread workers share the busy ones).  Knows nothing of notebooks, stages or records (stage 03 uses it).
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def train_pending(jobs: Sequence[StudentJob], max_workers: int, threads: int = 0
     ``{cache key: StudentTraining}`` of the students trained.  ``logits`` gives the teacher's logits, called only
     when a distilled student must be trained (a worker needs the array itself); ``None``: the teacher runs live.
     Small work (under ``MIN_PARALLEL_IMAGES`` training images in all, e.g. a smoke run) stays in this process."""
-    pending = [job for job in jobs if not job.cached()]
+    pending = list({job.key(): job for job in jobs if not job.cached()}.values())  # a repeated job trains once
     work = sum(len(job.dataset.train) * job.train_cfg.epochs for job in pending)
     if pending and work < MIN_PARALLEL_IMAGES:
         return WorkerPlan(0, 0, threads, 0, len(pending), max_workers,

@@ -72,7 +72,7 @@ def _builds():
     from playbook.stages.benchmark import BenchmarkConfig
     from playbook.train import TrainConfig
 
-    return [(BaselineConfig, TrainConfig, {"min_steps", "patience"}), (BenchmarkConfig, BenchConfig, set())]
+    return [(BaselineConfig, TrainConfig, {"epochs", "min_steps", "patience"}), (BenchmarkConfig, BenchConfig, set())]
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["baseline-train", "benchmark-bench"])

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -464,13 +465,15 @@ def test_the_teacher_runs_only_on_the_training_images_the_students_use(smoke_sta
     """Issue 25: with train_images set, the teacher's logits cover the larger of the two training prefixes (seed
     comparison, sweeps), not the whole split (efficientnet-lite0 spent 394 s on 54,000 images for 5,000); a
     compression fine-tune on the teacher's logits then trains on that prefix, so every index has a logit row."""
-    assert DistillationConfig(train_images=5000, sweep_train_images=2000).logit_images() == 5000
-    assert DistillationConfig(train_images=1000, sweep_train_images=2000).logit_images() == 2000
-    assert DistillationConfig(train_images=0).logit_images() == 0  # every image: the default
+    assert DistillationConfig(train_images=5000, ship_train_images=4000, sweep_train_images=2000).logit_images() == 5000
+    assert DistillationConfig(train_images=1000, ship_train_images=500, sweep_train_images=2000).logit_images() == 2000
+    assert DistillationConfig(train_images=1000, ship_train_images=3000).logit_images() == 10000  # the sweeps'
+    assert DistillationConfig(train_images=0, ship_train_images=500).logit_images() == 0  # every image
+    assert DistillationConfig().logit_images() == 0  # the default: the shipped student uses every image
     cfg, _, root = smoke_stage
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
-        run = DistillationRun(cfg.replace(train_images=120, sweep_train_images=80))
+        run = DistillationRun(cfg.replace(train_images=120, ship_train_images=100, sweep_train_images=80))
         run.cache_teacher_logits(progress=False)
         assert run.logits.logits.shape[0] == 120 < len(run.dataset.train)
         student = run.build_student(0).eval()
@@ -478,6 +481,33 @@ def test_the_teacher_runs_only_on_the_training_images_the_students_use(smoke_sta
                             "probe-prefix").path
         made = run.compress_student(student, base, "torch-prune-75-ft", {}, "probe-prefix-ft")
     assert made.finetune_steps > 0 and made.path.exists()
+
+
+def test_the_shipped_student_trains_on_its_own_images_when_the_seed_comparison_uses_fewer(smoke_stage):
+    """Issue 25: the seed comparison may run on a prefix of the training split (half of it by default) while the
+    student that ships is distilled with the first seed on ``ship_train_images``; it is a run of its own, not one of
+    the comparison's students, and the record, the package and the explanation say on how many images it trained."""
+    from playbook.views.distillation import explain_shipped
+
+    cfg, _, root = smoke_stage
+    shutil.copytree(root / "reports" / cfg.model / "baseline", root / "ship-own" / cfg.model / "baseline")
+    shutil.copy(cfg.model_dir() / "baseline.json", root / "ship-own" / cfg.model / "baseline.json")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLAYBOOK_CACHE_DIR", str(root / "cache"))
+        run = DistillationRun(cfg.replace(train_images=150, ship_train_images=0, seeds=[0], recipe="int8-weights",
+                                          reports_dir=str(root / "ship-own")))
+        run.cache_teacher_logits(progress=False)
+        run.compare_seeds()
+        plain, packed = run.ship()
+        record = run.finish()
+    compared = run.students[0]["distilled"].model
+    shipped = build_model(run.student_cfg, run.dataset)
+    load_checkpoint(shipped, run.model_dir / plain.extra["student_checkpoint"])
+    assert plain.extra["train_images"] == len(run.dataset.train) > 150 == record.get("training")["train_images"]
+    assert not all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), compared.state_dict().values()))
+    assert evaluate(shipped, run.dataset, run.dataset.test).top1 == pytest.approx(plain.extra["pytorch_test_top1"])
+    assert f"trained on {len(run.dataset.train):,} images" in explain_shipped(record)
+    assert "trained on" not in explain_shipped(read_stage_record(cfg.model_dir(), "distillation"))  # same images
 
 
 def _lut_bits(package):

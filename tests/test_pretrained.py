@@ -22,12 +22,12 @@ def test_pretrained_models_get_a_transfer_learning_budget_and_your_values_win():
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.head, cfg.schedule) == (
         FINETUNE_DEFAULTS["finetune"]["steps"], FINETUNE_DEFAULTS["finetune"]["lr"], 64, "", "cosine")
     assert lite.replace(lr=0.003).train_config().lr == 0.003  # a value you set yourself wins
-    mine = lite.replace(epochs=3).train_config()
-    assert mine.epochs == 3 and mine.steps == 0
+    mine = lite.replace(epochs=2).train_config()
+    assert mine.epochs == 2 and mine.steps == 0
     head = lite.replace(training="head").train_config()
     assert head.head == "_fc" and head.steps == FINETUNE_DEFAULTS["head"]["steps"] and head.lr == 0.05
     scratch = BaselineConfig(dataset="digits").train_config()
-    assert BaselineConfig().training_mode() == "scratch" and scratch.epochs == 6 and scratch.min_steps == 2000
+    assert BaselineConfig().training_mode() == "scratch" and scratch.epochs == 3 and scratch.min_steps == 1200
     assert lite.replace(smoke=True).train_config().steps == 20
 
 

@@ -86,18 +86,26 @@ def test_the_measured_load_is_a_number_of_cores():
     assert choice.busy is not None and choice.busy >= 0 and 1 <= choice.threads <= choice.cores
 
 
-def test_workers_times_threads_never_exceed_the_free_cores():
-    for free in range(1, 9):
-        for jobs in range(1, 5):
-            for pending in range(0, 5):
-                plan = plan_workers(jobs, pending, free_cores=free)
-                assert plan.workers * plan.threads_per_worker <= free
-                assert plan.workers <= max(jobs, 0) and plan.workers <= pending
-                assert plan.workers == 0 or plan.workers >= 2
-    one_core = plan_workers(2, 4, free_cores=1)
+def test_workers_times_threads_never_exceed_our_cores_and_only_one_thread_workers_share_busy_ones():
+    for cores in range(1, 9):
+        for free in range(1, cores + 1):
+            for jobs in range(1, 5):
+                for pending in range(0, 5):
+                    plan = plan_workers(jobs, pending, free_cores=free, cores=cores)
+                    assert plan.workers * plan.threads_per_worker <= cores
+                    assert plan.workers <= max(jobs, 0) and plan.workers <= pending
+                    assert plan.workers == 0 or plan.workers >= 2
+                    if free >= 2 and plan.workers:  # enough free cores: threads fit in them
+                        assert plan.workers * plan.threads_per_worker <= free
+                    elif plan.workers:  # sharing busy cores: one thread each, and only when the cores allow two
+                        assert plan.threads_per_worker == 1 and cores >= 2 and "share" in plan.reason
+    shared = plan_workers(2, 4, free_cores=1, cores=2)  # one other busy process on two cores
+    assert (shared.workers, shared.threads_per_worker, shared.main_threads) == (2, 1, 1)
+    assert "only 1 of 2 core(s) are free" in shared.reason
+    one_core = plan_workers(2, 4, free_cores=1, cores=1)  # a batch's share of one core: no second process
     assert one_core.workers == 0 and one_core.main_threads == 1 and "only 1 core(s) free" in one_core.reason
-    assert plan_workers(2, 4, free_cores=8).threads_per_worker == 4
-    assert plan_workers(2, 4, threads=1, free_cores=8).main_threads == 1
+    assert plan_workers(2, 4, free_cores=8, cores=8).threads_per_worker == 4
+    assert plan_workers(2, 4, threads=1, free_cores=8, cores=8).main_threads == 1
     cached = plan_workers(2, 0)  # nothing to train: nothing measured
     assert cached.workers == 0 and cached.choice is None
 

@@ -174,16 +174,17 @@ MIN_PARALLEL_PREDICTIONS = 3000
 
 
 def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
-                          predictions: int | None = None) -> ProcessPlan:
+                          predictions: int | None = None, cores: int | None = None) -> ProcessPlan:
     """Worker processes for the Core AI runtime's predictions, one thread each (the Linux runtime is a
-    single-threaded interpreter), in the style of ``env.plan_workers``.
+    single-threaded interpreter), by the rule of ``env.plan_workers``.
 
-    ``requested``: 0 = as many as the free cores; 1 = in this process; n >= 2 = at most n.  ``free_cores``: how many
-    cores other work leaves free (default: measured, ``env.free_process_cores``).  Workers are started only when at
-    least two cores are free, and never more than the free cores (workers x 1 thread <= free cores).
+    ``requested``: 0 = as many as the cores allow; 1 = in this process; n >= 2 = at most n.  ``free_cores``: how many
+    cores other work leaves free (default: measured, ``env.free_process_cores``); ``cores``: how many this process
+    may use (default ``env.core_budget``).  Never more workers than ``cores`` (workers x 1 thread <= our cores); with
+    fewer than two free, up to ``cores`` one-thread workers share the busy cores (``env.shared_workers``).
     ``predictions`` (images x models to predict, when known): with ``requested`` 0, fewer than
     ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
-    from playbook.env import free_process_cores
+    from playbook.env import core_budget, free_process_cores, shared_workers
 
     if requested < 0:
         raise ConfigError(f"processes must be >= 0 (0: from the free cores), got {requested!r}")
@@ -196,11 +197,15 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
     if free_cores is None:
         free_cores, choice = free_process_cores()
     free_cores = max(1, int(free_cores))
+    cores = core_budget() if cores is None else max(1, int(cores))
     workers = min(free_cores, requested) if requested else free_cores
     if workers < 2:
+        shared = min(cores, requested) if requested else cores
+        if shared >= 2:
+            return ProcessPlan(shared, free_cores, requested, shared_workers(shared, free_cores, cores), choice)
         return ProcessPlan(0, free_cores, requested,
-                           f"only {free_cores} core(s) free: the Core AI runtime predicts in this process (two "
-                           "processes on one core would only add their start-up)", choice)
+                           f"only {free_cores} core(s) free and {cores} to use: the Core AI runtime predicts in "
+                           "this process", choice)
     return ProcessPlan(workers, free_cores, requested,
                        f"{workers} worker processes x 1 thread on {free_cores} free core(s)"
                        + (f" (at most {requested} asked)" if requested and requested < free_cores else ""), choice)

@@ -34,16 +34,16 @@ TRAINING_MODES = ("auto", "scratch", "finetune", "head")
 @dataclasses.dataclass(frozen=True)
 class BaselineConfig(MeasuredStageConfig):
     """The parameters of ``01_baseline`` (see the notebook for each one's meaning).  ``epochs`` to ``seed`` are
-    ``TrainConfig``'s fields, defaults and checks included; stage 01 sets its own defaults for two of them (a step
-    floor and early stopping for training from scratch)."""
+    ``TrainConfig``'s fields, defaults and checks included; stage 01 sets its own defaults for three of them (epochs,
+    a step floor and early stopping for training from scratch)."""
 
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "fashion-mnist"
     data_dir: str = ""
     image_size: int = 0
     training: str = "auto"
-    epochs: int = technique_field(TrainConfig, "epochs")
-    min_steps: int = technique_field(TrainConfig, "min_steps", stage_default=2000)
+    epochs: int = technique_field(TrainConfig, "epochs", stage_default=3)
+    min_steps: int = technique_field(TrainConfig, "min_steps", stage_default=1200)
     patience: int = technique_field(TrainConfig, "patience", stage_default=3)
     batch_size: int = technique_field(TrainConfig, "batch_size")
     lr: float = technique_field(TrainConfig, "lr")

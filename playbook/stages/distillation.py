@@ -17,8 +17,9 @@ Fairness of the comparison: for each seed the student is built from the same ini
 same images in the same order with the same optimiser, schedule and budget, once with plain cross-entropy
 (*scratch*) and once with the distillation loss (*distilled*); only the loss differs.
 
-Cost: a step's students are independent; with two or more free cores they train side by side in one-thread worker
-processes (``student_training``; each step's plan is kept under ``worker_plans``), else here one after another.
+Cost: a step's students are independent; they train side by side in one-thread worker processes when
+``env.plan_workers`` says so (``student_training``; each step's plan is kept under ``worker_plans``), else here
+one after another.  The seed comparison may use fewer images (``train_images``) than the shipped student.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from playbook.compress.search import AllocationSettings, BitAllocator, LayerProb
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import ExportConfig, directory_size, export_model, predict_split
 from playbook.distill import (DistillConfig, TeacherLogits, check_temperature, feature_shape, file_sha256, logit_loss,
-                              paired_seed_test, soft_targets, subset, teacher_logits)
+                              paired_seed_test, soft_label_examples, subset, teacher_logits)
 from playbook.env import CpuClock, core_budget
 from playbook.metrics import compare_paired
 from playbook.models import check_model_name, count_parameters
@@ -71,7 +72,8 @@ class DistillationConfig(MeasuredStageConfig):
     student_epochs: int = 3
     student_lr: float = 0.1
     batch_size: int = 128
-    train_images: int = 0
+    train_images: int = 27000
+    ship_train_images: int = 0
     augment: bool = False
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     sweep_temperatures: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
@@ -92,6 +94,7 @@ class DistillationConfig(MeasuredStageConfig):
             raise ConfigError(f"student_lr={self.student_lr!r} must be > 0")
         check_range("batch_size", self.batch_size, 1)
         check_range("train_images", self.train_images, 0)
+        check_range("ship_train_images", self.ship_train_images, 0)
         if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.student_widths):
             raise ConfigError(f"student_widths={self.student_widths!r} must be widths >= 1 (e.g. [8, 12, 16]), or [] "
                               "to train the student of student_options as given")
@@ -122,9 +125,10 @@ class DistillationConfig(MeasuredStageConfig):
                              feature_layer=self.feature_layer)
 
     def logit_images(self) -> int:
-        """Training images that need the teacher's logits: the larger of the seed comparison's and the sweeps'
-        subsets, which are prefixes of one split (0: every training image)."""
-        return max(self.train_images, self.sweep_train_images) if self.train_images else 0
+        """Training images that need the teacher's logits: the largest of the seed comparison's, the shipped
+        student's and the sweeps' subsets, which are prefixes of one split (0: every training image)."""
+        sizes = (self.train_images, self.ship_train_images, self.sweep_train_images)
+        return max(sizes) if all(sizes) else 0
 
     def epochs(self) -> int:
         """Epochs of the seed comparison (the smoke policy caps them)."""
@@ -207,19 +211,9 @@ class DistillationRun(DownstreamRun):
     # ---- what the teacher says
     def soft_label_examples(self, count: int = 3) -> dict[str, Any]:
         """The teacher's logits on the first test image of ``count`` different classes, for the soft-label plot."""
-        labels = self.dataset.test.labels
-        picks: list[int] = []
-        for i, y in enumerate(labels):
-            if int(y) not in {int(labels[j]) for j in picks}:
-                picks.append(i)
-            if len(picks) == count:
-                break
-        with self.threads(), torch.inference_mode():
-            logits = self.teacher.eval()(self.dataset.to_tensor(self.dataset.test.images[picks])).numpy()
-        temps = sorted(set(self.cfg.sweep_temperatures) | {1.0, self.cfg.temperature})
-        return {"images": self.dataset.test.images[picks], "labels": [int(labels[i]) for i in picks],
-                "logits": logits, "temperatures": temps, "class_names": list(self.dataset.class_names),
-                "probabilities": {t: soft_targets(logits, t) for t in temps}}
+        with self.threads():
+            return soft_label_examples(self.teacher, self.dataset,
+                                       sorted(set(self.cfg.sweep_temperatures) | {1.0, self.cfg.temperature}), count)
 
     def cache_teacher_logits(self, progress: bool = True) -> TeacherLogits:
         """The teacher's logits on the training images the students use (``logit_images``), from the on-disk cache
@@ -233,19 +227,20 @@ class DistillationRun(DownstreamRun):
 
     # ---- training one student
     def student_job(self, seed: int, distill: bool, temperature: float | None = None, alpha: float | None = None,
-                    sweep: bool = False) -> StudentJob:
-        """One student's training as data (``StudentJob``); the teacher's logits lazily (a cached student never
-        computes them)."""
+                    sweep: bool = False, ship: bool = False) -> StudentJob:
+        """One student's training as data (``StudentJob``) on the sweeps', the shipped student's (``ship``) or the
+        seed comparison's images; the teacher's logits lazily (a cached student never computes them)."""
         logits = None if self.cfg.augment else (  # augmented images: the teacher runs live on every batch
             lambda: (self.logits or self.cache_teacher_logits(progress=False)).logits)
         return StudentJob(self.build_student(seed),
-                          subset(self.dataset, self.cfg.sweep_train_images if sweep else self.cfg.train_images),
+                          subset(self.dataset, self.cfg.sweep_train_images if sweep else
+                                 self.cfg.ship_train_images if ship else self.cfg.train_images),
                           self.cfg.train_config(seed, sweep),
                           self.cfg.distill_config(temperature, alpha) if distill else None, self.teacher,
                           self.teacher_sha256, logits, self.example, self.student_cfg.to_dict())
 
-    def train_in_workers(self, step: str, runs: list[tuple[int, bool, float | None, float | None, bool]]) -> None:
-        """Train the uncached students of ``runs`` (seed, distill, temperature, alpha, sweep) in worker processes
+    def train_in_workers(self, step: str, runs: list[tuple[Any, ...]]) -> None:
+        """Train the uncached students of ``runs`` (``student_job``'s arguments) in worker processes
         when the free cores allow (``train_pending``); ``train_student`` then finds them in the cache."""
         plan, done = train_pending([self.student_job(*run) for run in runs], core_budget(), self.cfg.threads,
                                    None if self.cfg.augment else lambda: (
@@ -254,13 +249,13 @@ class DistillationRun(DownstreamRun):
         self.trained_in_workers.update(done)
 
     def train_student(self, seed: int, distill: bool, temperature: float | None = None, alpha: float | None = None,
-                      sweep: bool = False) -> StudentResult:
+                      sweep: bool = False, ship: bool = False) -> StudentResult:
         """Train one student (``distill=False``: plain cross-entropy), or load what a worker or an earlier run
         trained, and score it: on the validation split for the sweeps (the test split stays out of every choice),
         on the test split for the seed comparison."""
         start = time.perf_counter()
         with self.threads():
-            job = self.student_job(seed, distill, temperature, alpha, sweep)
+            job = self.student_job(seed, distill, temperature, alpha, sweep, ship)
             trained = job.run()
             split = self.dataset.val if sweep and len(self.dataset.val) else self.dataset.test
             metrics = evaluate(job.student, self.dataset, split)
@@ -337,12 +332,13 @@ class DistillationRun(DownstreamRun):
     # ---- the fair comparison
     def compare_seeds(self) -> list[dict[str, Any]]:
         """For each seed, the same student from the same initial weights and data order, trained with plain
-        cross-entropy and with distillation; test top-1, McNemar's exact test per seed, paired t-test over seeds."""
+        cross-entropy and with distillation; test top-1, McNemar's exact test per seed, paired t-test over seeds.
+        The shipped student (first seed, distilled, ``ship_train_images``) trains beside them in the same workers."""
         start = time.perf_counter()
         self.seed_results = []
         with self.timer.step("compare_seeds"):
-            self.train_in_workers("compare_seeds", [(seed, distill, None, None, False) for seed in self.cfg.seeds
-                                                    for distill in (False, True)])
+            self.train_in_workers("compare_seeds", [(self.cfg.seeds[0], True, None, None, False, True)]  # longest
+                                  + [(seed, distill) for seed in self.cfg.seeds for distill in (False, True)])
         for seed in self.cfg.seeds:
             with self.timer.step("compare_seeds"):
                 scratch = self.train_student(seed, distill=False)
@@ -396,13 +392,16 @@ class DistillationRun(DownstreamRun):
                                 rate, self.fp32_bytes, self.cfg.min_size_ratio)
 
     def ship(self) -> list[VariantRecord]:
-        """Export the distilled student of the first seed (fixed in advance: no choice on the test split), compress
-        it with the chosen recipe, and measure both packages like every other variant."""
+        """Export the shipped student, distilled with the first seed (fixed in advance: no choice on the test split)
+        on ``ship_train_images`` (the seed comparison's student when those are its images), compress it with the
+        chosen recipe, and measure both packages like every other variant."""
         if not self.students:
             raise RuntimeError("DistillationRun: call compare_seeds() before ship()")
         start = time.perf_counter()
         seed = self.cfg.seeds[0]
-        student = self.students[seed]["distilled"].model
+        with self.timer.step("ship_student"):
+            trained = self.train_student(seed, True, ship=True)
+        student = trained.model
         choice = self.recipe_choice
         recipe = get_recipe(choice["recipe"])
         facts = {"technique": "distillation", "teacher": self.baseline.record["model_config"],
@@ -410,8 +409,8 @@ class DistillationRun(DownstreamRun):
                  "student_options": dict(self.student_cfg.knobs), "student_parameters": self.student_params,
                  "parameter_ratio": self.param_ratio, "temperature": self.cfg.temperature, "alpha": self.cfg.alpha,
                  "beta": self.cfg.beta, "seed": seed, "epochs": self.cfg.epochs(),
-                 "train_images": len(subset(self.dataset, self.cfg.train_images).train),
-                 "pytorch_test_top1": self.students[seed]["distilled"].top1}
+                 "train_images": len(subset(self.dataset, self.cfg.ship_train_images).train),
+                 "pytorch_test_top1": trained.top1}
         weights = self.out_dir / "student.pt"  # the shipped student's weights: reload with train.load_checkpoint
         save_checkpoint(student, weights, {"model": self.student_cfg.to_dict(), **{
             k: facts[k] for k in ("temperature", "alpha", "beta", "seed", "epochs", "train_images")},
@@ -519,7 +518,8 @@ class DistillationRun(DownstreamRun):
         if s and (s["gain_mean"] < 1.0 or s["p_value"] is None or s["p_value"] >= 0.01):
             self.add_pitfall(
                 "distillation's gain is small or not established over seeds",
-                f"gain {s['gain_mean']:+.2f} ± {s['gain_std']:.2f} points over {s['n']} seeds, paired t-test p = "
+                f"gain {s['gain_mean']:+.2f}" + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}")
+                + f" points over {s['n']} seed(s), paired t-test p = "
                 f"{s['p_value'] if s['p_value'] is None else format(s['p_value'], '.3g')}: more seeds, more epochs, "
                 "another temperature or the feature term (beta) before concluding")
         if self.param_ratio > 0.2:

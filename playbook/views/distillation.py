@@ -202,4 +202,13 @@ def explain_shipped(record: StageRecord) -> str:
             f"**{vs.delta_top1:+.2f} points**, paired 95% CI [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}], McNemar p = "
             f"{vs.p_value:.3g}. The uncompressed student ({plain.name}, {plain.size_bytes / 1e3:.1f} kB) scores "
             f"{plain.top1:.2f}%, so compression with `{shipped['choice']['recipe']}` costs "
-            f"{v.top1 - plain.top1:+.2f} points. Recipe: {shipped['choice']['why']}.")
+            f"{v.top1 - plain.top1:+.2f} points. Recipe: {shipped['choice']['why']}."
+            + _trained_on(plain.extra.get("train_images"), (record.get("training") or {}).get("train_images")))
+
+
+def _trained_on(shipped_images: int | None, compared_images: int | None) -> str:
+    """Says how many images the shipped student trained on when the seed comparison used another number."""
+    if not shipped_images or shipped_images == compared_images:
+        return ""
+    return (f" The shipped student trained on {shipped_images:,} images (first seed, distilled), the seed "
+            f"comparison's students on {compared_images:,}.")
