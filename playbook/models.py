@@ -269,6 +269,7 @@ BOUNDED_BUDGETS: Mapping[str, Any] = types.MappingProxyType({
     "sensitivity_images": 300,      # 02: layers ranked on 300 validation images
     "search_images": 1000,          # 02: each mixed-bit check on 1,000 validation images
     "train_images": 5000,           # 03: seed comparison on 5,000 training images
+    "ship_train_images": 5000,      # 03: the shipped student on the same 5,000 (the comparison's own student)
     "student_epochs": 2,            # 03: two epochs per student
     "sweep_train_images": 2000,     # 03: each sweep run on 2,000 training images
     "sweep_epochs": 1,              # 03: one epoch per sweep run
