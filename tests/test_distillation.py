@@ -377,9 +377,10 @@ def test_stage_writes_a_complete_record_with_measured_student_packages(smoke_sta
 
 
 def _quantization_record(root, smoke, variants):
-    def v(name, size, within, recipe=None):
+    def v(name, size, within, recipe=None, allocation=None):
         return VariantRecord(name=name, stage="quantization", size_bytes=size, top1=90.0,
-                             extra={"within_budget": within, "recipe": {"name": recipe or name}})
+                             extra={"within_budget": within, "recipe": {"name": recipe or name,
+                                                                        "allocation": allocation}})
 
     record = StageRecord(stage="quantization", model="resnet", config={"smoke": smoke, "finetune_steps": 7},
                          environment={}, run={}, reproduce="", variants=[v(*x) for x in variants],
@@ -398,6 +399,18 @@ def test_recipe_comes_from_the_quantization_record_when_there_is_a_usable_one(sm
     choice = run.choose_recipe()
     assert choice["recipe"] == "palettize-4bit" and choice["source"] == "quantization.json"
     assert choice["finetune"]["steps"] == 7 and "quantization.json" in run.lineage
+    # issue 25: a mixed-bit recipe within the budget wins over a smaller uniform one (its palettes are refitted to
+    # the student's size budget); outside the budget it does not count
+    _quantization_record(cfg.model_dir(), True, [("palettize-4bit", 200, True),
+                                                 ("palettize-mixed", 180, True, None, "sensitivity"),
+                                                 ("palettize-mixed-tight", 170, False, None, "sensitivity"),
+                                                 ("torch-palettize-2bit-dkm", 100, True)])
+    choice = run.choose_recipe()
+    assert choice["recipe"] == "palettize-mixed" and "preferred to its smallest package (torch-palettize-2bit-dkm, " \
+        "100 bytes)" in choice["why"]
+    _quantization_record(cfg.model_dir(), True, [("palettize-4bit", 200, True),
+                                                 ("palettize-mixed", 180, False, None, "sensitivity")])
+    assert run.choose_recipe()["recipe"] == "palettize-4bit"
     _quantization_record(cfg.model_dir(), False, [("palettize-4bit", 200, True)])
     assert run.choose_recipe()["recipe"] == "int8-weights"  # made with another smoke setting: not used
     _quantization_record(cfg.model_dir(), True, [("palettize-2bit", 100, False)])
