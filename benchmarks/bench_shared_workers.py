@@ -1,8 +1,10 @@
 """Beside one busy process (``python3 -c "while True: pass"``, started here): two one-thread trainings one after the
 other, or side by side in two processes.  This is the measurement behind ``env.plan_workers`` starting one-thread
-workers when only one of two cores is free (``env.shared_workers``).
+workers when only one of two cores is free (``env.shared_workers``), and behind not starting them where Linux's
+autogroup scheduler shares the CPUs per session (``env.sharing_helps``): ``--other-session`` starts the busy process
+in a session of its own, as another terminal's job (or a notebook kernel, for the playbook's own workers) would be.
 
-    python benchmarks/bench_shared_workers.py [--steps 300] [--rounds 2] [--no-busy]
+    python benchmarks/bench_shared_workers.py [--steps 300] [--rounds 2] [--no-busy] [--other-session]
 
 Each training is a fresh process (``sys.executable``) that trains a width-11 ResNet on random 28x28 batches of 128
 for ``--steps`` optimiser steps with one torch thread.  Prints wall seconds and CPU seconds (the waited-for children)
@@ -16,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 TRAIN = """
 import os
@@ -57,9 +60,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-busy", action="store_true", help="measure on the machine as it is, without the busy process")
+    parser.add_argument("--other-session", action="store_true", help="start the busy process in a session of its own")
     args = parser.parse_args()
-    busy = None if args.no_busy else subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()}, busy process: {busy is not None}")
+    busy = None if args.no_busy else subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                                      start_new_session=args.other_session)
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()}, busy process: {busy is not None}"
+          f"{' (another session)' if args.other_session else ''}, autogroup: "
+          f"{autogroup.read_text().strip() if autogroup.exists() else 'n/a'}")
     try:
         time.sleep(3)
         for _ in range(args.rounds):

@@ -276,7 +276,8 @@ def free_process_cores() -> tuple[int, dict[str, Any]]:
 
 
 def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | None = None,
-                 noun: tuple[str, str] = ("family", "families"), cores: int | None = None) -> WorkerPlan:
+                 noun: tuple[str, str] = ("family", "families"), cores: int | None = None,
+                 share: bool | None = None) -> WorkerPlan:
     """Worker processes and threads for ``pending`` models to train (families, students: ``noun`` is the singular
     and plural the reasons use), at most ``jobs`` processes.
 
@@ -285,9 +286,11 @@ def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | No
     are pending:
     - two or more cores free: ``workers`` = min(jobs, pending, free cores), each with ``free cores // workers``
       threads, so workers x threads <= free cores;
-    - fewer free than ``cores`` allows two (other work is busy): ``workers`` = min(jobs, pending, cores) of one
-      thread each (``shared_workers``).  Our busy threads still never exceed our cores; independent one-thread
-      processes never wait on each other, so they take their share of the busy cores instead of one core.
+    - fewer free than ``cores`` allows two (other work is busy), and the scheduler shares the cores per process
+      (``share``, default ``sharing_helps()``): ``workers`` = min(jobs, pending, cores) of one thread each
+      (``shared_workers``).  Our busy threads still never exceed our cores; independent one-thread processes never
+      wait on each other, so they take their share of the busy cores instead of one core.  Where the scheduler
+      shares per session (Linux's autogroup), more processes buy nothing and everything stays in this process.
     ``threads`` (> 0) is the thread count asked for training in this process; 0 = the free cores."""
     choice = None
     if free_cores is None:
@@ -308,23 +311,40 @@ def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | No
     workers = min(jobs, pending, free_cores)
     if workers < 2:
         shared = min(jobs, pending, cores)
-        if shared >= 2:
+        helps, why_not = sharing_helps() if share is None else (share, "")
+        if shared >= 2 and helps:
             return WorkerPlan(shared, 1, main_threads, free_cores, pending, jobs, shared_workers(shared, free_cores,
                                                                                                  cores), choice)
         return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
                           f"only {free_cores} core(s) free and {cores} to use: in this process with {main_threads} "
-                          "thread(s)", choice)
+                          "thread(s)" + (f" ({why_not})" if shared >= 2 and why_not else ""), choice)
     per = max(1, free_cores // workers)
     return WorkerPlan(workers, per, main_threads, free_cores, pending, jobs,
                       f"{workers} worker processes x {per} thread(s) on {free_cores} free core(s)", choice)
+
+
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def sharing_helps(autogroup: Path = AUTOGROUP) -> tuple[bool, str]:
+    """Whether one-thread workers gain anything beside other busy work, and why not: not where Linux's autogroup
+    scheduler is on, since it shares the CPUs between sessions (a notebook kernel is a session of its own) whatever
+    their number of processes.  Measured in ``make report`` beside one busy process in another session: stage 03's
+    two one-thread workers got 0.95 cores together (363 CPU-s in 381 s), against 1.29 in one session."""
+    try:
+        on = autogroup.read_text().strip() == "1"
+    except OSError:
+        return True, ""
+    return (False, f"{autogroup} = 1: the scheduler shares the CPUs between sessions, so a second process would "
+                   "add no share of the busy cores") if on else (True, "")
 
 
 def shared_workers(workers: int, free_cores: int, cores: int) -> str:
     """The reason given when ``workers`` one-thread processes share ``cores`` with other busy work."""
     return (f"{workers} worker processes x 1 thread although only {free_cores} of {cores} core(s) are free: "
             "independent one-thread processes never wait on each other, so beside other busy work they take their "
-            "share of every core (measured beside one busy process on 2 cores: two trainings side by side took "
-            "0.82x the wall time of one after the other, at 1.06x the CPU time)")
+            "share of every core (measured beside one busy process in the same session on 2 cores: two trainings "
+            "side by side took 0.82x the wall time of one after the other, at 1.06x the CPU time)")
 
 
 # --------------------------------------------------------------------------- what a step cost

@@ -394,13 +394,14 @@ def test_core_ai_worker_processes_follow_the_free_cores():
 
     assert plan_coreai_processes(0, free_cores=1, cores=1).processes == 0  # one core to use: in this process
     assert "only 1 core(s) free" in plan_coreai_processes(0, free_cores=1, cores=1).reason
-    shared = plan_coreai_processes(0, free_cores=1, cores=2)  # one other busy process: two shares of two cores
+    shared = plan_coreai_processes(0, free_cores=1, cores=2, share=True)  # one other busy process, shared per process
     assert shared.processes == 2 and "share" in shared.reason
     assert plan_coreai_processes(0, free_cores=2, cores=2).processes == 2
     assert plan_coreai_processes(0, free_cores=16, cores=16).processes == 16
     assert plan_coreai_processes(3, free_cores=16, cores=16).processes == 3  # at most as asked
     assert plan_coreai_processes(8, free_cores=2, cores=2).processes == 2  # never more than the free cores
-    assert plan_coreai_processes(8, free_cores=1, cores=4).processes == 4  # sharing: never more than our cores
+    assert plan_coreai_processes(8, free_cores=1, cores=4, share=True).processes == 4  # never more than our cores
+    assert plan_coreai_processes(0, free_cores=1, cores=2, share=False).processes == 0  # shared per session
     assert plan_coreai_processes(1, free_cores=16).processes == 0  # 1: in this process
     assert plan_coreai_processes(0).processes in (0, *range(2, 1025))  # measured
     few = plan_coreai_processes(0, free_cores=16, predictions=1500)  # a smoke split: start-up would cost more

@@ -91,7 +91,7 @@ def test_workers_times_threads_never_exceed_our_cores_and_only_one_thread_worker
         for free in range(1, cores + 1):
             for jobs in range(1, 5):
                 for pending in range(0, 5):
-                    plan = plan_workers(jobs, pending, free_cores=free, cores=cores)
+                    plan = plan_workers(jobs, pending, free_cores=free, cores=cores, share=True)
                     assert plan.workers * plan.threads_per_worker <= cores
                     assert plan.workers <= max(jobs, 0) and plan.workers <= pending
                     assert plan.workers == 0 or plan.workers >= 2
@@ -99,15 +99,40 @@ def test_workers_times_threads_never_exceed_our_cores_and_only_one_thread_worker
                         assert plan.workers * plan.threads_per_worker <= free
                     elif plan.workers:  # sharing busy cores: one thread each, and only when the cores allow two
                         assert plan.threads_per_worker == 1 and cores >= 2 and "share" in plan.reason
-    shared = plan_workers(2, 4, free_cores=1, cores=2)  # one other busy process on two cores
+    shared = plan_workers(2, 4, free_cores=1, cores=2, share=True)  # one other busy process on two cores
     assert (shared.workers, shared.threads_per_worker, shared.main_threads) == (2, 1, 1)
     assert "only 1 of 2 core(s) are free" in shared.reason
-    one_core = plan_workers(2, 4, free_cores=1, cores=1)  # a batch's share of one core: no second process
+    assert plan_workers(2, 4, free_cores=1, cores=2, share=False).workers == 0  # a scheduler that shares per session
+    one_core = plan_workers(2, 4, free_cores=1, cores=1, share=True)  # a batch's share of one core: no second one
     assert one_core.workers == 0 and one_core.main_threads == 1 and "only 1 core(s) free" in one_core.reason
     assert plan_workers(2, 4, free_cores=8, cores=8).threads_per_worker == 4
     assert plan_workers(2, 4, threads=1, free_cores=8, cores=8).main_threads == 1
     cached = plan_workers(2, 0)  # nothing to train: nothing measured
     assert cached.workers == 0 and cached.choice is None
+
+
+def test_workers_share_busy_cores_only_where_the_scheduler_shares_per_process(tmp_path, monkeypatch):
+    """Linux's autogroup scheduler shares the CPUs between sessions, and a notebook kernel is a session of its own: a
+    second one-thread worker then adds no share of the busy cores (measured in ``make report``: 0.95 cores for two
+    workers beside one busy process), so the plans keep the work in this process and say why."""
+    import playbook.env as env
+    from playbook.compress.coreai_runtime import plan_coreai_processes
+
+    flag = tmp_path / "sched_autogroup_enabled"
+    flag.write_text("1\n")
+    helps, why = env.sharing_helps(flag)
+    assert not helps and "shares the CPUs between sessions" in why
+    flag.write_text("0\n")
+    assert env.sharing_helps(flag) == (True, "")
+    assert env.sharing_helps(tmp_path / "absent") == (True, "")  # not Linux: per-process sharing assumed
+    monkeypatch.setattr(env, "AUTOGROUP", flag)
+    monkeypatch.setattr(env.sharing_helps, "__defaults__", (flag,))
+    assert plan_workers(2, 4, free_cores=1, cores=2).workers == 2
+    assert plan_coreai_processes(0, free_cores=1, cores=2).processes == 2
+    flag.write_text("1\n")
+    plan = plan_workers(2, 4, free_cores=1, cores=2)
+    assert plan.workers == 0 and "shares the CPUs between sessions" in plan.reason
+    assert plan_coreai_processes(0, free_cores=1, cores=2).processes == 0
 
 
 def test_worker_plans_count_cores_not_torch_threads(monkeypatch):

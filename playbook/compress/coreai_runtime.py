@@ -174,17 +174,19 @@ MIN_PARALLEL_PREDICTIONS = 3000
 
 
 def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
-                          predictions: int | None = None, cores: int | None = None) -> ProcessPlan:
+                          predictions: int | None = None, cores: int | None = None,
+                          share: bool | None = None) -> ProcessPlan:
     """Worker processes for the Core AI runtime's predictions, one thread each (the Linux runtime is a
     single-threaded interpreter), by the rule of ``env.plan_workers``.
 
     ``requested``: 0 = as many as the cores allow; 1 = in this process; n >= 2 = at most n.  ``free_cores``: how many
     cores other work leaves free (default: measured, ``env.free_process_cores``); ``cores``: how many this process
     may use (default ``env.core_budget``).  Never more workers than ``cores`` (workers x 1 thread <= our cores); with
-    fewer than two free, up to ``cores`` one-thread workers share the busy cores (``env.shared_workers``).
+    fewer than two free, up to ``cores`` one-thread workers share the busy cores (``env.shared_workers``) where the
+    scheduler shares per process (``share``, default ``env.sharing_helps()``).
     ``predictions`` (images x models to predict, when known): with ``requested`` 0, fewer than
     ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
-    from playbook.env import core_budget, free_process_cores, shared_workers
+    from playbook.env import core_budget, free_process_cores, shared_workers, sharing_helps
 
     if requested < 0:
         raise ConfigError(f"processes must be >= 0 (0: from the free cores), got {requested!r}")
@@ -201,11 +203,12 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
     workers = min(free_cores, requested) if requested else free_cores
     if workers < 2:
         shared = min(cores, requested) if requested else cores
-        if shared >= 2:
+        helps, why_not = sharing_helps() if share is None else (share, "")
+        if shared >= 2 and helps:
             return ProcessPlan(shared, free_cores, requested, shared_workers(shared, free_cores, cores), choice)
         return ProcessPlan(0, free_cores, requested,
                            f"only {free_cores} core(s) free and {cores} to use: the Core AI runtime predicts in "
-                           "this process", choice)
+                           "this process" + (f" ({why_not})" if shared >= 2 and why_not else ""), choice)
     return ProcessPlan(workers, free_cores, requested,
                        f"{workers} worker processes x 1 thread on {free_cores} free core(s)"
                        + (f" (at most {requested} asked)" if requested and requested < free_cores else ""), choice)
