@@ -519,7 +519,7 @@ class DistillationRun(DownstreamRun):
             self.add_pitfall(
                 "distillation's gain is small or not established over seeds",
                 f"gain {s['gain_mean']:+.2f}" + ("" if s["gain_std"] is None else f" ± {s['gain_std']:.2f}")
-                + f" points over {s['n']} seed(s), paired t-test p = "
+                + f" points over {s['n']} seeds, paired t-test p = "
                 f"{s['p_value'] if s['p_value'] is None else format(s['p_value'], '.3g')}: more seeds, more epochs, "
                 "another temperature or the feature term (beta) before concluding")
         if self.param_ratio > 0.2:
