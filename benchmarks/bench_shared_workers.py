@@ -59,7 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-busy", action="store_true", help="measure on the machine as it is, without the busy process")
+    parser.add_argument("--no-busy", action="store_true",
+                        help="measure on the machine as it is, without the busy process")
     parser.add_argument("--other-session", action="store_true", help="start the busy process in a session of its own")
     args = parser.parse_args()
     busy = None if args.no_busy else subprocess.Popen([sys.executable, "-c", "while True: pass"],

@@ -310,14 +310,12 @@ def plan_workers(jobs: int, pending: int, threads: int = 0, free_cores: int | No
                           f"with {main_threads} thread(s)", choice)
     workers = min(jobs, pending, free_cores)
     if workers < 2:
-        shared = min(jobs, pending, cores)
-        helps, why_not = sharing_helps() if share is None else (share, "")
-        if shared >= 2 and helps:
-            return WorkerPlan(shared, 1, main_threads, free_cores, pending, jobs, shared_workers(shared, free_cores,
-                                                                                                 cores), choice)
+        shared, why = shared_workers(min(jobs, pending), free_cores, cores, share)
+        if shared:
+            return WorkerPlan(shared, 1, main_threads, free_cores, pending, jobs, why, choice)
         return WorkerPlan(0, 0, main_threads, free_cores, pending, jobs,
                           f"only {free_cores} core(s) free and {cores} to use: in this process with {main_threads} "
-                          "thread(s)" + (f" ({why_not})" if shared >= 2 and why_not else ""), choice)
+                          "thread(s)" + (f" ({why})" if why else ""), choice)
     per = max(1, free_cores // workers)
     return WorkerPlan(workers, per, main_threads, free_cores, pending, jobs,
                       f"{workers} worker processes x {per} thread(s) on {free_cores} free core(s)", choice)
@@ -339,12 +337,22 @@ def sharing_helps(autogroup: Path = AUTOGROUP) -> tuple[bool, str]:
                    "add no share of the busy cores") if on else (True, "")
 
 
-def shared_workers(workers: int, free_cores: int, cores: int) -> str:
-    """The reason given when ``workers`` one-thread processes share ``cores`` with other busy work."""
-    return (f"{workers} worker processes x 1 thread although only {free_cores} of {cores} core(s) are free: "
-            "independent one-thread processes never wait on each other, so beside other busy work they take their "
-            "share of every core (measured beside one busy process in the same session on 2 cores: two trainings "
-            "side by side took 0.82x the wall time of one after the other, at 1.06x the CPU time)")
+def shared_workers(limit: int, free_cores: int, cores: int, share: bool | None = None) -> tuple[int, str]:
+    """One-thread worker processes to share busy cores when fewer than two are free (``plan_workers``,
+    ``plan_coreai_processes``): min(``limit``, ``cores``) of them where that is two or more and the scheduler shares
+    per process (``share``, default ``sharing_helps()``), with the reason; else 0 and why not ("" when the cores
+    allow fewer than two)."""
+    workers = min(limit, cores)
+    if workers < 2:
+        return 0, ""
+    helps, why_not = sharing_helps() if share is None else (share, "")
+    if not helps:
+        return 0, why_not
+    return workers, (f"{workers} worker processes x 1 thread although only {free_cores} of {cores} core(s) are free: "
+                     "independent one-thread processes never wait on each other, so beside other busy work they "
+                     "take their share of every core (measured beside one busy process in the same session on 2 "
+                     "cores: two trainings side by side took 0.82x the wall time of one after the other, at 1.06x "
+                     "the CPU time)")
 
 
 # --------------------------------------------------------------------------- what a step cost

@@ -4,7 +4,7 @@ families through the checkpoint cache, side by side in worker processes.
 Knows nothing of notebooks, stages or records (stage 04 uses it).  Workers are started with ``spawn``: the worker
 function stays a top-level function of this module, so that it can be imported by name in the worker.  Workers and
 their threads are sized from the cores other work leaves free (``env.plan_workers``): workers x threads never exceeds
-them; with fewer than two free, one-thread workers share the busy cores when this process may use two or more.
+them; with fewer than two free, one-thread workers share the busy cores where the scheduler shares per process.
 """
 from __future__ import annotations
 
@@ -87,10 +87,11 @@ def train_families(families: list[Family], dataset: Dataset, dataset_cfg: dict[s
 
     Families not yet in the cache train side by side in worker processes (``spawn``) when ``plan`` (default:
     ``plan_workers(jobs, pending, threads)``, from the cores free now) says so: at most ``jobs`` workers, workers x
-    threads <= free cores (or one thread each, sharing the busy cores).  Then every model is loaded here (from the cache, or trained here with the plan's
-    ``main_threads``: ``threads``, or 0 = as many as the free cores).  The per-epoch validation pass is skipped:
-    it changes neither the weights nor the cache key.  The global torch seed is set to the config's seed before
-    each model is built, so a family's initial weights do not depend on the process or on the order of the jobs.
+    threads <= free cores (or one thread each, sharing the busy cores).  Then every model is loaded here (from the
+    cache, or trained here with the plan's ``main_threads``: ``threads``, or 0 = as many as the free cores).  The
+    per-epoch validation pass is skipped: it changes neither the weights nor the cache key.  The global torch seed
+    is set to the config's seed before each model is built, so a family's initial weights do not depend on the
+    process or on the order of the jobs.
     ``training facts`` is ``TrainResult`` as a dict plus ``process`` (``worker`` or ``main``), ``threads`` (torch
     threads it trained with; ``None`` when it came from the cache) and ``plan`` (``WorkerPlan.to_dict()``).
     """

@@ -5,7 +5,7 @@ student is (``StudentResult``).
 The weights a worker trains land in the checkpoint cache, where the caller's own ``StudentJob.run`` finds them, so
 parallel training changes where a student is trained, never what it is.  Worker processes are started with
 ``spawn`` and sized by ``env.plan_workers`` (workers x threads never exceed the free cores; with one free core,
-one-thread workers share the busy ones).  Knows nothing of notebooks, stages or records (stage 03 uses it).
+one-thread workers share the busy ones where the scheduler shares per process).  Knows nothing of notebooks, stages or records (stage 03 uses it).
 """
 from __future__ import annotations
 
@@ -142,7 +142,8 @@ def train_pending(jobs: Sequence[StudentJob], max_workers: int, threads: int = 0
     ``{cache key: StudentTraining}`` of the students trained.  ``logits`` gives the teacher's logits, called only
     when a distilled student must be trained (a worker needs the array itself); ``None``: the teacher runs live.
     Small work (under ``MIN_PARALLEL_IMAGES`` training images in all, e.g. a smoke run) stays in this process."""
-    pending = list({job.key(): job for job in jobs if not job.cached()}.values())  # a repeated job trains once
+    keyed = {job.key(): job for job in jobs}  # a repeated job trains once; each key hashes the job's images once
+    pending = [job for key, job in keyed.items() if not job.checkpoint(key).exists()]
     work = sum(len(job.dataset.train) * job.train_cfg.epochs for job in pending)
     if pending and work < MIN_PARALLEL_IMAGES:
         return WorkerPlan(0, 0, threads, 0, len(pending), max_workers,

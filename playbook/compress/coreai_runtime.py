@@ -186,7 +186,7 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
     scheduler shares per process (``share``, default ``env.sharing_helps()``).
     ``predictions`` (images x models to predict, when known): with ``requested`` 0, fewer than
     ``MIN_PARALLEL_PREDICTIONS`` start no worker."""
-    from playbook.env import core_budget, free_process_cores, shared_workers, sharing_helps
+    from playbook.env import core_budget, free_process_cores, shared_workers
 
     if requested < 0:
         raise ConfigError(f"processes must be >= 0 (0: from the free cores), got {requested!r}")
@@ -202,13 +202,12 @@ def plan_coreai_processes(requested: int = 0, free_cores: int | None = None,
     cores = core_budget() if cores is None else max(1, int(cores))
     workers = min(free_cores, requested) if requested else free_cores
     if workers < 2:
-        shared = min(cores, requested) if requested else cores
-        helps, why_not = sharing_helps() if share is None else (share, "")
-        if shared >= 2 and helps:
-            return ProcessPlan(shared, free_cores, requested, shared_workers(shared, free_cores, cores), choice)
+        shared, why = shared_workers(requested or cores, free_cores, cores, share)
+        if shared:
+            return ProcessPlan(shared, free_cores, requested, why, choice)
         return ProcessPlan(0, free_cores, requested,
                            f"only {free_cores} core(s) free and {cores} to use: the Core AI runtime predicts in "
-                           "this process" + (f" ({why_not})" if shared >= 2 and why_not else ""), choice)
+                           "this process" + (f" ({why})" if why else ""), choice)
     return ProcessPlan(workers, free_cores, requested,
                        f"{workers} worker processes x 1 thread on {free_cores} free core(s)"
                        + (f" (at most {requested} asked)" if requested and requested < free_cores else ""), choice)
