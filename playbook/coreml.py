@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -25,7 +24,6 @@ import platform
 import shutil
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from torch import nn
 from playbook.config import ConfigError, StrictConfig, check_choice
 from playbook.data import Dataset, Split
 from playbook.metrics import Fidelity, fidelity
+from playbook.package_files import directory_size, release_on_collect, share_permissions, zipped_size
 
 for _noisy in ("coremltools", "torchao", "torch.utils._pytree"):  # import-time chatter of coremltools and torchao
     logging.getLogger(_noisy).setLevel(logging.ERROR)
@@ -216,7 +215,7 @@ def export_model(model: nn.Module, dataset: Dataset, cfg: ExportConfig, out_dir:
             with torch.no_grad():
                 program = (torch.jit.trace(wrapper, example) if frontend == "torch.jit.trace"
                            else torch.export.export(wrapper, (example,)).run_decompositions({}))
-            mlmodel = ct.convert(program, **kwargs)
+            mlmodel = release_on_collect(ct.convert(program, **kwargs))
             break
         except Exception as exc:  # e.g. efficientnet-lite0's `x.view(inputs.size(0), -1)` breaks the TorchScript path
             errors.append(f"{frontend}: {type(exc).__name__}: {exc}")
@@ -308,7 +307,8 @@ def set_variant_metadata(mlmodel: Any, metadata: dict[str, Any], describe: bool 
 
 def save_package(mlmodel: Any, target: Path, metadata: dict[str, Any] | None = None) -> None:
     """Save ``mlmodel`` to ``target`` atomically (temp folder beside it, then rename), after ``metadata`` (see
-    ``set_variant_metadata``) is written into it."""
+    ``set_variant_metadata``) is written into it.  Its temporary package goes when it is collected."""
+    release_on_collect(mlmodel)
     if metadata is not None:
         set_variant_metadata(mlmodel, metadata)
     target = Path(target)
@@ -317,37 +317,12 @@ def save_package(mlmodel: Any, target: Path, metadata: dict[str, Any] | None = N
     try:
         tmp_pkg = tmp_dir / target.name
         mlmodel.save(str(tmp_pkg))
-        _share(tmp_pkg)
+        share_permissions(tmp_pkg)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp_pkg, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def _share(folder: Path) -> None:
-    """Give every file and folder of a saved package the permissions the umask allows (coremltools writes
-    ``model.mlmodel`` 0600 through a temp file; the rest of the package is world-readable)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [folder, *folder.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-def directory_size(path: Path) -> int:
-    """Bytes of all files below ``path`` (the real on-disk package size)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def zipped_size(path: Path) -> int:
-    """Bytes of ``path`` zipped with DEFLATE (the download size), built in memory."""
-    buffer = io.BytesIO()
-    root = Path(path)
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for f in sorted(root.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(root.parent))
-    return buffer.tell()
 
 
 def _feature_dict(feature: Any) -> dict[str, Any]:

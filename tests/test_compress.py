@@ -884,3 +884,20 @@ def test_dkm_leaves_subclassed_layers_float_and_the_stage_names_them(digits, sta
     st.variants = [dc.replace(real, name="torch-full", extra={**real.extra, "side": "torch"})]
     st._coverage_pitfall()
     assert not st.pitfalls  # every eligible weight compressed: nothing to say
+
+
+def test_exporting_and_compressing_leave_no_temporary_package_behind(tmp_path, digits, net, monkeypatch):
+    # coremltools writes every converted or compressed model to a temporary .mlpackage and removes it only at
+    # interpreter exit; a worker process or a killed kernel never gets there (the suite used to leave hundreds).
+    import gc
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    base = export_model(net, digits, ExportConfig(precision="fp16", minimum_deployment_target="iOS18"),
+                        tmp_path / "out", "fp16").path
+    made = compress_package("prune-50+palettize-4bit", base, tmp_path / "out", weight_threshold=THRESHOLD)
+    gc.collect()
+    assert base.exists() and Path(made.path).exists()
+    assert sorted(p.name for p in temp.iterdir()) == []

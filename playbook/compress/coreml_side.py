@@ -22,7 +22,7 @@ from torch import nn
 from playbook.compress.recipes import CompressionError, Recipe, get_recipe, hint_for, quiet_compression
 from playbook.compress.torch_side import LAYER_TYPES
 from playbook.config import ConfigError
-from playbook.coreml import ct, safe_package_path, save_package
+from playbook.coreml import ct, release_on_collect, safe_package_path, save_package
 
 _OP_CONFIG = {"quantize": "OpLinearQuantizerConfig", "palettize": "OpPalettizerConfig",
               "prune": "OpMagnitudePrunerConfig"}
@@ -103,7 +103,8 @@ def _apply_steps(recipe: Recipe, mlmodel: Any, weight_threshold: int, exclude: S
                     opt = oc.OptimizationConfig(global_config=cfg,
                                                 op_name_configs={**per_op, **{n: None for n in exclude}})
                 fn = getattr(oc, _COMPRESS_FN[kind])
-                mlmodel = fn(mlmodel, opt, joint_compression=True) if index >= joint_from else fn(mlmodel, opt)
+                mlmodel = release_on_collect(fn(mlmodel, opt, joint_compression=True) if index >= joint_from
+                                             else fn(mlmodel, opt))
         except (ValueError, NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError) as exc:
             raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
     if messages is not None:
