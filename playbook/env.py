@@ -48,20 +48,6 @@ def torch_threads(threads: "int | ThreadChoice") -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def image_layout(choice: str = "auto") -> torch.memory_format:
-    """The strides to run image batches (and conv weights) with: ``channels_last`` (NHWC), ``contiguous`` (NCHW), or
-    for ``auto`` channels-last exactly when torch runs on one thread.
-
-    The values are the same either way; the speed is not.  Measured on this project's 2-core CPU
-    (``benchmarks/bench_memory_format.py``): on one thread channels-last took 0.52-0.83x the time of a training step
-    (every architecture of the stages) and 0.58x of the reference executor's pass over a palettized ResNet; on two
-    threads it took 1.1-1.8x on the small networks (0.80x on the default ResNet only) and 1.4x on the executor.
-    """
-    if choice == "auto":
-        return torch.channels_last if torch.get_num_threads() == 1 else torch.contiguous_format
-    return {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[choice]
-
-
 # --------------------------------------------------------------------------- threads that fit the free cores
 # A core counts as free when at least this share of it is idle: with 0.5, other work busy on 0.4 of a core leaves
 # it to us, busy on 0.6 takes it.  Too many threads cost far more than too few: two threads that share two cores

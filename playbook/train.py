@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from playbook.config import ConfigError, StrictConfig, check_choice, check_range
 from playbook.data import Dataset, Split
-from playbook.env import image_layout, torch_threads
+from playbook.env import torch_threads
 from playbook.paths import default_cache_dir
 from playbook.records import sha256_path
 from playbook.metrics import ClassificationMetrics, classification_metrics
@@ -78,10 +78,6 @@ class TrainConfig(StrictConfig):
         seed: seed for initialisation and data order.
         device: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
         threads: CPU threads for torch during training (0 = leave torch's default); restored afterwards.
-        memory_format: ``channels_last`` (NHWC strides for images and conv weights while training; the model is
-            returned contiguous), ``contiguous``, or ``auto``: channels-last when training runs on one thread,
-            where it measured faster for every architecture here (``env.image_layout``).  The arithmetic is the
-            same; only the kernels and so the rounding order differ.
     """
 
     epochs: int = 6
@@ -100,7 +96,6 @@ class TrainConfig(StrictConfig):
     seed: int = 0
     device: str = "auto"
     threads: int = 0
-    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,7 +113,6 @@ class TrainConfig(StrictConfig):
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_choice("device", self.device, ["auto", "cpu", "cuda", "mps"])
         check_range("threads", self.threads, 0)
-        check_choice("memory_format", self.memory_format, ["auto", "channels_last", "contiguous"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,8 +340,7 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
         generator = torch.Generator().manual_seed(cfg.seed)
         x_train = dataset.to_tensor(dataset.train.images)
         y_train = torch.from_numpy(dataset.train.labels)
-        layout = image_layout(cfg.memory_format)
-        model.to(device, memory_format=layout)
+        model.to(device)
         steps_per_epoch = max(1, math.ceil(len(y_train) / cfg.batch_size))
         total_steps = planned_steps(cfg, len(y_train))
         epochs = math.ceil(total_steps / steps_per_epoch)
@@ -377,12 +370,12 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                 xb = x_train[idx]
                 if cfg.augment:
                     xb = _augment(xb, flip, generator)
-                xb, yb = _images_to(xb, device, layout), y_train[idx].to(device)
+                xb, yb = xb.to(device), y_train[idx].to(device)
                 logits = model(xb)
                 loss = loss_fn(logits, yb, idx.to(device)) if loss_fn else ce(logits, yb)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    model.to("cpu", memory_format=torch.contiguous_format).eval()
+                    model.to("cpu").eval()
                     raise TrainingError(
                         f"training diverged: the loss became {value} at step {step + 1} (epoch {epoch + 1}); "
                         f"lr={cfg.lr:g} is too high for this model and data, try {_lower_lr(cfg.lr)}. Nothing was "
@@ -417,15 +410,8 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                     break
         if stop_reason == "early_stop" and best_state is not None:
             model.load_state_dict(best_state)
-        model.to("cpu", memory_format=torch.contiguous_format).eval()
+        model.to("cpu").eval()
     return FitResult(history, step, tuple(losses), stop_reason, total_steps)
-
-
-def _images_to(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
-    """A batch on ``device`` in ``layout`` (image batches only: other inputs keep their strides)."""
-    if images.dim() == 4:
-        return images.to(device, memory_format=layout)
-    return images.to(device)
 
 
 def _train_mode(model: nn.Module) -> None:

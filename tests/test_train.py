@@ -95,30 +95,3 @@ def test_the_first_checkpoint_written_wins_and_a_late_trainer_takes_its_weights(
     assert not result.from_cache and result.checkpoint_sha256 == sha256_path(result.checkpoint)
     again, cached = train_or_load(m, digits, cfg, cache_dir=tmp_path / "cache", progress=False)
     assert cached.from_cache and cached.checkpoint_sha256 == result.checkpoint_sha256
-
-
-def test_channels_last_training_is_the_same_arithmetic_and_returns_a_contiguous_model(digits):
-    # fit trains channels-last on one thread (env.image_layout("auto")): only the kernels' rounding order may differ
-    from playbook.env import image_layout
-    from playbook.train import fit
-
-    cfg = TrainConfig(steps=5, batch_size=32, lr=0.05, threads=1, schedule="cosine", validate=False)
-    weights = {}
-    for layout in ("channels_last", "contiguous"):
-        model = build_model_for(digits)
-        fit(model, digits, cfg.replace(memory_format=layout), progress=False)
-        assert all(p.is_contiguous() for p in model.parameters())
-        weights[layout] = model.state_dict()
-    for name, value in weights["contiguous"].items():
-        assert torch.allclose(weights["channels_last"][name].float(), value.float(), atol=1e-4), name
-    assert weights["contiguous"]["stem.0.weight"].ne(build_model_for(digits).state_dict()["stem.0.weight"]).any()
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert image_layout() == torch.channels_last
-        torch.set_num_threads(2)
-        assert image_layout() == torch.contiguous_format and image_layout("channels_last") == torch.channels_last
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(Exception, match=r"memory_format='nhwc' is not valid"):
-        TrainConfig(memory_format="nhwc")
