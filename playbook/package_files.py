@@ -14,7 +14,8 @@ from typing import Any
 def release_on_collect(mlmodel: Any) -> Any:
     """``mlmodel``, whose temporary package (``ct.convert`` and the ``optimize.coreml`` functions make one in the temp
     folder) is now removed when the object is garbage collected.  coremltools removes it only at interpreter exit,
-    which a worker process (``os._exit``) or a killed kernel never reaches: the test suite left hundreds a run."""
+    which a worker process (``os._exit``) or a killed kernel never reaches: one day of this project's runs and test
+    suites left 6,108 of them (4 GB) in /tmp."""
     if getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None):
         weakref.finalize(mlmodel, shutil.rmtree, mlmodel.package_path, True)
     return mlmodel

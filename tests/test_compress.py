@@ -888,7 +888,7 @@ def test_dkm_leaves_subclassed_layers_float_and_the_stage_names_them(digits, sta
 
 def test_exporting_and_compressing_leave_no_temporary_package_behind(tmp_path, digits, net, monkeypatch):
     # coremltools writes every converted or compressed model to a temporary .mlpackage and removes it only at
-    # interpreter exit; a worker process or a killed kernel never gets there (the suite used to leave hundreds).
+    # interpreter exit; a worker process or a killed kernel never gets there (one day of runs left 6,108 in /tmp).
     import gc
     import tempfile
 
