@@ -16,10 +16,10 @@ def release_on_collect(mlmodel: Any) -> Any:
     folder) is now removed when the object is garbage collected.  coremltools removes it only at interpreter exit,
     which a worker process (``os._exit``) or a killed kernel never reaches: one day of this project's runs and test
     suites left 6,108 of them (4 GB) in /tmp."""
-    if getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None):
-        weakref.finalize(mlmodel, shutil.rmtree, mlmodel.package_path, True)
+    if (getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None)
+            and getattr(mlmodel, "_playbook_release", None) is None):  # one finalizer, however often it is passed
+        mlmodel._playbook_release = weakref.finalize(mlmodel, shutil.rmtree, mlmodel.package_path, True)
     return mlmodel
-
 
 
 def share_permissions(folder: Path) -> None:

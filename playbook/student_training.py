@@ -5,7 +5,8 @@ student is (``StudentResult``).
 The weights a worker trains land in the checkpoint cache, where the caller's own ``StudentJob.run`` finds them, so
 parallel training changes where a student is trained, never what it is.  Worker processes are started with
 ``spawn`` and sized by ``env.plan_workers`` (workers x threads never exceed the free cores; with one free core,
-one-thread workers share the busy ones where the scheduler shares per process).  Knows nothing of notebooks, stages or records (stage 03 uses it).
+one-thread workers share the busy ones where the scheduler shares per process).  Knows nothing of notebooks, stages
+or records (stage 03 uses it).
 """
 from __future__ import annotations
 
