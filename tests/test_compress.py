@@ -901,3 +901,35 @@ def test_exporting_and_compressing_leave_no_temporary_package_behind(tmp_path, d
     gc.collect()
     assert base.exists() and Path(made.path).exists()
     assert sorted(p.name for p in temp.iterdir()) == []
+
+
+def test_a_joint_recipe_reuses_the_fine_tune_of_its_pruning_recipe(tmp_path, digits, net, monkeypatch):
+    # torch-prune-75-ft+palettize-4bit is torch-prune-75-ft's fine-tune with a 4-bit palette after conversion: one
+    # ModelSource trains that fine-tune once (7-8 s of stage 02 on the default resnet); another source, or another
+    # fine-tune, trains again.
+    from playbook.compress import apply
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].name)
+        return compress_torch(*args, **kwargs)
+
+    monkeypatch.setattr(apply, "compress_torch", counting)
+    export_cfg = ExportConfig(precision="fp16", minimum_deployment_target="iOS17")
+    cfg = apply.CompressConfig(weight_threshold=THRESHOLD, finetune=apply.FinetuneConfig(steps=4, batch_size=16))
+    source = apply.ModelSource(net, digits, export_cfg, tmp_path / "a")
+    alone = apply.compress("torch-prune-75-ft", source, cfg, out_dir=tmp_path / "a")
+    joint = apply.compress("torch-prune-75-ft+palettize-4bit", source, cfg, out_dir=tmp_path / "a")
+    assert calls == ["torch-prune-75-ft"]
+    assert "finetune_reused_from" not in alone.details and alone.finetune_seconds > 0
+    assert joint.details["finetune_reused_from"] == "torch-prune-75-ft"
+    assert joint.finetune_steps == alone.finetune_steps == 4 and joint.finetune_seconds == 0.0
+    ops = package_info(joint.path).op_histogram
+    assert ops.get("constexpr_sparse_to_dense") and ops.get("constexpr_lut_to_sparse")  # pruned, then palettized
+    assert joint.details["weights_compressed"] == alone.details["weights_compressed"]  # the same pruned model
+    apply.compress("torch-prune-75-ft+palettize-4bit", apply.ModelSource(net, digits, export_cfg, tmp_path / "b"),
+                   cfg, out_dir=tmp_path / "b")
+    longer = cfg.replace(finetune=apply.FinetuneConfig(steps=5, batch_size=16))
+    apply.compress("torch-prune-75-ft+palettize-4bit", source, longer, out_dir=tmp_path / "c")
+    assert calls == ["torch-prune-75-ft", "torch-prune-75-ft+palettize-4bit", "torch-prune-75-ft+palettize-4bit"]

@@ -26,16 +26,17 @@ Knows nothing of notebooks or stages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from playbook.compress.coreml_side import compress_converted, compress_package
 from playbook.compress.recipes import Recipe, get_recipe, required_target
 from playbook.compress.search import BitAllocator
-from playbook.compress.torch_side import compress_torch
+from playbook.compress.torch_side import TorchCompression, compress_torch
 from playbook.config import ConfigError, StrictConfig, check_choice, check_range
 from playbook.coreml import ExportConfig, export_model, model_sha256
 from playbook.data import Dataset
@@ -87,7 +88,8 @@ class ModelSource:
     exports); any other combination is exported once into ``out_dir/_base`` and kept.  ``metadata`` goes into
     every package exported here.  ``loss_fn(logits, labels, index)`` is the PyTorch-side fine-tune's loss
     (``train.fit``'s hook, e.g. ``distill.logit_loss`` for a student with its teacher's logits); ``None``:
-    cross-entropy on the labels."""
+    cross-entropy on the labels.  A fine-tuned PyTorch-side compression is kept (``torch_compression``) so that a
+    joint recipe whose Core ML steps go on top of the same fine-tune does not train it again."""
 
     def __init__(self, model: nn.Module, dataset: Dataset, export_cfg: ExportConfig, out_dir: Path,
                  programs: dict[tuple[str, str], Path] | None = None, metadata: dict[str, Any] | None = None,
@@ -99,6 +101,7 @@ class ModelSource:
         self.metadata = dict(metadata or {})
         self.loss_fn = loss_fn
         self._programs: dict[tuple[str, str], Path] = {k: Path(v) for k, v in (programs or {}).items()}
+        self._tuned: dict[str, tuple[str, TorchCompression]] = {}
 
     @property
     def target(self) -> str:
@@ -113,6 +116,20 @@ class ModelSource:
             self._programs[key] = export_model(self.model, self.dataset, cfg, self.out_dir / "_base",
                                                f"{precision}-{target}", metadata=self.metadata).path
         return self._programs[key]
+
+    def torch_compression(self, key: str, recipe: str,
+                          make: Callable[[], TorchCompression]) -> tuple[TorchCompression, str | None]:
+        """The PyTorch-side compression that ``key`` describes (algorithm, options, preparation, fine-tune,
+        threshold, per-module bits): ``make()`` once; a later recipe with the same key gets the same compressed
+        model.  Returns it and, when it was reused, the recipe that made it.  Only fine-tuned compressions are
+        kept (they cost minutes on a large network); the others are made each time."""
+        if key in self._tuned:
+            first, made = self._tuned[key]
+            return made, first
+        made = make()
+        if made.finetune_steps:
+            self._tuned[key] = (recipe, made)
+        return made, None
 
     def target_for(self, recipe: Recipe, retarget: bool = True) -> str:
         """The deployment target ``recipe``'s package gets: raised to the recipe's minimum when ``retarget``."""
@@ -190,20 +207,28 @@ def compress(recipe: str | Recipe, source: ModelSource, cfg: CompressConfig, *, 
         module_bits = allocator.module_bits(recipe, origin, source.program(cfg.precision,
                                                                            source.target_for(origin, cfg.retarget)))
     ft = cfg.finetune
-    tc = compress_torch(recipe, source.model, source.dataset, ft.steps, ft.lr, ft.batch_size, cfg.weight_threshold,
-                        ft.seed, module_bits=module_bits, loss_fn=source.loss_fn)
+    key = json.dumps({"algorithm": recipe.algorithm, "options": recipe.options, "prepare": list(recipe.prepare),
+                      "finetune": dataclasses.asdict(ft), "weight_threshold": cfg.weight_threshold,
+                      "module_bits": module_bits}, sort_keys=True, default=str)
+    tc, reused_from = source.torch_compression(key, recipe.name, lambda: compress_torch(
+        recipe, source.model, source.dataset, ft.steps, ft.lr, ft.batch_size, cfg.weight_threshold, ft.seed,
+        module_bits=module_bits, loss_fn=source.loss_fn))
     with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         export = export_model(tc.model, source.dataset,
                               source.export_cfg.replace(precision=precision, minimum_deployment_target=target),
                               out_dir, stem, metadata={**source.metadata, **tag,
                                                        "playbook.source_model_sha256": model_sha256(source.model)})
-    path, details, seconds = export.path, dict(tc.details), tc.seconds + export.seconds
+    path, details = export.path, dict(tc.details)
+    # a reused fine-tune cost this recipe nothing: its record says whose it is, and counts only the export onwards
+    seconds = export.seconds + (0.0 if reused_from else tc.seconds)
+    if reused_from:
+        details["finetune_reused_from"] = reused_from
     if recipe.steps:  # Core ML steps on top of what the PyTorch algorithm stored (joint compression)
         made = compress_converted(recipe, export.path, out_dir, stem, cfg.weight_threshold, metadata=metadata)
         path, seconds = made.path, seconds + made.seconds
         details["messages"] = [*details.get("messages", []), *made.messages]
     return Compressed(path, recipe, target, precision, seconds, export_seconds=export.seconds,
-                      finetune_steps=tc.finetune_steps, finetune_seconds=tc.finetune_seconds,
+                      finetune_steps=tc.finetune_steps, finetune_seconds=0.0 if reused_from else tc.finetune_seconds,
                       finetune_images=tc.finetune_steps * ft.batch_size,
                       finetune_loss=(tc.losses[0], tc.losses[-1]) if tc.losses else None, details=details)

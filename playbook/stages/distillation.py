@@ -72,13 +72,13 @@ class DistillationConfig(MeasuredStageConfig):
     student_epochs: int = 3
     student_lr: float = 0.1
     batch_size: int = 128
-    train_images: int = 27000
+    train_images: int = 18000
     ship_train_images: int = 0
     augment: bool = False
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     sweep_temperatures: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     sweep_alphas: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.5, 0.9])
-    sweep_train_images: int = 10000
+    sweep_train_images: int = 5000
     sweep_epochs: int = 2
     recipe: str = "auto"
     precision: str = "fp16"

@@ -63,7 +63,7 @@ class QuantizationConfig(MeasuredStageConfig):
     search_images: int = 0
     max_exceptions: int = 3
     coreai: bool = True
-    coreai_images: int = 1000
+    coreai_images: int = 500
     coreai_seconds: float = 240.0
     seed: int = 0
     interactive: bool = True

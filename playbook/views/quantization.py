@@ -158,8 +158,10 @@ def explain_variant(record: StageRecord, name: str) -> str:
     if v.get("finetune_steps"):
         steps, images = v.get("finetune_steps"), v.get("finetune_images")
         epochs = images / max(int((record.get("dataset") or {}).get("train") or 0), 1)
+        reused = (v.get("details") or {}).get("finetune_reused_from")
         extra += (f"; fine-tune budget {steps} steps x {record.config.get('batch_size')} images = {images} images "
-                  f"({epochs:.2f} epochs), {v.get('finetune_seconds', 0.0):.0f} s on this CPU")
+                  f"({epochs:.2f} epochs), " + (f"`{reused}`'s fine-tune, reused" if reused else
+                                                f"{v.get('finetune_seconds', 0.0):.0f} s on this CPU"))
     return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
             f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
             f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
@@ -245,7 +247,10 @@ def findings(record: StageRecord) -> str:
             lines.append(f"* no variant's whole 95% interval stays within {drop:g} points.")
     for v in record.variants:
         steps, seconds = v.get("finetune_steps"), v.get("finetune_seconds", 0.0)
-        if steps:
+        reused = (v.get("details") or {}).get("finetune_reused_from")
+        if steps and reused:
+            lines.append(f"* `{v.name}` starts from `{reused}`'s fine-tune ({steps} steps, trained once).")
+        elif steps:
             lines.append(f"* `{v.name}` fine-tuned {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s per "
                          "step on this machine).")
     return "\n".join(lines) if lines else "*(no variants measured)*"
