@@ -41,16 +41,21 @@ def pytest_configure(config):  # noqa: D103 - pytest hook
 
 
 def pytest_collection_modifyitems(session, config, items):  # noqa: D103 - pytest hook
-    # Tests that read the smoke notebooks' reports (the report in a browser) run after the notebooks.
+    # Tests that read a background check's result (see `background`) run after every other test and notebook, so
+    # that the unit tests and notebooks run while the checks do, instead of waiting for them; tests that read the
+    # smoke notebooks' reports (the report in a browser) run after the notebooks.
+    waiting = [item for item in items if item.get_closest_marker("background")
+               and not item.get_closest_marker("after_notebooks")]
     late = [item for item in items if item.get_closest_marker("after_notebooks")]
-    items[:] = [item for item in items if item not in late] + late
+    items[:] = [item for item in items if item not in waiting and item not in late] + waiting + late
 
 
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """Checks that only wait on subprocesses (the wheel installed and run in a fresh environment, the CLI's smoke
-    chain) start when the session's first test does, each in a thread, and run beside the unit tests, which are
-    mostly single-threaded and leave one of CI's two cores idle: the suite stays well under its 15 minutes.
+    chain and a batch into its reports, the four stand-in batches of ``test_batch``) start when the session's first
+    test does, each in a thread, and run beside the unit tests, which are mostly single-threaded and leave one of
+    CI's two cores idle; the tests that read their results run last (``pytest_collection_modifyitems``).
 
     A test marked ``@pytest.mark.background.with_args(check)`` gets ``background[check].result()``: whatever ``check(folder,
     env)`` returned, or the assertion it raised.  ``env`` is ``os.environ`` as it was before any test changed it.

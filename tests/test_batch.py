@@ -123,16 +123,21 @@ def test_the_reason_a_task_was_given_up_is_recorded():
 FAKE_01 = """\
 model: str = "resnet"  # model
 sleep: float = 0.0  # seconds the stage takes
+once: str = ""  # a file: only the attempt that creates it sleeps (a retried model then finishes at once)
 fail: bool = False  # the stage raises, as a broken model would
 smoke: bool = False  # smoke mode
 reports_dir: str = ""  # reports folder
 """
 FAKE_01_BODY = """\
-import time
+import os, time
 from playbook.env import environment
 from playbook.paths import model_dir
 from playbook.records import StageRecord, write_stage_record
-time.sleep(sleep)
+if not once:
+    time.sleep(sleep)
+elif not os.path.exists(once):
+    open(once, "w").write(str(os.getpid()))  # the cell is running: this attempt is mid-stage now
+    time.sleep(sleep)
 if fail:
     raise RuntimeError("broken on purpose")
 write_stage_record(model_dir(model, reports_dir or None), StageRecord(
@@ -157,20 +162,23 @@ print(f"REPORT for {model}")
 
 
 
-@pytest.fixture()
-def fake_notebooks(tmp_path):
-    nbs = tmp_path / "notebooks"
+def _fake_notebooks(folder: Path) -> Path:
+    nbs = folder / "notebooks"
     nbs.mkdir()
     write_notebook(nbs / "01_baseline.ipynb", FAKE_01, FAKE_01_BODY)
     write_notebook(nbs / "06_report.ipynb", FAKE_06, FAKE_06_BODY)
     return nbs
 
 
-@pytest.fixture()
-def batch_env(tmp_path):
-    env = dict(os.environ, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="0", PLAYBOOK_CACHE_DIR=str(tmp_path / "cache"))
+def _batch_env(folder: Path, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="0", PLAYBOOK_CACHE_DIR=str(folder / "cache"))
     env.pop("PLAYBOOK_REPORTS_DIR", None)
     return env
+
+
+@pytest.fixture()
+def fake_notebooks(tmp_path):
+    return _fake_notebooks(tmp_path)
 
 
 def _start_batch(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -230,12 +238,13 @@ def _processes_of(env: dict[str, str], grace_s: float = 15.0) -> list[str]:
 
 
 # --------------------------------------------------------------------------- a worker dies mid-model
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker process through /proc")
-def test_a_worker_killed_mid_model_is_retried_on_the_other_worker(fake_notebooks, batch_env, tmp_path):
+def _worker_killed(tmp_path: Path, base_env: dict[str, str]) -> None:
     """Kill -9 the Dask worker process running a model: the scheduler runs the model again on the other worker,
     it completes there, and its record says so; the killed run's own process does not linger."""
+    fake_notebooks, batch_env = _fake_notebooks(tmp_path), _batch_env(tmp_path, base_env)
     batch = tmp_path / "batch.yaml"
-    batch.write_text("- {model: resnet, params: {sleep: 8}}\n")
+    in_stage = tmp_path / "first-attempt-in-stage"  # the first attempt's stage writes it, then sleeps 120 s
+    batch.write_text(f"- {{model: resnet, params: {{sleep: 120, once: '{in_stage}'}}}}\n")
     reports, log = tmp_path / "reports", tmp_path / "batch.log"
     proc = _start_batch([str(batch), "--scheduler", "local:2", "--reports-dir", str(reports),
                          "--notebooks-dir", str(fake_notebooks)], batch_env, log)
@@ -243,7 +252,7 @@ def test_a_worker_killed_mid_model_is_retried_on_the_other_worker(fake_notebooks
         child = _wait_for(lambda: _running_pid(reports / "resnet"), 240, "the model to start", proc, log)
         worker = _parent_pid(child)
         assert "multiprocessing" in Path(f"/proc/{worker}/cmdline").read_text()  # a Dask worker process
-        time.sleep(2)
+        _wait_for(in_stage.exists, 120, "the first attempt's stage cell to run", proc, log)
         os.kill(worker, signal.SIGKILL)
         rc = proc.wait(timeout=300)
     finally:
@@ -268,13 +277,11 @@ def test_a_worker_killed_mid_model_is_retried_on_the_other_worker(fake_notebooks
 
 
 # --------------------------------------------------------------------------- SIGTERM to a batch
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks for left-over processes through /proc")
-@pytest.mark.parametrize("mode", [["--jobs", "2"], ["--scheduler", "local:2", "--transfer", "archive"]],
-                         ids=["jobs", "dask-archive"])
-def test_sigterm_leaves_interrupted_pages_and_an_index_that_agrees(fake_notebooks, batch_env, tmp_path, mode):
+def _sigterm(tmp_path: Path, base_env: dict[str, str], mode: list[str]) -> None:
     """Three models that finished "ok" in an earlier batch are run again; SIGTERM arrives while two run and one
     waits.  Every model then has an INTERRUPTED page and run.json, the index counts three interrupted and shows
     no old "ok" row or figure, no child process is left, and the exit status is 128 + SIGTERM."""
+    fake_notebooks, batch_env = _fake_notebooks(tmp_path), _batch_env(tmp_path, base_env)
     reports = tmp_path / "reports"
     for model in ("resnet", "squeezenet", "mobilenetv2"):  # what a previous, successful batch left
         d = reports / model
@@ -332,12 +339,13 @@ def test_a_cluster_whose_workers_all_differ_is_refused_before_anything_runs(fake
     assert [p.name for p in reports.iterdir()] == []  # its marker file is gone too
 
 
-# --------------------------------------------------------------------------- the real notebooks
-def test_a_cluster_batch_with_one_model_failing(fake_notebooks, tmp_path, batch_env):
+# --------------------------------------------------------------------------- a cluster batch, one model failing
+def _cluster_batch_one_failing(tmp_path: Path, base_env: dict[str, str]) -> None:
     """``--scheduler local:2`` (two worker processes), results returned as archives as from workers that share no
     folder: a report, a FAILED page with the worker's log, an index of both, each record saying where it ran.  The
     stage notebooks are stand-ins: two real smoke models side by side, reports and all, are ``test_cli``'s
     ``test_batch_isolates_a_failing_model`` (through ``--jobs``)."""
+    fake_notebooks, batch_env = _fake_notebooks(tmp_path), _batch_env(tmp_path, base_env)
     batch = tmp_path / "batch.yaml"
     batch.write_text(textwrap.dedent("""\
         models:
@@ -345,7 +353,6 @@ def test_a_cluster_batch_with_one_model_failing(fake_notebooks, tmp_path, batch_
           - {model: squeezenet, params: {fail: true}}
         """))
     reports, log = tmp_path / "reports", tmp_path / "batch.log"
-    start = time.monotonic()
     proc = _start_batch([str(batch), "--scheduler", "local:2", "--transfer", "archive", "--reports-dir", str(reports),
                          "--notebooks-dir", str(fake_notebooks)], batch_env, log)
     try:
@@ -354,7 +361,6 @@ def test_a_cluster_batch_with_one_model_failing(fake_notebooks, tmp_path, batch_
         if proc.poll() is None:
             proc.kill()
     out = log.read_text()
-    print(f"2-model cluster batch (local:2, archive): {time.monotonic() - start:.0f}s wall")
     assert rc == 1, out  # one model failed
     assert out.count("returns an archive") == 2 and "[batch] 2/2 done" in out
     assert "REPORT for resnet" in (reports / "resnet" / "report.html").read_text()
@@ -376,3 +382,54 @@ def test_a_cluster_batch_with_one_model_failing(fake_notebooks, tmp_path, batch_
     assert "2 model(s), 1 failed, 0 interrupted" in index and 'href="resnet/report.html"' in index
     assert 'href="squeezenet/report.html"' in index and index.count("FAILED") == 1
     assert sorted(p.name for p in reports.iterdir() if p.name.startswith(".")) == []  # no marker, no .incoming
+
+
+# --------------------------------------------------------------------------- the four batches, in the background
+SCENARIOS = {
+    "worker-killed": _worker_killed,
+    "sigterm-jobs": lambda folder, env: _sigterm(folder, env, ["--jobs", "2"]),
+    "sigterm-dask-archive": lambda folder, env: _sigterm(folder, env, ["--scheduler", "local:2", "--transfer",
+                                                                       "archive"]),
+    "cluster-one-failing": _cluster_batch_one_failing,
+}
+
+
+def _batch_scenarios(folder: Path, base_env: dict[str, str]) -> dict[str, BaseException | None]:
+    """The four batches above, one after the other, each in its own folder: what each raised (``None``: passed).
+
+    Each only waits on its batch's subprocesses (Dask workers, notebook kernels mostly asleep in stand-in cells), so
+    they run in the background from the session's first test (see conftest's ``background``) instead of holding
+    the unit tests up for two to three minutes; each test below re-raises its own batch's failure."""
+    outcomes: dict[str, BaseException | None] = {}
+    for name, scenario in SCENARIOS.items():
+        (folder / name).mkdir()
+        try:
+            scenario(folder / name, base_env)
+            outcomes[name] = None
+        except BaseException as exc:  # noqa: BLE001 -- pytest.fail raises an OutcomeException; the test re-raises it
+            outcomes[name] = exc
+    return outcomes
+
+
+def _outcome(background, name: str) -> None:
+    exc = background[_batch_scenarios].result(timeout=1800)[name]
+    if exc is not None:
+        raise exc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker process through /proc")
+@pytest.mark.background.with_args(_batch_scenarios)
+def test_a_worker_killed_mid_model_is_retried_on_the_other_worker(background):
+    _outcome(background, "worker-killed")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks for left-over processes through /proc")
+@pytest.mark.background.with_args(_batch_scenarios)
+@pytest.mark.parametrize("mode", ["jobs", "dask-archive"])
+def test_sigterm_leaves_interrupted_pages_and_an_index_that_agrees(background, mode):
+    _outcome(background, f"sigterm-{mode}")
+
+
+@pytest.mark.background.with_args(_batch_scenarios)
+def test_a_cluster_batch_with_one_model_failing(background):
+    _outcome(background, "cluster-one-failing")

@@ -5,8 +5,8 @@ slow ones run the real notebooks on digits in smoke mode, as a user would.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -82,13 +82,15 @@ def test_batch_file_validation(tmp_path):
 
 
 # --------------------------------------------------------------------------- errors before anything runs
-def test_unknown_parameter_is_rejected_before_any_notebook_runs(tmp_path):
+def test_unknown_parameter_is_rejected_before_any_notebook_runs(tmp_path, capsys):
+    # in this process (``cli.main`` is what ``python -m playbook`` calls; the batch and reliability tests run that
+    # entry point as a subprocess): a fresh interpreter only added its import time
     reports = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "playbook", "run", "--model", "resnet", "--dataset", "digits",
-                           "--smoke", "-p", "epochz=3", "--reports-dir", str(reports)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "epochz" in proc.stderr and "epochs" in proc.stderr and "nothing was run" in proc.stderr
+    rc = cli.main(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "-p", "epochz=3", "--reports-dir",
+                   str(reports)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "epochz" in err and "epochs" in err and "nothing was run" in err
     assert not reports.exists() or not any(reports.rglob("*"))
 
 
@@ -310,14 +312,6 @@ def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys
 
 
 # --------------------------------------------------------------------------- the real notebooks
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    env = dict(os.environ, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="30",
-               PLAYBOOK_CACHE_DIR=str(tmp_path_factory.mktemp("checkpoints")))
-    env.pop("PLAYBOOK_REPORTS_DIR", None)
-    return env
-
-
 def _playbook(args: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "playbook", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -336,26 +330,56 @@ def _assert_complete_report(path: Path) -> str:
     return html
 
 
-def _resnet_smoke_run(folder: Path, base_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Path, float]:
-    """`playbook run --model resnet --dataset digits --smoke`: every stage notebook there is, as a user runs it
-    (in the background from the session's first test: see conftest's ``background``)."""
+@dataclasses.dataclass
+class ChainRuns:
+    """What ``_resnet_smoke_chain`` ran, in order, in one reports folder."""
+
+    first: subprocess.CompletedProcess  # `playbook run --model resnet --dataset digits --smoke`
+    seconds: float
+    again: subprocess.CompletedProcess  # the same command once more, with another checkpoint cache
+    batch: subprocess.CompletedProcess  # a three-model batch (one broken) into the same reports folder
+    reports: Path
+    broken: Path  # the broken model's file
+
+
+def _resnet_smoke_chain(folder: Path, base_env: dict[str, str]) -> ChainRuns:
+    """`playbook run --model resnet --dataset digits --smoke`: every stage notebook there is, as a user runs it; then
+    the same command again; then a batch of three models (one broken) that shares its reports folder.  All three
+    only wait on subprocesses, so they run in the background from the session's first test (see conftest's
+    ``background``), one after the other: the second and third need the first's reports."""
     env = dict(base_env, TQDM_DISABLE="1", PLAYBOOK_HEARTBEAT_S="30", PLAYBOOK_CACHE_DIR=str(folder / "checkpoints"))
     env.pop("PLAYBOOK_REPORTS_DIR", None)
     reports = folder / "reports"
     start = time.monotonic()
-    proc = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
-                     env, timeout=1200)
-    return proc, reports, time.monotonic() - start
+    first = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
+                      env, timeout=1200)
+    seconds = time.monotonic() - start
+    other_cache = dict(env, PLAYBOOK_CACHE_DIR=str(folder / "checkpoints-2"))
+    again = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
+                      other_cache)
+    broken = folder / "broken_model.py"
+    broken.write_text("def broken(num_classes, in_channels):\n    raise RuntimeError('broken on purpose')\n")
+    batch = folder / "batch.yaml"
+    batch.write_text(textwrap.dedent(f"""\
+        defaults: {{dataset: digits, smoke: true, budget: {{top1_drop: 2.0}}}}
+        models:
+          - resnet
+          - {{model: squeezenet, params: {{lr: 0.05}}}}
+          - {broken}:broken
+        """))
+    batch_run = _playbook(["batch", str(batch), "--jobs", "2", "--stages", "01,06", "--reports-dir", str(reports)],
+                          other_cache)
+    return ChainRuns(first, seconds, again, batch_run, reports, broken)
 
 
 @pytest.fixture(scope="module")
-def resnet_run(background):
-    return background[_resnet_smoke_run].result(timeout=1800)
+def chain(background) -> ChainRuns:
+    return background[_resnet_smoke_chain].result(timeout=1800)
 
 
-@pytest.mark.background.with_args(_resnet_smoke_run)
-def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache_env):
-    proc, reports, seconds = resnet_run
+@pytest.mark.background.with_args(_resnet_smoke_chain)
+def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(chain):
+    proc, reports = chain.first, chain.reports
     assert proc.returncode == 0, proc.stdout + proc.stderr  # its time is a benchmark's figure (bench_chain.py)
     assert "[resnet] 01_baseline: running" in proc.stdout and "[resnet] 06_report: done in" in proc.stdout
     html = _assert_complete_report(reports / "resnet" / "report.html")
@@ -366,33 +390,20 @@ def test_run_resnet_smoke_writes_the_report_and_reruns_nothing(resnet_run, cache
     best = summary["recommended"] or summary["closest"]
     assert best["name"] in html and best["package"].endswith(".mlpackage") and (reports / "resnet" / best["package"]).exists()
 
-    again = _playbook(["run", "--model", "resnet", "--dataset", "digits", "--smoke", "--reports-dir", str(reports)],
-                      cache_env)
+    again = chain.again  # the same command once more (another checkpoint cache: the stamps alone say up to date)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("up to date, skipped") == len(list((REPO / "notebooks").glob("0*_*.ipynb")))
     assert ": running" not in again.stdout
 
 
-@pytest.mark.background.with_args(_resnet_smoke_run)
-def test_batch_isolates_a_failing_model(resnet_run, tmp_path, cache_env):
+@pytest.mark.background.with_args(_resnet_smoke_chain)
+def test_batch_isolates_a_failing_model(chain):
     """Three models, one of them broken: two complete reports, one failure page, an index of all three.
 
     The batch shares the reports folder of the run above, so resnet's baseline is up to date and only
     its report is redone (the batch's budget differs): re-runs skip finished work across commands too.
     """
-    _, reports, _ = resnet_run
-    broken = tmp_path / "broken_model.py"
-    broken.write_text("def broken(num_classes, in_channels):\n    raise RuntimeError('broken on purpose')\n")
-    batch = tmp_path / "batch.yaml"
-    batch.write_text(textwrap.dedent(f"""\
-        defaults: {{dataset: digits, smoke: true, budget: {{top1_drop: 2.0}}}}
-        models:
-          - resnet
-          - {{model: squeezenet, params: {{lr: 0.05}}}}
-          - {broken}:broken
-        """))
-    proc = _playbook(["batch", str(batch), "--jobs", "2", "--stages", "01,06", "--reports-dir", str(reports)],
-                     cache_env)
+    proc, reports = chain.batch, chain.reports
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out  # one model failed
     assert "[resnet] 01_baseline: up to date, skipped" in out and "[resnet] 06_report: running" in out

@@ -30,6 +30,7 @@ PARAMS_01 = """\
 model: str = "resnet"  # model
 value: int = 1  # changes the record
 sleep: float = 0.0  # seconds to wait before writing (so a signal can arrive mid-stage)
+started: str = ""  # a file the cell writes before it sleeps: the stage is then running in the kernel
 smoke: bool = False  # smoke mode
 reports_dir: str = ""  # reports folder
 """
@@ -42,6 +43,8 @@ from playbook.records import StageRecord, VariantRecord, write_stage_record
 print("stage one starts")
 for _ in tqdm(range(3), desc="fake progress"):
     pass
+if started:
+    Path(started).write_text("in the cell")
 time.sleep(sleep)
 root = model_dir(model, reports_dir or None)
 package = root / "baseline" / "fake.mlpackage"
@@ -103,6 +106,15 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 90) -> None:
         if not line and proc.poll() is not None:
             break
     raise AssertionError(f"never saw {text!r}; output: {''.join(seen)}")
+
+
+def _wait_started(proc: subprocess.Popen, marker: Path, timeout: float = 90) -> None:
+    """Until the stage cell has written ``marker`` (the kernel has started and sleeps in the cell)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"the stage cell never started (exit status {proc.poll()})")
+        time.sleep(0.1)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -216,9 +228,10 @@ def test_2_a_baseline_at_chance_carries_a_warning_into_later_stages(tmp_path, mo
 # --------------------------------------------------------------------------- 3. SIGTERM and kill -9
 def test_3_sigterm_stops_the_run_cleanly_with_an_interrupted_page(fake):
     nbs, reports = fake
-    proc = _start(nbs, reports, "-p", "sleep=60")
+    marker = nbs.parent / "in-the-cell"
+    proc = _start(nbs, reports, "-p", "sleep=60", "-p", f"started={marker}")
     _wait_for(proc, "01_baseline: running")
-    time.sleep(4)  # the kernel has started and sleeps in the cell
+    _wait_started(proc, marker)  # the kernel has started and sleeps in the cell
     children = _descendants(proc.pid)
     assert children, "the notebook kernel should be a child process"
     proc.send_signal(signal.SIGTERM)
@@ -238,9 +251,10 @@ def test_3_sigterm_stops_the_run_cleanly_with_an_interrupted_page(fake):
 
 def test_3_after_kill_9_status_finds_the_dead_run_and_cleans_up(fake, capsys):
     nbs, reports = fake
-    proc = _start(nbs, reports, "-p", "sleep=60")
+    marker = nbs.parent / "in-the-cell"
+    proc = _start(nbs, reports, "-p", "sleep=60", "-p", f"started={marker}")
     _wait_for(proc, "01_baseline: running")
-    time.sleep(3)
+    _wait_started(proc, marker)  # mid-stage: the kernel sleeps in the cell
     children = _descendants(proc.pid)
     proc.kill()
     proc.communicate(timeout=30)
