@@ -480,7 +480,7 @@ def test_the_teacher_runs_only_on_the_training_images_the_students_use(smoke_sta
     compression fine-tune on the teacher's logits then trains on that prefix, so every index has a logit row."""
     assert DistillationConfig(train_images=5000, ship_train_images=4000, sweep_train_images=2000).logit_images() == 5000
     assert DistillationConfig(train_images=1000, ship_train_images=500, sweep_train_images=2000).logit_images() == 2000
-    assert DistillationConfig(train_images=1000, ship_train_images=3000).logit_images() == 5000  # the sweeps'
+    assert DistillationConfig(train_images=1000, ship_train_images=3000).logit_images() == 10000  # the sweeps'
     assert DistillationConfig(train_images=0, ship_train_images=500).logit_images() == 0  # every image
     assert DistillationConfig().logit_images() == 0  # the default: the shipped student uses every image
     cfg, _, root = smoke_stage

@@ -78,7 +78,7 @@ class DistillationConfig(MeasuredStageConfig):
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     sweep_temperatures: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     sweep_alphas: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.5, 0.9])
-    sweep_train_images: int = 5000
+    sweep_train_images: int = 10000
     sweep_epochs: int = 2
     recipe: str = "auto"
     precision: str = "fp16"
