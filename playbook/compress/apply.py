@@ -117,19 +117,20 @@ class ModelSource:
                                                f"{precision}-{target}", metadata=self.metadata).path
         return self._programs[key]
 
-    def torch_compression(self, key: str, recipe: str,
-                          make: Callable[[], TorchCompression]) -> tuple[TorchCompression, str | None]:
+    def torch_compression(self, key: str, recipe: str, make: Callable[[], TorchCompression]) -> TorchCompression:
         """The PyTorch-side compression that ``key`` describes (algorithm, options, preparation, fine-tune,
-        threshold, per-module bits): ``make()`` once; a later recipe with the same key gets the same compressed
-        model.  Returns it and, when it was reused, the recipe that made it.  Only fine-tuned compressions are
-        kept (they cost minutes on a large network); the others are made each time."""
+        threshold, per-module bits): ``make()`` once.  A later recipe with the same key gets the same compressed
+        model at no cost: its seconds are 0 and ``details["finetune_reused_from"]`` names the recipe that made it.
+        Only fine-tuned compressions are kept (they cost minutes on a large network); the others are made each
+        time."""
         if key in self._tuned:
             first, made = self._tuned[key]
-            return made, first
+            return dataclasses.replace(made, seconds=0.0, finetune_seconds=0.0,
+                                       details={**made.details, "finetune_reused_from": first})
         made = make()
         if made.finetune_steps:
             self._tuned[key] = (recipe, made)
-        return made, None
+        return made
 
     def target_for(self, recipe: Recipe, retarget: bool = True) -> str:
         """The deployment target ``recipe``'s package gets: raised to the recipe's minimum when ``retarget``."""
@@ -210,7 +211,7 @@ def compress(recipe: str | Recipe, source: ModelSource, cfg: CompressConfig, *, 
     key = json.dumps({"algorithm": recipe.algorithm, "options": recipe.options, "prepare": list(recipe.prepare),
                       "finetune": dataclasses.asdict(ft), "weight_threshold": cfg.weight_threshold,
                       "module_bits": module_bits}, sort_keys=True, default=str)
-    tc, reused_from = source.torch_compression(key, recipe.name, lambda: compress_torch(
+    tc = source.torch_compression(key, recipe.name, lambda: compress_torch(
         recipe, source.model, source.dataset, ft.steps, ft.lr, ft.batch_size, cfg.weight_threshold, ft.seed,
         module_bits=module_bits, loss_fn=source.loss_fn))
     with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
@@ -219,16 +220,12 @@ def compress(recipe: str | Recipe, source: ModelSource, cfg: CompressConfig, *, 
                               source.export_cfg.replace(precision=precision, minimum_deployment_target=target),
                               out_dir, stem, metadata={**source.metadata, **tag,
                                                        "playbook.source_model_sha256": model_sha256(source.model)})
-    path, details = export.path, dict(tc.details)
-    # a reused fine-tune cost this recipe nothing: its record says whose it is, and counts only the export onwards
-    seconds = export.seconds + (0.0 if reused_from else tc.seconds)
-    if reused_from:
-        details["finetune_reused_from"] = reused_from
+    path, details, seconds = export.path, dict(tc.details), tc.seconds + export.seconds
     if recipe.steps:  # Core ML steps on top of what the PyTorch algorithm stored (joint compression)
         made = compress_converted(recipe, export.path, out_dir, stem, cfg.weight_threshold, metadata=metadata)
         path, seconds = made.path, seconds + made.seconds
         details["messages"] = [*details.get("messages", []), *made.messages]
     return Compressed(path, recipe, target, precision, seconds, export_seconds=export.seconds,
-                      finetune_steps=tc.finetune_steps, finetune_seconds=0.0 if reused_from else tc.finetune_seconds,
+                      finetune_steps=tc.finetune_steps, finetune_seconds=tc.finetune_seconds,
                       finetune_images=tc.finetune_steps * ft.batch_size,
                       finetune_loss=(tc.losses[0], tc.losses[-1]) if tc.losses else None, details=details)
