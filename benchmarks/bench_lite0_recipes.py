@@ -11,12 +11,15 @@ Needs stage 01's record for the model (it trains and caches the fine-tuned netwo
 
 A recipe name may carry its preparation after ``@``: ``palettize-4bit@plain_convs+fold_bn+equalize`` applies those
 steps, ``torch-w8a8-static@`` none (the recipe as it was before issue 23); without ``@`` the recipe's own ``prepare``.
+Option changes follow ``~``: ``torch-int4-gptq-channel~use_activation_order_heuristic=true~correct_bias=256``
+(values read as JSON where they parse).
 Core ML-side recipes are applied to an FP16 program exported from the prepared model (what stage 02 must do: apply
 ``Recipe.prepare`` before the export).  Every figure is printed and written to ``--out`` (JSON).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -108,12 +111,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{'x smaller':>9s} {'weights compressed':>20s} {'wall s':>7s} {'CPU s':>7s}")
     print(header, flush=True)
     for spec in [s for s in args.recipes.split(",") if s]:
+        spec, *changes = spec.split("~")
         name, at, steps_text = spec.partition("@")
         recipe = get_recipe(name)
+        if changes:  # option changes: name~key=value~key=value (values read as JSON where they parse)
+            options = dict(recipe.options)
+            for change in changes:
+                key, _, value = change.partition("=")
+                try:
+                    options[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    options[key] = value
+            recipe = dataclasses.replace(recipe, options=options)
         steps = tuple(s for s in steps_text.split("+") if s) if at else tuple(recipe.prepare)
-        stem = (name + ("-" + "-".join(steps) if steps else "-noprep")).replace("+", "p")
+        label = "~".join([name, *changes])
+        stem = (name + ("-" + "-".join(steps) if steps else "-noprep")).replace("+", "p") + f"-{len(rows)}"
         t0, c0 = time.perf_counter(), _cpu()
-        row: dict[str, Any] = {"recipe": name, "prepare": list(steps), "side": recipe.side}
+        row: dict[str, Any] = {"recipe": name, "prepare": list(steps), "side": recipe.side, "options": recipe.options}
         try:
             target = recipe.min_target if recipe.min_target in ("iOS17", "iOS18") else "iOS17"
             if recipe.side == "coreml":
@@ -161,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                        compressed_ops=compressed_weight_count(info.op_histogram),
                        compress_wall_s=compress_wall, wall_s=time.perf_counter() - t0, cpu_s=_cpu() - c0)
             share = f"{100 * row['weights_compressed'] / max(row['weights_total'], 1):.1f} %"
-            print(f"{name:38s} {'+'.join(steps) or '-':28s} {row['top1']:6.2f}% {row['delta']:+7.2f} "
+            print(f"{label:38s} {'+'.join(steps) or '-':28s} {row['top1']:6.2f}% {row['delta']:+7.2f} "
                   f"[{cmp.ci_low:+6.2f},{cmp.ci_high:+6.2f}] {cmp.p_value:9.2g} {row['size_ratio']:9.2f} "
                   f"{share:>9s} ({row['compressed_ops']} ops) {row['wall_s']:7.1f} {row['cpu_s']:7.1f}"
                   f"  batch_norm ops {row['batch_norm_ops']}", flush=True)
         except Exception as exc:  # one recipe failing never stops the others; its reason is printed and kept
             row.update(error=f"{type(exc).__name__}: {str(exc)[:400]}", wall_s=time.perf_counter() - t0,
                        cpu_s=_cpu() - c0)
-            print(f"{name:38s} {'+'.join(steps) or '-':28s} FAILED: {row['error']}", flush=True)
+            print(f"{label:38s} {'+'.join(steps) or '-':28s} FAILED: {row['error']}", flush=True)
         rows.append(row)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"model": args.model, "images": len(test), "fp32_top1":

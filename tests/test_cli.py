@@ -241,7 +241,7 @@ def test_a_large_pretrained_model_runs_with_the_budgets_it_declares(tmp_path):
     from playbook.notebooks import notebook_parameters
 
     declared = run_budgets("efficientnet-lite0")
-    assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 12
+    assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 13
     planned = _planned(tmp_path, model="efficientnet-lite0")
     seen = set()
     for stage, (params, notebook) in planned.items():
@@ -285,7 +285,7 @@ def test_the_run_prints_and_records_the_declared_budgets_apart_from_the_command(
     assert status["declared_budgets"] == {"max_test_images": 2000}
     assert "max_test_images" not in status["command"]  # the user's command, which re-derives them when rerun
     assert cli.main(["list-models"]) == 0
-    assert "declares 12 bounded run budgets" in capsys.readouterr().out
+    assert "declares 13 bounded run budgets" in capsys.readouterr().out
 
 
 def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys):

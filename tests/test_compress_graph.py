@@ -17,6 +17,7 @@ from playbook.compress.graph import (  # noqa: E402
 )
 from playbook.compress.torch_side import compressed_share  # noqa: E402
 from playbook.coreml import ExportConfig, export_model, package_info  # noqa: E402
+from playbook.models import create_model  # noqa: E402
 
 
 class SamePadConv(nn.Conv2d):
@@ -194,3 +195,74 @@ def test_bias_correction_moves_the_compressed_means_back():
 
     assert mean_error(fixed.model) < 0.2 * mean_error(damaged)
     assert compressed_share(fixed.model)["weights_compressed"] == 0  # no coremltools metadata: nothing claimed
+
+
+def _conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def test_sparsity_over_reached_layers_makes_the_whole_model_reach_its_target():
+    from playbook.compress.torch_side import sparsity_over_reached
+
+    model = _block()  # 144 + 144 + 512 + 320 elements; the depthwise _dw (144) stays dense
+    assert sparsity_over_reached(model, ["_dw"], 0.5) == pytest.approx(0.5 * 1120 / 976, abs=1e-4)
+    assert sparsity_over_reached(model, [], 0.5) == 0.5
+    assert sparsity_over_reached(model, ["_stem", "_dw", "_project"], 0.9) == 0.95  # capped
+    with pytest.raises(Exception, match="target_sparsity=1.0 must be between 0 and 1"):
+        sparsity_over_reached(model, [], 1.0)
+
+
+def test_sparsegpt_prunes_half_of_all_weights_and_its_fine_tune_keeps_the_zeros(tmp_path, digits):
+    from playbook.compress.recipes import get_recipe
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2", 10, 1, width=16).eval()
+    recipe = get_recipe("torch-prune-50-sparsegpt")
+    once = compress_torch(dataclasses.replace(recipe, options={**recipe.options, "finetune": False}), model, digits,
+                          weight_threshold=0)
+    tuned = compress_torch(recipe, model, digits, finetune_steps=4, batch_size=16, weight_threshold=0)
+    before, after = _conv_weights(once.model), _conv_weights(tuned.model)
+    skipped = set(tuned.details["skipped_grouped_convs"])
+    assert skipped and all(model.get_submodule(n).groups > 1 for n in skipped)  # depthwise convs stay dense
+    total = sum(w.numel() for w in after.values())
+    zeros = sum(int((w == 0).sum()) for w in after.values())
+    assert zeros / total == pytest.approx(0.5, abs=0.02)  # half of all weights, the dense depthwise ones counted
+    for name, w in after.items():
+        if name not in skipped:  # the fine-tune trained the survivors and left every zero SparseGPT chose
+            assert torch.equal(w == 0, before[name] == 0), name
+    assert tuned.finetune_steps == 4 and len(tuned.losses) == 4
+    assert any(not torch.equal(after[n], before[n]) for n in after if n not in skipped)
+    ops = package_info(export_model(tuned.model, digits, ExportConfig(minimum_deployment_target="iOS17"), tmp_path,
+                                    "sparse").path).op_histogram
+    assert ops.get("constexpr_sparse_to_dense", 0) == len(after) - len(skipped)
+
+
+@pytest.mark.parametrize("recipe, lut", [("torch-int4-gptq-channel", False), ("torch-palettize-4bit-gptq", True)])
+def test_gptq_4bit_recipes_compress_every_layer_depthwise_ones_as_int8(tmp_path, digits, recipe, lut):
+    from playbook.compress import compress_converted
+    from playbook.compress.coreml_side import load_mlmodel
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2", 10, 1, width=16).eval()
+    made = compress_torch(recipe, model, digits, weight_threshold=0)
+    depthwise = set(made.details["skipped_grouped_convs"])
+    assert depthwise and made.details["float_layers"] == sorted(depthwise, key=list(_conv_weights(model)).index)
+    for name, w in _conv_weights(made.model).items():
+        if name not in depthwise:  # at most 16 levels per output channel
+            assert max(torch.unique(row).numel() for row in w.reshape(w.shape[0], -1)) <= 16, name
+    cfg = ExportConfig(precision="fp16", minimum_deployment_target="iOS18")
+    path = compress_converted(recipe, export_model(made.model, digits, cfg, tmp_path, "gptq").path, tmp_path,
+                              "gptq-joint", weight_threshold=0).path
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+    from coremltools.converters.mil.mil.types import builtin_to_string
+
+    spec = load_mlmodel(path).get_spec()
+    main = load_mil(spec, specification_version=spec.specificationVersion,
+                    file_weights_dir=str(path / "Data" / "com.apple.CoreML" / "weights")).functions["main"]
+    stored = [builtin_to_string(op.data.dtype) for op in main.find_ops(op_type="constexpr_blockwise_shift_scale")
+              if op.data.op.op_type == "const"]
+    luts = [builtin_to_string(op.indices.dtype) for op in main.find_ops(op_type="constexpr_lut_to_dense")]
+    dense = len(_conv_weights(model)) - len(depthwise)
+    assert stored.count("int8") == len(depthwise)  # the depthwise convs, quantized after conversion
+    assert (luts == ["uint4"] * dense) if lut else (len(luts) == 0 and len(stored) == len(depthwise) + dense)

@@ -163,7 +163,8 @@ class Compressed:
                                "finetune_steps": self.finetune_steps, "precision": self.precision}
         if self.recipe.side == "torch":
             out.update(finetune_seconds=self.finetune_seconds, finetune_images=self.finetune_images,
-                       finetune_loss=list(self.finetune_loss) if self.finetune_loss else None)
+                       finetune_loss=list(self.finetune_loss) if self.finetune_loss else None,
+                       finetune_lr=self.details.get("lr") if self.finetune_steps else None)
         if self.allocation is not None:
             out.update(allocation_seconds=self.allocation["seconds"],
                        bits_per_weight=self.allocation["bits_per_weight"])

@@ -65,7 +65,7 @@ SIDES = ("coreml", "torch")
 TECHNIQUES = ("precision", "quantization", "palettization", "pruning", "joint", "activation-quantization",
               "data-aware", "mixed-bits", "training-time")
 SCHEMES = ("float", "weight-only", "static W8A8")
-TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm", "ptp", "gptq")
+TORCH_ALGORITHMS = ("ptq", "w8a8-static", "qat", "prune-finetune", "skm", "dkm", "ptp", "gptq", "sparsegpt")
 PREPARE_STEPS = ("plain_convs", "fold_bn", "equalize")  # compress.graph.STEPS, in the order they make sense
 FOLD = ("plain_convs", "fold_bn")
 EQUALIZE = ("plain_convs", "fold_bn", "equalize")
@@ -251,10 +251,16 @@ def _catalogue() -> dict[str, Recipe]:
                "(LinearQuantizer, observers only)",
                min_target="iOS17", algorithm="w8a8-static", data="calibration",
                options={"activation_observer": "min_max"}, prepare=FOLD),
+        Recipe("torch-w8a8-static-affine", "torch", "activation-quantization", "static W8A8", 8,
+               "int8 weights and activations with a zero point per tensor (affine), so a ReLU6 output uses all 256 "
+               "levels; ranges calibrated on the calibration split, no training (LinearQuantizer, observers only)",
+               min_target="iOS17", algorithm="w8a8-static", data="calibration",
+               options={"activation_observer": "min_max", "quantization_scheme": "affine"}, prepare=FOLD),
         Recipe("torch-w8a8-qat", "torch", "activation-quantization", "static W8A8", 8,
                "int8 weights and activations learned with quantization-aware training (LinearQuantizer, short "
-               "fine-tune with fake quantization)",
-               min_target="iOS17", algorithm="qat", data="training", prepare=FOLD),
+               "fine-tune with fake quantization at a learning rate of 1e-4, a zero point per activation tensor)",
+               min_target="iOS17", algorithm="qat", data="training", prepare=FOLD,
+               options={"lr": 1e-4, "quantization_scheme": "affine"}),
         Recipe("torch-prune-75-ft", "torch", "data-aware", "weight-only", 5,
                "75% magnitude pruning reached gradually while fine-tuning (MagnitudePruner, polynomial schedule: "
                "sparsity rises as 1 - (1 - t)^3 over the first half of the fine-tune, then the network trains "
@@ -338,6 +344,26 @@ def _catalogue() -> dict[str, Recipe]:
                "float",
                algorithm="gptq", data="calibration",
                options={"weight_dtype": "uint8", "granularity": "per_channel"}, prepare=FOLD),
+        Recipe("torch-int4-gptq-channel", "torch", "data-aware", "weight-only", 4,
+               "int4 weights, one scale per output channel, chosen by GPTQ from calibration images, columns in "
+               "order of their Hessian diagonal (act-order); grouped/depthwise convolutions as int8 per channel after "
+               "conversion (GPTQ fails on them)",
+               min_target="iOS18", algorithm="gptq", data="calibration",
+               options={"weight_dtype": "uint4", "granularity": "per_channel", "use_activation_order_heuristic": True},
+               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),), prepare=FOLD),
+        Recipe("torch-palettize-4bit-gptq", "torch", "data-aware", "weight-only", 4,
+               "4-bit palettes: 16 normal-float values scaled per output channel, each weight's entry chosen by GPTQ "
+               "from calibration images (enable_normal_float, Hessian dampening 0.1); grouped/depthwise "
+               "convolutions as int8 per channel after conversion",
+               min_target="iOS18", algorithm="gptq", data="calibration",
+               options={"weight_dtype": "uint4", "granularity": "per_channel", "enable_normal_float": True,
+                        "hessian_dampening": 0.1},
+               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),), prepare=FOLD),
+        Recipe("torch-prune-50-sparsegpt", "torch", "data-aware", "weight-only", 9,
+               "half of all conv/linear weights zero, chosen and compensated by SparseGPT (Frantar & Alistarh 2023) "
+               "from calibration images, depthwise convolutions dense and the others pruned more to make up; then a "
+               "fine-tune of the survivors that keeps every zero (coremltools layerwise_compression)",
+               algorithm="sparsegpt", data="training", options={"target_sparsity": 0.5}, prepare=FOLD),
         Recipe("torch-palettize-4bit-eq-bc", "torch", "data-aware", "weight-only", 4,
                "4-bit k-means palette per tensor (PostTrainingPalettizer) after BatchNorm folding and cross-layer "
                "equalization, then empirical bias correction on 256 calibration images",
@@ -370,6 +396,9 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
     "palettize-mixed", "palettize-mixed-tight", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit",
     "torch-int4-gptq",  # efficientnet-lite0: -0.42 points at 5.25x where per-block int4 without data lost 12.4
+    # efficientnet-lite0 on 5,000 test images (benchmarks/bench_lite0_recipes.py): -0.68 at 7.00x, -0.64 at 6.46x
+    # (the data-free 4-bit palette: -69.2) and -0.88 at 50 % sparsity (magnitude pruning with the same fine-tune: -4.28)
+    "torch-int4-gptq-channel", "torch-palettize-4bit-gptq", "torch-prune-50-sparsegpt",
 )
 # Added to the default set by the stage's ``slow_recipes=True``: more DKM fine-tunes.  DKM re-assigns every
 # weight to every palette entry at each step, several times the cost of a plain training step on a CPU

@@ -5,10 +5,11 @@ Fine-tunes (QAT, gradual pruning, DKM) run through ``playbook.train.fit`` with t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -91,6 +92,41 @@ def depthwise_modules(model: nn.Module) -> list[str]:
     """Grouped convolutions (depthwise ones included): coremltools' GPTQ unfolds a convolution's input as if it had
     one group and fails on them (``layerwise_compression``: the Hessian's size does not match the weight's)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+
+
+@contextlib.contextmanager
+def zeros_kept(model: nn.Module, skipped: Sequence[str]) -> Iterator[None]:
+    """While inside, the zero weights of every conv/linear layer outside ``skipped`` get no gradient; on exit they are
+    set to exactly zero again (a fine-tune that keeps a pruned model's sparsity pattern)."""
+    masks: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, LAYER_TYPES) and name not in skipped:
+            mask = (module.weight.detach() != 0).to(module.weight.dtype)
+            masks[name] = mask
+            hooks.append(module.weight.register_hook(lambda grad, mask=mask: grad * mask))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        with torch.no_grad():
+            for name, mask in masks.items():
+                model.get_submodule(name).weight.mul_(mask)
+
+
+def sparsity_over_reached(model: nn.Module, skipped: Sequence[str], target: float) -> float:
+    """The sparsity each conv/linear layer outside ``skipped`` needs so that ``target`` of all conv/linear weight
+    elements are zero (the skipped ones stay dense); at most 0.95.  ``ConfigError`` if ``target`` is not in (0, 1)."""
+    if not 0.0 < target < 1.0:
+        raise ConfigError(f"target_sparsity={target!r} must be between 0 and 1")
+    total = reached = 0
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, LAYER_TYPES) and isinstance(weight, torch.Tensor):
+            total += weight.numel()
+            reached += 0 if name in skipped else weight.numel()
+    return round(min(0.95, target * total / max(reached, 1)), 4)
 
 
 # Ops that only move or keep values (no arithmetic): a re-quantization after them can take the quantization
@@ -202,6 +238,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     elements, from coremltools' metadata on the result) and, with a recipe option ``correct_bias``, the empirical
     bias correction after compression.  ``loss_fn(logits, labels, index)`` replaces the fine-tune's
     cross-entropy (``train.fit``'s hook): a distilled student passes ``distill.logit_loss`` to keep its teacher.
+    A recipe option ``lr`` replaces ``lr`` for that recipe's fine-tune (``details["lr"]`` records the one used).
     """
     from playbook.compress.graph import correct_bias, prepare_model
     from coremltools.optimize.torch import palettization as pal
@@ -227,8 +264,9 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     small = _small_modules(net, weight_threshold)
     example = (calib[:1],)
     opts = dict(recipe.options)
+    lr = float(opts.pop("lr", lr))  # a recipe's own fine-tune learning rate wins over the caller's
     n_calib = len(calib) if calibration_images is None else max(1, min(int(calibration_images), len(calib)))
-    details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small,
+    details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small, "lr": lr,
                                "prepare": [p.to_dict() for p in prepared_steps]}
     losses: list[float] = []
     steps = 0
@@ -253,7 +291,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 # Observers on, fake quantization on, no optimiser: forward passes over the calibration
                 # split fix the activation ranges (min/max), BatchNorm in eval mode keeps its statistics.
                 cfg = qnt.LinearQuantizerConfig.from_dict({"global_config": {
-                    "milestones": None, "quantization_scheme": "symmetric", "weight_observer": "min_max",
+                    "milestones": None, "quantization_scheme": opts.get("quantization_scheme", "symmetric"),
+                    "weight_observer": "min_max",
                     "activation_observer": opts.get("activation_observer", "min_max")}})
                 quantizer = qnt.LinearQuantizer(net, cfg)
                 prepared = quantizer.prepare(example_inputs=example).eval()
@@ -268,7 +307,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
                 # half-way, observers frozen at 3/4 so the last steps train against fixed scales.
                 cfg = qnt.LinearQuantizerConfig.from_dict({"global_config": {
-                    "quantization_scheme": "symmetric",
+                    "quantization_scheme": opts.get("quantization_scheme", "symmetric"),
+                    "activation_observer": opts.get("activation_observer", "moving_average_min_max"),
                     "milestones": [0, 0, max(1, 3 * steps // 4), max(1, steps // 2)]}})
                 quantizer = qnt.LinearQuantizer(net, cfg)
                 prepared = quantizer.prepare(example_inputs=example)
@@ -309,6 +349,29 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 net = LayerwiseCompressor(net, cfg).compress(batches, device="cpu")
                 details["calibration_images"] = n
                 details["skipped_grouped_convs"] = [m for m in skip if m not in small]
+            elif recipe.algorithm == "sparsegpt":
+                from coremltools.optimize.torch.layerwise_compression import (LayerwiseCompressor,
+                                                                              LayerwiseCompressorConfig)
+
+                n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))
+                skip = sorted(set(small) | set(depthwise_modules(net)))
+                sparsity = sparsity_over_reached(net, skip, float(opts["target_sparsity"]))
+                batches = [calib[i:i + 16] for i in range(0, n, 16)]
+                cfg = LayerwiseCompressorConfig.from_dict({
+                    "global_config": {"algorithm": "sparse_gpt", "target_sparsity": sparsity,
+                                      "weight_dtype": "float32"},
+                    "layers": [""], "module_name_configs": {m: None for m in skip},
+                    "calibration_nsamples": len(batches)})
+                net = LayerwiseCompressor(net, cfg).compress(batches, device="cpu")
+                details.update(calibration_images=n, skipped_grouped_convs=[m for m in skip if m not in small],
+                               layer_sparsity=sparsity)
+                steps = finetune_steps if opts.get("finetune", True) else 0
+                if steps:
+                    # The survivors train and the zeros stay zero, so SparseGPT's pruning metadata stays true.  Not
+                    # coremltools' MagnitudePruner: its magnitude threshold ties at 0 once half the weights are
+                    # zero, and it then keeps every weight.
+                    with zeros_kept(net, skip):
+                        losses = tune(net, lambda: None)
             elif recipe.algorithm == "skm":
                 n = min(n_calib if calibration_images is not None else SKM_MAX_SAMPLES, len(calib))
                 cfg = pal.SKMPalettizerConfig.from_dict({

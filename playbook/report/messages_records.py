@@ -49,6 +49,16 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "tech.algo.ptq": {"en": "{bits}-bit integer weights quantized in PyTorch", "ja": "PyTorch 側での {bits} ビット整数への重みの量子化"},
     "tech.algo.gptq": {"en": "{bits}-bit integer weights chosen by GPTQ from calibration images",
                        "ja": "キャリブレーション画像から GPTQ で選んだ {bits} ビット整数の重み"},
+    "tech.algo.gptq-nf": {"en": "{bits}-bit palettes of normal-float values scaled per output channel, each weight's "
+                                "entry chosen by GPTQ from calibration images",
+                          "ja": "出力チャネルごとにスケールした正規浮動小数点値の {bits} ビットパレット（各重みの値は"
+                                "キャリブレーション画像から GPTQ で選択）"},
+    "tech.algo.sparsegpt": {"en": "{sparsity}% of the weights zero, chosen by SparseGPT from calibration images, then "
+                                  "fine-tuned with the zeros kept",
+                            "ja": "キャリブレーション画像から SparseGPT で選んだ {sparsity}% の重みをゼロにし、ゼロを保った"
+                                  "まま再学習"},
+    "tech.then-int8": {"en": "; grouped (depthwise) convolutions as int8 after conversion",
+                       "ja": "。グループ（depthwise）畳み込みは変換後に int8"},
     "tech.algo.ptp": {"en": "{bits}-bit k-means palettes fitted in PyTorch after cross-layer equalization",
                       "ja": "層間イコライゼーションの後に PyTorch 側で当てはめた {bits} ビットの k-means パレット"},
     "tech.then-palette": {"en": ", then the survivors on a {bits}-bit palette after conversion (joint compression)",

@@ -51,7 +51,8 @@ class SmokePolicy:
     quantization_recipes: tuple[str, ...] = (
         "int8-weights", "int4-block", "palettize-4bit", "palettize-2bit", "prune-75", "prune-50+palettize-4bit",
         "torch-w8a8-static", "torch-w8a8-qat", "torch-prune-75-ft", "torch-palettize-4bit-skm",
-        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit", "torch-int4-gptq")
+        "palettize-mixed", "torch-palettize-2bit-dkm", "torch-prune-75-ft+palettize-4bit", "torch-int4-gptq-channel",
+        "torch-prune-50-sparsegpt")
     # what ``slow_recipes=True`` adds in smoke runs: DKM on a mixed allocation (the slow recipes' one new code path)
     slow_quantization_recipes: tuple[str, ...] = ("torch-palettize-mixed-dkm",)
     # palette sizes a mixed-bit recipe may give a layer in smoke runs: one per-layer probe, and no 8-bit k-means
