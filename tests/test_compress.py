@@ -198,6 +198,8 @@ def test_torch_recipes_convert_to_compressed_programs(tmp_path, digits, recipe, 
         assert (weight == 0).float().mean() == pytest.approx(0.75, abs=0.02)
     if recipe == "torch-palettize-2bit-dkm":
         assert len(torch.unique(weight)) <= 4
+    # a recipe's own fine-tune learning rate wins over the caller's (QAT's 1e-4; the others take the default 0.002)
+    assert result.details["lr"] == (1e-4 if recipe == "torch-w8a8-qat" else 0.002)
     # small tensors stay float unless the recipe quantizes activations end to end
     if recipe != "torch-w8a8-qat":
         assert "stem.0" in result.details["kept_float"]

@@ -238,14 +238,15 @@ def test_sparsegpt_prunes_half_of_all_weights_and_its_fine_tune_keeps_the_zeros(
     assert ops.get("constexpr_sparse_to_dense", 0) == len(after) - len(skipped)
 
 
-@pytest.mark.parametrize("recipe, lut", [("torch-int4-gptq-channel", False), ("torch-palettize-4bit-gptq", True)])
-def test_gptq_4bit_recipes_compress_every_layer_depthwise_ones_as_int8(tmp_path, digits, recipe, lut):
+@pytest.mark.parametrize("recipe, lut", [("torch-int4-gptq-channel", False), ("torch-palettize-4bit-gptq", True),
+                                         ("torch-int4-qat", False)])
+def test_4bit_recipes_compress_every_layer_depthwise_ones_as_int8(tmp_path, digits, recipe, lut):
     from playbook.compress import compress_converted
     from playbook.compress.coreml_side import load_mlmodel
 
     torch.manual_seed(0)
     model = create_model("mobilenetv2", 10, 1, width=16).eval()
-    made = compress_torch(recipe, model, digits, weight_threshold=0)
+    made = compress_torch(recipe, model, digits, finetune_steps=3, batch_size=16, weight_threshold=0)
     depthwise = set(made.details["skipped_grouped_convs"])
     assert depthwise and made.details["float_layers"] == sorted(depthwise, key=list(_conv_weights(model)).index)
     for name, w in _conv_weights(made.model).items():

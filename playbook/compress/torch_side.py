@@ -306,15 +306,25 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 steps = finetune_steps
                 # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
                 # half-way, observers frozen at 3/4 so the last steps train against fixed scales.
+                weight_only = opts.get("activation_dtype") == "float32"
+                # Weight-only QAT leaves small layers float like the other weight-only recipes, and grouped
+                # convolutions too (int4 per channel without training cost efficientnet-lite0's depthwise convs
+                # 25 points); a recipe's Core ML steps may quantize them after conversion.
+                skip = sorted(set(small) | set(depthwise_modules(net))) if weight_only else []
                 cfg = qnt.LinearQuantizerConfig.from_dict({"global_config": {
                     "quantization_scheme": opts.get("quantization_scheme", "symmetric"),
                     "activation_observer": opts.get("activation_observer", "moving_average_min_max"),
-                    "milestones": [0, 0, max(1, 3 * steps // 4), max(1, steps // 2)]}})
+                    **{k: opts[k] for k in ("weight_dtype", "activation_dtype") if k in opts},
+                    "milestones": [0, 0, max(1, 3 * steps // 4), max(1, steps // 2)]},
+                    "module_name_configs": {m: None for m in skip}})
                 quantizer = qnt.LinearQuantizer(net, cfg)
                 prepared = quantizer.prepare(example_inputs=example)
                 losses = tune(prepared, quantizer.step)
                 net = quantizer.finalize(prepared.eval())
-                details["shared_requantization"] = share_requantization(net)
+                if weight_only:
+                    details["skipped_grouped_convs"] = [m for m in skip if m not in small]
+                else:
+                    details["shared_requantization"] = share_requantization(net)
             elif recipe.algorithm == "prune-finetune":
                 steps = finetune_steps
                 updates = prune_updates(steps)

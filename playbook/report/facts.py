@@ -130,14 +130,16 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str
         if algorithm == "dkm" and options.get("allocation_from"):
             text = loc.t("tech.algo.dkm-mixed", source=options["allocation_from"])
         else:
-            key = "gptq-nf" if algorithm == "gptq" and options.get("enable_normal_float") else algorithm
+            key = ("gptq-nf" if algorithm == "gptq" and options.get("enable_normal_float") else
+                   "qat-weights" if algorithm == "qat" and options.get("activation_dtype") == "float32" else algorithm)
             text = loc.t(f"tech.algo.{key}", bits=_whole(options.get("n_bits", bits), loc),
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
         steps = recipe.get("steps") or []
         palette = next((opts for kind, opts in steps if kind == "palettize"), None)
         if palette is not None:
             text += loc.t("tech.then-palette", bits=palette.get("nbits", "—"))
-        if algorithm == "gptq" and any(kind == "quantize" and opts.get("dtype") == "int8" for kind, opts in steps):
+        int8_after = any(kind == "quantize" and opts.get("dtype") == "int8" for kind, opts in steps)
+        if algorithm in ("gptq", "qat") and int8_after:
             text += loc.t("tech.then-int8")
         return text
     if f"tech.{technique}" not in MESSAGES:

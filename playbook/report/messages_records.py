@@ -53,6 +53,8 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
                                 "entry chosen by GPTQ from calibration images",
                           "ja": "出力チャネルごとにスケールした正規浮動小数点値の {bits} ビットパレット（各重みの値は"
                                 "キャリブレーション画像から GPTQ で選択）"},
+    "tech.algo.qat-weights": {"en": "{bits}-bit integer weights learned while fine-tuning (weight-only QAT)",
+                              "ja": "再学習しながら学ぶ {bits} ビット整数の重み（重みのみの量子化認識学習）"},
     "tech.algo.sparsegpt": {"en": "{sparsity}% of the weights zero, chosen by SparseGPT from calibration images, then "
                                   "fine-tuned with the zeros kept",
                             "ja": "キャリブレーション画像から SparseGPT で選んだ {sparsity}% の重みをゼロにし、ゼロを保った"

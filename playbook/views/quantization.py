@@ -159,9 +159,11 @@ def explain_variant(record: StageRecord, name: str) -> str:
         steps, images = v.get("finetune_steps"), v.get("finetune_images")
         epochs = images / max(int((record.get("dataset") or {}).get("train") or 0), 1)
         reused = (v.get("details") or {}).get("finetune_reused_from")
+        lr = v.get("finetune_lr")
         extra += (f"; fine-tune budget {steps} steps x {record.config.get('batch_size')} images = {images} images "
-                  f"({epochs:.2f} epochs), " + (f"`{reused}`'s fine-tune, reused" if reused else
-                                                f"{v.get('finetune_seconds', 0.0):.0f} s on this CPU"))
+                  f"({epochs:.2f} epochs)" + (f" at learning rate {lr:g}" if lr is not None else "") + ", " +
+                  (f"`{reused}`'s fine-tune, reused" if reused else
+                   f"{v.get('finetune_seconds', 0.0):.0f} s on this CPU"))
     return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
             f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
             f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
