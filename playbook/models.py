@@ -302,8 +302,8 @@ def run_budgets(name: str) -> dict[str, Any]:
     reach on a CPU.  The bounded set caps each of those multipliers, and stage 02 leaves out its three recipes
     whose cost grows with the network's layers or steps (the two mixed-bit searches and 2-bit DKM: see the comment in
     ``BOUNDED_BUDGETS``); every other variant is still made and measured.  Accuracy intervals widen as
-    1/sqrt(images), which the records state.  Torchvision models and user factories declare neither size nor input, so they get none (set ``-p``
-    yourself); the small registry CNNs get none.  Each stage still prints its own cost estimate before it runs.
+    1/sqrt(images), which the records state.  Torchvision models and user factories declare neither size nor input,
+    so they get none (set ``-p`` yourself); the small registry CNNs get none.  Each stage still prints its own cost estimate before it runs.
     """
     entry = model_entry(name)
     if entry is None or not is_large(entry):

@@ -242,6 +242,10 @@ def test_a_large_pretrained_model_runs_with_the_budgets_it_declares(tmp_path):
 
     declared = run_budgets("efficientnet-lite0")
     assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 13
+    from playbook.compress import DEFAULT_RECIPES  # stage 02: the default set but the three size-bound recipes
+    assert set(DEFAULT_RECIPES) - set(declared["recipes"]) == {
+        "palettize-mixed", "palettize-mixed-tight", "torch-palettize-2bit-dkm"}
+    assert set(declared["recipes"]) <= set(DEFAULT_RECIPES)
     planned = _planned(tmp_path, model="efficientnet-lite0")
     seen = set()
     for stage, (params, notebook) in planned.items():

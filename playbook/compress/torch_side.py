@@ -238,7 +238,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     elements, from coremltools' metadata on the result) and, with a recipe option ``correct_bias``, the empirical
     bias correction after compression.  ``loss_fn(logits, labels, index)`` replaces the fine-tune's
     cross-entropy (``train.fit``'s hook): a distilled student passes ``distill.logit_loss`` to keep its teacher.
-    A recipe option ``lr`` replaces ``lr`` for that recipe's fine-tune (``details["lr"]`` records the one used).
+    A recipe option ``lr`` replaces ``lr`` for that recipe's fine-tune (``details["lr"]`` records the one used);
+    ``finetune=False`` skips SparseGPT's fine-tune.
     """
     from playbook.compress.graph import correct_bias, prepare_model
     from coremltools.optimize.torch import palettization as pal
@@ -304,13 +305,13 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 details["shared_requantization"] = share_requantization(net)
             elif recipe.algorithm == "qat":
                 steps = finetune_steps
-                # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
-                # half-way, observers frozen at 3/4 so the last steps train against fixed scales.
                 weight_only = opts.get("activation_dtype") == "float32"
                 # Weight-only QAT leaves small layers float like the other weight-only recipes, and grouped
                 # convolutions too (int4 per channel without training cost efficientnet-lite0's depthwise convs
                 # 25 points); a recipe's Core ML steps may quantize them after conversion.
                 skip = sorted(set(small) | set(depthwise_modules(net))) if weight_only else []
+                # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
+                # half-way, observers frozen at 3/4 so the last steps train against fixed scales.
                 cfg = qnt.LinearQuantizerConfig.from_dict({"global_config": {
                     "quantization_scheme": opts.get("quantization_scheme", "symmetric"),
                     "activation_observer": opts.get("activation_observer", "moving_average_min_max"),
