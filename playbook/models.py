@@ -267,8 +267,8 @@ BOUNDED_BUDGETS: Mapping[str, Any] = types.MappingProxyType({
     "max_test_images": 2000,        # 01: every stage measures on 2,000 test images (interval ~ +-2 points)
     "finetune_steps": 60,           # 02: each fine-tune (QAT, gradual pruning, palettes) takes 60 steps
     # 02: the default recipes but the two mixed-bit searches and 2-bit DKM.  On efficientnet-lite0 the mixed searches
-    # took 975 s of a 2,300 s stage (200 single-layer probes through the executor) for 6.07x at -1.75 points, and
-    # 2-bit DKM 369 s for 25 % top-1 after 60 steps, where GPTQ's int4 reaches 7.00x at -0.68 in 47 s
+    # took 975 s of a 2,300 s stage (200 single-layer probes through the executor) for 6.07x at -1.45 points, and
+    # 2-bit DKM 369 s for 25 % top-1 after 60 steps, where GPTQ's int4 reaches 7.00x at -0.68 in 49 s, measured
     # (benchmarks/bench_lite0_recipes.py).  -p recipes=[...] runs them anyway.
     "recipes": ["int8-weights", "int4-block", "palettize-4bit", "palettize-3bit", "palettize-2bit",
                 "palettize-4bit-grouped", "prune-50", "prune-75", "prune-2of4", "prune-50+palettize-4bit",

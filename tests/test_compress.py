@@ -886,6 +886,18 @@ def test_dkm_leaves_subclassed_layers_float_and_the_stage_names_them(digits, sta
     st.variants = [dc.replace(real, name="torch-full", extra={**real.extra, "side": "torch"})]
     st._coverage_pitfall()
     assert not st.pitfalls  # every eligible weight compressed: nothing to say
+    # grouped convolutions the recipe leaves float by design (GPTQ, SparseGPT) are not a shortfall
+    by_design = {**real.extra, "side": "torch", "compressed_weights": eligible - 2,
+                 "details": {"skipped_grouped_convs": ["a", "b"]}}
+    st.variants = [dc.replace(real, name="torch-grouped", extra=by_design)]
+    st._coverage_pitfall()
+    assert not st.pitfalls
+    # a recipe that made the subclassed layers plain is not told they were invisible
+    plain = {**real.extra, "side": "torch", "compressed_weights": 1,
+             "recipe": {**real.extra.get("recipe", {}), "prepare": ["plain_convs", "fold_bn"]}}
+    st.variants = [dc.replace(real, name="torch-plain", extra=plain)]
+    st._coverage_pitfall()
+    assert st.pitfalls and "exact type" not in st.pitfalls[0]["detail"]
 
 
 def test_exporting_and_compressing_leave_no_temporary_package_behind(tmp_path, digits, net, monkeypatch):

@@ -495,20 +495,25 @@ class QuantizationRun(DownstreamRun):
 
     def _coverage_pitfall(self) -> None:
         """A PyTorch-side recipe that compressed fewer weights than the program holds above ``weight_threshold``
-        (layers it kept float aside) is named, with the figures and, when the model has them, the subclassed layer
-        types the compressor could not see (``compress.subclassed_layers``)."""
+        (layers it kept float aside, and the grouped convolutions its recipe leaves float by design) is named, with
+        the figures and, when the model has them and the recipe did not make them plain (``plain_convs``), the
+        subclassed layer types the compressor could not see (``compress.subclassed_layers``)."""
         eligible = sum(1 for x in self.fp32_layers if x.eligible)
         subclassed = subclassed_layers(self.model)
         for v in self.variants:
             if v.get("side") != "torch":
                 continue
-            expected = eligible - len(v.get("kept_float") or v.get("details", {}).get("kept_float") or [])
+            details = v.get("details") or {}
+            declared = len(v.get("kept_float") or details.get("kept_float") or [])
+            declared += len(details.get("skipped_grouped_convs") or [])
+            expected = eligible - declared
             done = int(v.get("compressed_weights") or 0)
             if done >= expected:
                 continue
+            hidden = subclassed and "plain_convs" not in ((v.get("recipe") or {}).get("prepare") or [])
             why = (f"; {sum(subclassed.values())} of the model's layers are subclasses of torch layer types "
                    f"({', '.join(f'{n} x{c}' for n, c in subclassed.items())}), and coremltools' torch-side "
-                   "compressors that find modules by exact type leave them float" if subclassed else "")
+                   "compressors that find modules by exact type leave them float" if hidden else "")
             self.add_pitfall(f"{v.name} compressed only {done} of {expected} weights",
                              f"its package is {v.get('size_ratio_vs_fp32'):.2f}x smaller than FP32, not what its "
                              f"recipe promises{why}; its size and accuracy are those of a model with only {done} "
