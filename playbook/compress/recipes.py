@@ -204,6 +204,7 @@ def _s(**kw: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _catalogue() -> dict[str, Recipe]:
+    int8_per_channel = _q(mode="linear_symmetric", dtype="int8", granularity="per_channel")
     r = [
         Recipe("fp16", "coreml", "precision", "float", 16,
                "FP16 ML program, no weight compression (the default Core ML export; 01 measures it as baseline-fp16)",
@@ -211,7 +212,7 @@ def _catalogue() -> dict[str, Recipe]:
         # ---- Core ML side, data-free, weight-only
         Recipe("int8-weights", "coreml", "quantization", "weight-only", 8,
                "int8 weights, per-output-channel symmetric scales (linear_quantize_weights)",
-               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),)),
+               steps=(int8_per_channel,)),
         Recipe("int4-block", "coreml", "quantization", "weight-only", 4,
                "int4 weights, one scale per block of 32 input channels, or of the largest divisor of a layer's "
                "channel count below 32 (linear_quantize_weights, per_block)",
@@ -241,7 +242,7 @@ def _catalogue() -> dict[str, Recipe]:
         Recipe("prune-50+int8", "coreml", "joint", "weight-only", 5,
                "50% magnitude pruning, then the remaining weights as int8 (joint compression)",
                min_target="iOS18",
-               steps=(_s(target_sparsity=0.5), _q(mode="linear_symmetric", dtype="int8", granularity="per_channel"))),
+               steps=(_s(target_sparsity=0.5), int8_per_channel)),
         # ---- PyTorch side
         Recipe("torch-ptq-int8", "torch", "quantization", "weight-only", 8,
                "int8 weights per channel from the PyTorch model (PostTrainingQuantizer), then converted",
@@ -350,7 +351,7 @@ def _catalogue() -> dict[str, Recipe]:
                "conversion (GPTQ fails on them)",
                min_target="iOS18", algorithm="gptq", data="calibration",
                options={"weight_dtype": "uint4", "granularity": "per_channel", "use_activation_order_heuristic": True},
-               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),), prepare=FOLD),
+               steps=(int8_per_channel,), prepare=FOLD),
         Recipe("torch-palettize-4bit-gptq", "torch", "data-aware", "weight-only", 4,
                "4-bit palettes: 16 normal-float values scaled per output channel, each weight's entry chosen by GPTQ "
                "from calibration images (enable_normal_float, Hessian dampening 0.1); grouped/depthwise "
@@ -358,14 +359,14 @@ def _catalogue() -> dict[str, Recipe]:
                min_target="iOS18", algorithm="gptq", data="calibration",
                options={"weight_dtype": "uint4", "granularity": "per_channel", "enable_normal_float": True,
                         "hessian_dampening": 0.1},
-               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),), prepare=FOLD),
+               steps=(int8_per_channel,), prepare=FOLD),
         Recipe("torch-int4-qat", "torch", "training-time", "weight-only", 4,
                "int4 weights, one scale per output channel, learned with quantization-aware training (LinearQuantizer, "
                "weight-only fake quantization, learning rate 5e-4); grouped/depthwise convolutions as int8 per "
                "channel after conversion",
                min_target="iOS18", algorithm="qat", data="training",
                options={"lr": 5e-4, "weight_dtype": "qint4", "activation_dtype": "float32"},
-               steps=(_q(mode="linear_symmetric", dtype="int8", granularity="per_channel"),), prepare=FOLD),
+               steps=(int8_per_channel,), prepare=FOLD),
         Recipe("torch-prune-50-sparsegpt", "torch", "data-aware", "weight-only", 9,
                "half of all conv/linear weights zero, chosen and compensated by SparseGPT (Frantar & Alistarh 2023) "
                "from calibration images, depthwise convolutions dense and the others pruned more to make up; then a "

@@ -94,6 +94,28 @@ def depthwise_modules(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
 
 
+def float_with_grouped(model: nn.Module, small: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The modules a recipe that cannot handle grouped convolutions leaves float: ``small`` plus the grouped ones
+    (``depthwise_modules``); and those grouped ones not already in ``small`` (``skipped_grouped_convs``); both sorted."""
+    grouped = depthwise_modules(model)
+    return sorted(set(small) | set(grouped)), sorted(m for m in grouped if m not in small)
+
+
+def layerwise_compress(model: nn.Module, global_config: dict[str, Any], skip: Sequence[str],
+                       calib: torch.Tensor) -> nn.Module:
+    """coremltools' ``LayerwiseCompressor`` (GPTQ, SparseGPT) with ``global_config`` on ``model``, ``skip`` left
+    float, on the images ``calib`` in batches of 16.  The whole model is one "layer": every conv/linear collects its
+    Hessian from the float inputs in one pass (coremltools' sequential mode needs a chain of blocks called one after
+    the other)."""
+    from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
+
+    batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
+    cfg = LayerwiseCompressorConfig.from_dict({
+        "global_config": global_config, "layers": [""], "module_name_configs": {m: None for m in skip},
+        "calibration_nsamples": len(batches)})
+    return LayerwiseCompressor(model, cfg).compress(batches, device="cpu")
+
+
 @contextlib.contextmanager
 def zeros_kept(model: nn.Module, skipped: Sequence[str]) -> Iterator[None]:
     """While inside, the zero weights of every conv/linear layer outside ``skipped`` get no gradient; on exit they are
@@ -309,7 +331,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 # Weight-only QAT leaves small layers float like the other weight-only recipes, and grouped
                 # convolutions too (int4 per channel without training cost efficientnet-lite0's depthwise convs
                 # 25 points); a recipe's Core ML steps may quantize them after conversion.
-                skip = sorted(set(small) | set(depthwise_modules(net))) if weight_only else []
+                skip, grouped = float_with_grouped(net, small) if weight_only else ([], [])
                 # milestones: observers and fake quantization from step 0, BatchNorm statistics frozen
                 # half-way, observers frozen at 3/4 so the last steps train against fixed scales.
                 cfg = qnt.LinearQuantizerConfig.from_dict({"global_config": {
@@ -323,7 +345,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                 losses = tune(prepared, quantizer.step)
                 net = quantizer.finalize(prepared.eval())
                 if weight_only:
-                    details["skipped_grouped_convs"] = [m for m in skip if m not in small]
+                    details["skipped_grouped_convs"] = grouped
                 else:
                     details["shared_requantization"] = share_requantization(net)
             elif recipe.algorithm == "prune-finetune":
@@ -345,37 +367,18 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                     {"global_config": ptp_opts, "module_name_configs": {n: None for n in small}})
                 net = pal.PostTrainingPalettizer(net, cfg).compress()
             elif recipe.algorithm == "gptq":
-                from coremltools.optimize.torch.layerwise_compression import (LayerwiseCompressor,
-                                                                              LayerwiseCompressorConfig)
-
                 n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))
-                skip = sorted(set(small) | set(depthwise_modules(net)))
+                skip, grouped = float_with_grouped(net, small)
                 gptq = {k: v for k, v in opts.items() if k != "correct_bias"}
-                # The whole model is one "layer": every conv/linear collects its Hessian from the float inputs in
-                # one pass (coremltools' sequential mode needs a chain of blocks called one after the other).
-                batches = [calib[i:i + 16] for i in range(0, n, 16)]
-                cfg = LayerwiseCompressorConfig.from_dict({
-                    "global_config": {"algorithm": "gptq", **gptq}, "layers": [""],
-                    "module_name_configs": {m: None for m in skip}, "calibration_nsamples": len(batches)})
-                net = LayerwiseCompressor(net, cfg).compress(batches, device="cpu")
-                details["calibration_images"] = n
-                details["skipped_grouped_convs"] = [m for m in skip if m not in small]
+                net = layerwise_compress(net, {"algorithm": "gptq", **gptq}, skip, calib[:n])
+                details.update(calibration_images=n, skipped_grouped_convs=grouped)
             elif recipe.algorithm == "sparsegpt":
-                from coremltools.optimize.torch.layerwise_compression import (LayerwiseCompressor,
-                                                                              LayerwiseCompressorConfig)
-
                 n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))
-                skip = sorted(set(small) | set(depthwise_modules(net)))
+                skip, grouped = float_with_grouped(net, small)
                 sparsity = sparsity_over_reached(net, skip, float(opts["target_sparsity"]))
-                batches = [calib[i:i + 16] for i in range(0, n, 16)]
-                cfg = LayerwiseCompressorConfig.from_dict({
-                    "global_config": {"algorithm": "sparse_gpt", "target_sparsity": sparsity,
-                                      "weight_dtype": "float32"},
-                    "layers": [""], "module_name_configs": {m: None for m in skip},
-                    "calibration_nsamples": len(batches)})
-                net = LayerwiseCompressor(net, cfg).compress(batches, device="cpu")
-                details.update(calibration_images=n, skipped_grouped_convs=[m for m in skip if m not in small],
-                               layer_sparsity=sparsity)
+                net = layerwise_compress(net, {"algorithm": "sparse_gpt", "target_sparsity": sparsity,
+                                               "weight_dtype": "float32"}, skip, calib[:n])
+                details.update(calibration_images=n, skipped_grouped_convs=grouped, layer_sparsity=sparsity)
                 steps = finetune_steps if opts.get("finetune", True) else 0
                 if steps:
                     # The survivors train and the zeros stay zero, so SparseGPT's pruning metadata stays true.  Not
