@@ -13,7 +13,7 @@ started (``make setup`` installs Debian's ``chromium`` as root).
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -173,10 +173,14 @@ def test_the_report_pages_are_small_and_self_contained(smoke_report):
     for name in REPORT_FILES.values():
         html = (smoke_report / name).read_text()
         assert offline_problems(html) == [] and embedded_images(html) == 2
-        assert len(html.encode()) < 400_000  # the old nbconvert page was ~390 KB, most of it unused CSS
+        # The charts (two, each at a desktop and a phone width) are palette PNGs whose size follows what they plot:
+        # 300 KB of a 401 KB smoke page in one run, 180 KB of 279 KB in another.  What the template adds is bounded
+        # on its own: the old nbconvert page was ~390 KB, most of it unused CSS.
+        charts = re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", html)
+        assert len(charts) == 4 and all(len(c) < 150_000 for c in charts)
+        assert len(html.encode()) - sum(len(c) for c in charts) < 150_000
     summary = json.loads((smoke_report / "report.json").read_text())
     assert summary["smoke"] and summary["provisional"]
-    assert shutil.which("true")  # nothing else to check: the browser test covers the rest
 
 
 # --------------------------------------------------------------------------- read by the client (issue 27)
