@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from playbook.compress import compress_converted, compress_package, compress_torch, get_recipe
     from playbook.compress.coreml_side import compressed_weight_count, weight_layers
     from playbook.compress.graph import prepare_model
+    from playbook.compress.recipes import required_target
     from playbook.coreml import ExportConfig, directory_size, export_model, package_info, predict_split
     from playbook.data import DatasetConfig, load_dataset
     from playbook.metrics import compare_paired
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.reports_dir) / args.model
     record = read_stage_record(root, "baseline")
-    dataset = load_dataset(DatasetConfig.from_dict(record["dataset_config"]))
+    # The stage's own test split may be capped (a bounded budget's limit_test); the bench reads up to --images.
+    dataset = load_dataset(DatasetConfig.from_dict({**record["dataset_config"], "limit_test": args.images}))
     model = build_model(ModelConfig.from_dict(record["model_config"]), dataset)
     load_checkpoint(model, Path(record["training"]["checkpoint"]))
     model.eval()
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, c0 = time.perf_counter(), _cpu()
         row: dict[str, Any] = {"recipe": name, "prepare": list(steps), "side": recipe.side, "options": recipe.options}
         try:
-            target = recipe.min_target if recipe.min_target in ("iOS17", "iOS18") else "iOS17"
+            target = required_target("iOS17", recipe.min_target)
             if recipe.side == "coreml":
                 net, reports = prepared(steps)
                 base = export_model(net, dataset, ExportConfig(precision="fp16", minimum_deployment_target=target),

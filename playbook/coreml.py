@@ -44,7 +44,11 @@ INPUT_NAME = "image"
 LOGITS_NAME = "logits"
 LABEL_NAME = "classLabel"
 PROBS_NAME = "classProbs"
-DEPLOYMENT_TARGETS = ["iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15"]
+DEPLOYMENT_TARGETS = ["iOS15", "iOS16", "iOS17", "iOS18", "iOS26", "macOS12", "macOS13", "macOS14", "macOS15", "macOS26"]
+# The releases each target loads on (Apple numbered iOS and macOS alike from 26, in 2025).
+OS_RELEASES = {"iOS15": ("iOS 15", "macOS 12"), "iOS16": ("iOS 16", "macOS 13"), "iOS17": ("iOS 17", "macOS 14"),
+               "iOS18": ("iOS 18", "macOS 15"), "iOS26": ("iOS 26", "macOS 26")}
+OS_RELEASES.update({macos.replace(" ", ""): (ios, macos) for ios, macos in list(OS_RELEASES.values())})
 COMPUTE_UNITS = ["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 RUNTIMES = ["auto", "coreml", "reference"]
 # ML program specification version -> the oldest iOS that loads it (what Xcode shows as the deployment target).

@@ -69,6 +69,8 @@ def test_required_target_keeps_the_os_family():
     assert required_target("iOS17", "iOS18") == "iOS18"
     assert required_target("macOS14", "iOS18") == "macOS15"
     assert required_target("iOS18", "iOS16") == "iOS18"
+    assert required_target("macOS15", "iOS26") == "macOS26"  # macOS jumped from 15 to 26 with iOS (2025)
+    assert required_target("iOS26", "iOS18") == "iOS26"
 
 
 def test_coreml_recipes_shrink_in_the_expected_order_with_the_expected_ops(tmp_path, packages):

@@ -15,6 +15,7 @@ from playbook.compress import compress_torch  # noqa: E402
 from playbook.compress.graph import (  # noqa: E402
     ChannelCap, GraphError, correct_bias, equalize_cross_layer, fold_batchnorm, plain_convs, prepare_model,
 )
+from playbook.compress.recipes import RECIPES  # noqa: E402
 from playbook.compress.torch_side import compressed_share  # noqa: E402
 from playbook.coreml import ExportConfig, export_model, package_info  # noqa: E402
 from playbook.models import create_model  # noqa: E402
@@ -212,6 +213,30 @@ def test_sparsity_over_reached_layers_makes_the_whole_model_reach_its_target():
         sparsity_over_reached(model, [], 1.0)
 
 
+def test_sequential_gptq_compresses_each_layer_from_the_compressed_layers_before_it():
+    """Against a reference: coremltools' GPTQ run on the second layer alone, fed what the compressed first layer
+    outputs.  The one-pass default feeds it the float first layer's outputs instead."""
+    from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
+
+    from playbook.compress.torch_side import layerwise_compress
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    calib, original = torch.randn(64, 32), model[2].weight.detach().clone()
+    gptq = {"algorithm": "gptq", "weight_dtype": "uint4", "granularity": "per_channel"}
+    sequential = layerwise_compress(model, gptq, [], calib, sequential=True)
+    one_pass = layerwise_compress(model, gptq, [], calib)
+    assert torch.equal(sequential[0].weight, one_pass[0].weight)  # the first layer sees the images either way
+    with torch.no_grad():
+        fed = [torch.relu(sequential[0](calib[i:i + 16])) for i in range(0, 64, 16)]
+    alone = copy.deepcopy(model[2])
+    cfg = LayerwiseCompressorConfig.from_dict({"global_config": gptq, "layers": [""], "calibration_nsamples": 4})
+    LayerwiseCompressor(alone, cfg).compress(fed, device="cpu", inplace=True)
+    assert torch.equal(sequential[2].weight, alone.weight)
+    assert not torch.equal(one_pass[2].weight, alone.weight)
+    assert torch.equal(model[2].weight, original)  # on a copy
+
+
 def test_sparsegpt_prunes_half_of_all_weights_and_its_fine_tune_keeps_the_zeros(tmp_path, digits):
     from playbook.compress.recipes import get_recipe
     import dataclasses
@@ -252,7 +277,7 @@ def test_4bit_recipes_compress_every_layer_depthwise_ones_as_int8(tmp_path, digi
     for name, w in _conv_weights(made.model).items():
         if name not in depthwise:  # at most 16 levels per output channel
             assert max(torch.unique(row).numel() for row in w.reshape(w.shape[0], -1)) <= 16, name
-    cfg = ExportConfig(precision="fp16", minimum_deployment_target="iOS18")
+    cfg = ExportConfig(precision="fp16", minimum_deployment_target=RECIPES[recipe].min_target)
     path = compress_converted(recipe, export_model(made.model, digits, cfg, tmp_path, "gptq").path, tmp_path,
                               "gptq-joint", weight_threshold=0).path
     from coremltools.converters.mil.frontend.milproto.load import load as load_mil
@@ -263,7 +288,9 @@ def test_4bit_recipes_compress_every_layer_depthwise_ones_as_int8(tmp_path, digi
                     file_weights_dir=str(path / "Data" / "com.apple.CoreML" / "weights")).functions["main"]
     stored = [builtin_to_string(op.data.dtype) for op in main.find_ops(op_type="constexpr_blockwise_shift_scale")
               if op.data.op.op_type == "const"]
-    luts = [builtin_to_string(op.indices.dtype) for op in main.find_ops(op_type="constexpr_lut_to_dense")]
+    lut_ops = main.find_ops(op_type="constexpr_lut_to_dense")
+    luts = [builtin_to_string(op.indices.dtype) for op in lut_ops]
+    assert all(op.lut.val.size == 16 for op in lut_ops)  # one palette per layer, not one per output channel
     dense = len(_conv_weights(model)) - len(depthwise)
     assert stored.count("int8") == len(depthwise)  # the depthwise convs, quantized after conversion
     assert (luts == ["uint4"] * dense) if lut else (len(luts) == 0 and len(stored) == len(depthwise) + dense)

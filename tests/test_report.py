@@ -658,6 +658,18 @@ def test_the_mixed_bits_budget_miss_reads_in_japanese():
     assert translate(title, detail, Locale("en"))[:2] == (title, detail)
 
 
+def test_the_retarget_pitfall_names_each_targets_own_os_in_both_languages():
+    """A recipe that needs iOS26 (the shared normal-float palette) beside iOS18 ones: each target's pitfall names
+    its own releases; the Japanese page once said iOS 18 / macOS 15 whatever the target."""
+    from playbook.report.pitfalls import translate
+    title = "1 recipe(s) needed a newer deployment target"
+    detail = ("torch-palettize-4bit-gptq were re-exported at iOS26: these packages load only on iOS 26 / macOS 26 or "
+              "later (an app that supports older systems can use them behind `if #available(iOS 26, macOS 26, *)`)")
+    ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
+    assert lang == "ja" and "iOS 26 / macOS 26 以降" in ja_detail and "iOS 18" not in ja_detail
+    assert translate(title, detail, Locale("en"))[:2] == (title, detail)
+
+
 def test_the_student_size_miss_reads_in_japanese():
     from playbook.report.pitfalls import translate
     title = "the shipped student misses min_size_ratio=20"

@@ -178,7 +178,12 @@ def compress_converted(recipe: str | Recipe, package: Path, out_dir: Path, stem:
         raise ConfigError(f"{recipe.name!r} has no Core ML steps to apply after conversion")
     start = time.perf_counter()
     messages: list[str] = []
-    mlmodel = _apply_steps(recipe, load_mlmodel(package), weight_threshold, (), None, messages, None, joint_from=0)
+    # Joint compression only where the steps build on what the PyTorch algorithm stored (a palette for the survivors
+    # of pruning).  Otherwise the steps take what it left float (the depthwise convolutions GPTQ cannot compress) and
+    # leave its weights alone: in joint mode coremltools would quantize its palettes too, and it refuses a
+    # per-channel int8 on a palette shared by a layer's channels.
+    joint_from = 0 if recipe.algorithm in ("prune-finetune", "sparsegpt") else len(recipe.steps)
+    mlmodel = _apply_steps(recipe, load_mlmodel(package), weight_threshold, (), None, messages, None, joint_from)
     seconds = time.perf_counter() - start
     target = safe_package_path(Path(out_dir), stem or recipe.name)
     save_package(mlmodel, target, _variant_metadata(recipe, stem, "", metadata))

@@ -102,18 +102,68 @@ def float_with_grouped(model: nn.Module, small: Sequence[str]) -> tuple[list[str
 
 
 def layerwise_compress(model: nn.Module, global_config: dict[str, Any], skip: Sequence[str],
-                       calib: torch.Tensor) -> nn.Module:
+                       calib: torch.Tensor, sequential: bool = False) -> nn.Module:
     """coremltools' ``LayerwiseCompressor`` (GPTQ, SparseGPT) with ``global_config`` on ``model``, ``skip`` left
-    float, on the images ``calib`` in batches of 16.  The whole model is one "layer": every conv/linear collects its
-    Hessian from the float inputs in one pass (coremltools' sequential mode needs a chain of blocks called one after
-    the other)."""
+    float, on the images ``calib`` in batches of 16.
+
+    By default the whole model is one "layer": every conv/linear collects its Hessian from the float inputs in one
+    pass (coremltools' sequential mode needs a chain of blocks called one after the other).  ``sequential=True``
+    compresses one conv/linear at a time in the order the model calls them, each from its inputs in the model as
+    compressed so far, so a layer compensates the error of the layers before it (GPTQ's own order, Frantar et al.
+    2022, section 4); it costs one partial forward pass of ``calib`` per layer."""
     from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
 
     batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
-    cfg = LayerwiseCompressorConfig.from_dict({
-        "global_config": global_config, "layers": [""], "module_name_configs": {m: None for m in skip},
-        "calibration_nsamples": len(batches)})
-    return LayerwiseCompressor(model, cfg).compress(batches, device="cpu")
+    if not sequential:
+        cfg = LayerwiseCompressorConfig.from_dict({
+            "global_config": global_config, "layers": [""], "module_name_configs": {m: None for m in skip},
+            "calibration_nsamples": len(batches)})
+        return LayerwiseCompressor(model, cfg).compress(batches, device="cpu")
+    model = copy.deepcopy(model)
+    cfg = LayerwiseCompressorConfig.from_dict({"global_config": global_config, "layers": [""],
+                                               "calibration_nsamples": len(batches)})
+    for name in _call_order(model, batches[0]):
+        if name not in skip:
+            layer = model.get_submodule(name)
+            LayerwiseCompressor(layer, cfg).compress(_inputs_of(model, layer, batches), device="cpu", inplace=True)
+    return model
+
+
+class _Reached(Exception):
+    """Stops a forward pass once the layer whose inputs are wanted has them."""
+
+
+def _call_order(model: nn.Module, batch: torch.Tensor) -> list[str]:
+    """The conv/linear modules of ``model`` in the order one forward pass calls them."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, _args: order.append(names[m])) for m in names]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(order))
+
+
+def _inputs_of(model: nn.Module, layer: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What ``layer`` receives when ``model`` runs on each of ``batches`` (the forward pass stops there)."""
+    seen: list[torch.Tensor] = []
+
+    def catch(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Reached
+
+    hook = layer.register_forward_pre_hook(catch)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                with contextlib.suppress(_Reached):
+                    model(batch)
+    finally:
+        hook.remove()
+    return seen
 
 
 @contextlib.contextmanager
@@ -369,8 +419,9 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
             elif recipe.algorithm == "gptq":
                 n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))
                 skip, grouped = float_with_grouped(net, small)
-                gptq = {k: v for k, v in opts.items() if k != "correct_bias"}
-                net = layerwise_compress(net, {"algorithm": "gptq", **gptq}, skip, calib[:n])
+                gptq = {k: v for k, v in opts.items() if k not in ("correct_bias", "sequential")}
+                net = layerwise_compress(net, {"algorithm": "gptq", **gptq}, skip, calib[:n],
+                                         sequential=bool(opts.get("sequential", False)))
                 details.update(calibration_images=n, skipped_grouped_convs=grouped)
             elif recipe.algorithm == "sparsegpt":
                 n = min(n_calib if calibration_images is not None else GPTQ_MAX_SAMPLES, len(calib))

@@ -116,7 +116,7 @@ def _risks(data: ReportData, rec: Recommendation, loc: Locale) -> list[str]:
     risks.append(loc.t("risk.domain", dataset=dataset))
     if d is not None and not d.is_reference and d.stage != "baseline":
         risks.append(loc.t("risk.memory"))
-    if d is not None and deployment_target(d) in ("iOS18",):
+    if d is not None and deployment_target(d) in ("iOS18", "iOS26"):
         target = deployment_target(d)
         risks.append(loc.t("risk.target", name=d.name, target=target, os=TARGET_OS[target]))
     if all(r.energy_mj is None for r in data.rows):

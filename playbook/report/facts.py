@@ -14,8 +14,9 @@ from playbook.report.i18n import MESSAGES, Locale
 from playbook.report.recommend import ReportData, Row, latency_runtime
 
 TARGET_OS = {"iOS15": "iOS 15 / macOS 12", "iOS16": "iOS 16 / macOS 13", "iOS17": "iOS 17 / macOS 14",
-             "iOS18": "iOS 18 / macOS 15", "iOS27": "iOS 27 / macOS 27"}
-TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18"}
+             "iOS18": "iOS 18 / macOS 15", "iOS26": "iOS 26 / macOS 26",
+             "iOS27": "iOS 27 / macOS 27"}
+TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
 _MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
 
 
@@ -134,6 +135,10 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str
                    "qat-weights" if algorithm == "qat" and options.get("activation_dtype") == "float32" else algorithm)
             text = loc.t(f"tech.algo.{key}", bits=_whole(options.get("n_bits", bits), loc),
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
+        if options.get("sequential"):
+            text += loc.t("tech.sequential")
+        if options.get("correct_bias"):
+            text += loc.t("tech.bias", images=loc.num(options["correct_bias"], 0))
         steps = recipe.get("steps") or []
         palette = next((opts for kind, opts in steps if kind == "palettize"), None)
         if palette is not None:

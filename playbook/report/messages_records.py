@@ -59,6 +59,11 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
                                   "fine-tuned with the zeros kept",
                             "ja": "キャリブレーション画像から SparseGPT で選んだ {sparsity}% の重みをゼロにし、ゼロを保った"
                                   "まま再学習"},
+    "tech.sequential": {"en": ", one layer at a time in the order the network runs them, each from the inputs the "
+                              "layers compressed before it give",
+                        "ja": "（ネットワークが実行する順に 1 層ずつ、先に圧縮した層の出力を入力として使用）"},
+    "tech.bias": {"en": "; biases then corrected on {images} calibration images",
+                  "ja": "。その後 {images} 枚のキャリブレーション画像でバイアスを補正"},
     "tech.then-int8": {"en": "; grouped (depthwise) convolutions as int8 after conversion",
                        "ja": "。グループ（depthwise）畳み込みは変換後に int8"},
     "tech.algo.ptp": {"en": "{bits}-bit k-means palettes fitted in PyTorch after cross-layer equalization",
@@ -158,8 +163,9 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "pit.target.title": {"en": "{n} recipe(s) needed a newer deployment target",
                          "ja": "{n} 個のレシピで新しいデプロイメントターゲットが必要でした"},
     "pit.target.detail": {
-        "en": "{names} were re-exported at {target}",
-        "ja": "{names} は {target} で書き出し直しました。これらのパッケージは iOS 18 / macOS 15 以降でのみ読み込めます"
+        "en": "{names} were re-exported at {target}: these packages load only on {ios} / {macos} or later (an app "
+              "that supports older systems can use them behind `if #available({ios}, {macos}, *)`)",
+        "ja": "{names} は {target} で書き出し直しました。これらのパッケージは {ios} / {macos} 以降でのみ読み込めます"
               "（古い OS にも対応するアプリでは、@available で新しい OS のときだけこのモデルを使う形にできます）"},
     "pit.w8a8_macos.title": {"en": "W8A8 on the Core ML model needs macOS",
                              "ja": "Core ML モデルでの W8A8 には macOS が必要"},

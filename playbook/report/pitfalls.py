@@ -48,7 +48,8 @@ PATTERNS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
      ((rf"(?P<seconds>{_NUM}) s for (?P<steps>\d+) steps \((?P<per>{_NUM}) s per step of (?P<batch>\d+) images on "
        r"this machine\).*", "detail"),)),
     ("target", r"(?P<n>\d+) recipe\(s\) needed a newer deployment target",
-     ((r"(?P<names>.+) were re-exported at (?P<target>\S+): .*", "detail"),)),
+     ((r"(?P<names>.+) were re-exported at (?P<target>\S+): these packages load only on (?P<ios>iOS \d+) / "
+       r"(?P<macos>macOS \d+) or later .*", "detail"),)),
     ("w8a8_macos", r"W8A8 on the Core ML model needs macOS", ((r".*", "detail"),)),
     ("noisy", r"noisy timings: (?P<n>\d+) of (?P<total>\d+) measurements have p90 above twice the median",
      ((rf"worst: (?P<name>\S+) with (?P<setting>.+?), p90 (?P<p90>{_NUM}) ms vs median (?P<median>{_NUM}) ms \(CV "

@@ -36,7 +36,7 @@ from playbook.compress.recipes import TECHNIQUES
 from playbook.compress.search import (AllocationSettings, BitAllocator, LayerProbes, ValidationReference, keep_curve,
                                       rank_layers, validation_subset)
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import ExportConfig, package_info, predict_split
+from playbook.coreml import DEPLOYMENT_TARGETS, OS_RELEASES, ExportConfig, package_info, predict_split
 from playbook.data import Split
 from playbook.metrics import compare_paired, pareto_front
 from playbook.records import StageRecord, VariantRecord, relative
@@ -440,12 +440,13 @@ class QuantizationRun(DownstreamRun):
                                  f"({v.get('finetune_seconds', 0.0) / steps:.2f} s per step of {self.cfg.batch_size} "
                                  "images on this machine); train.fit runs it on a GPU where one is available "
                                  "(device='auto'), or use fewer finetune_steps")
-        if self.retargeted:
-            names = sorted({r["recipe"] for r in self.retargeted})
+        for target in sorted({r["to"] for r in self.retargeted}, key=DEPLOYMENT_TARGETS.index):
+            names = sorted({r["recipe"] for r in self.retargeted if r["to"] == target})
+            ios, macos = OS_RELEASES[target]
             self.add_pitfall(f"{len(names)} recipe(s) needed a newer deployment target",
-                             f"{', '.join(names)} were re-exported at {self.retargeted[0]['to']}: these packages "
-                             "load only on iOS 18 / macOS 15 or later (an app that supports older systems can use "
-                             "them behind `if #available(iOS 18, macOS 15, *)`)")
+                             f"{', '.join(names)} were re-exported at {target}: these packages load only on "
+                             f"{ios} / {macos} or later (an app that supports older systems can use them behind "
+                             f"`if #available({ios}, {macos}, *)`)")
         for s in self.skipped:
             self.add_pitfall(f"{s['recipe']} refused by coremltools", f"{s['coremltools_message']} -- {s['hint']}")
         for f in self.failed:
