@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--finetune-lr", type=float, default=0.002)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--kd-temperature", type=float, default=0.0,
+                   help="fine-tune on the FP32 model's logits at this temperature (distill.logit_loss); 0: labels only")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the teacher term when --kd-temperature > 0")
     p.add_argument("--weight-threshold", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/lite0_bench")
@@ -86,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     load_checkpoint(model, Path(record["training"]["checkpoint"]))
     model.eval()
     fp32_package = record.variant(record["reference_variant"]).package_path(root)
+    kd_loss = None
+    if args.kd_temperature > 0:  # the FP32 network is the teacher of every fine-tune (its logits cached in --work)
+        from playbook.distill import file_sha256, logit_loss, teacher_logits
+
+        checkpoint = Path(record["training"]["checkpoint"])
+        table = teacher_logits(model, dataset, file_sha256(checkpoint), Path(args.work), progress=False)
+        kd_loss = logit_loss(table, args.kd_temperature, args.kd_alpha)
+        print(f"# fine-tunes learn from the FP32 model's logits: T = {args.kd_temperature}, alpha = {args.kd_alpha} "
+              f"({table.seconds:.0f} s for {len(table.logits)} training images)", flush=True)
     test = dataset.test.head(min(args.images, len(dataset.test)))
     labels = test.labels
     work = Path(args.work)
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     tc = compress_torch(recipe, model, dataset, args.finetune_steps, args.finetune_lr, args.batch_size,
-                                        args.weight_threshold, 0, prepare=steps)
+                                        args.weight_threshold, 0, prepare=steps, loss_fn=kd_loss)
                     path = export_model(tc.model, dataset,
                                         ExportConfig(precision=recipe.precision or "fp16",
                                                      minimum_deployment_target=target), work, stem).path

@@ -309,6 +309,23 @@ def test_stage_writes_the_record(stage):
     assert set(record["pareto_front"]) <= {v["name"] for v in record["variants"]} | {"baseline-fp32", "baseline-fp16"}
 
 
+def test_the_fine_tunes_learn_from_the_fp32_models_logits(stage):
+    """``finetune_teacher=True`` (the default): every fine-tune's loss is the distillation loss against the FP32
+    model's own logits on the batch's training images, checked against the model and ``distillation_loss``."""
+    from playbook.distill import distillation_loss
+
+    assert stage.source.loss_fn is None  # this stage ran no fine-tune, so it made no logits
+    teacher = stage.teach_finetunes()
+    assert teacher["images"] == len(stage.dataset.train) and (teacher["temperature"], teacher["alpha"]) == (2.0, 0.5)
+    assert stage.teach_finetunes() is teacher and stage.details()["finetune_teacher"] == teacher
+    index = torch.tensor([3, 0, 7])
+    with torch.no_grad():
+        expected_teacher = stage.model.eval()(stage.dataset.to_tensor(stage.dataset.train.images[[3, 0, 7]]))
+    student, labels = torch.randn(3, expected_teacher.shape[1]), torch.tensor([1, 2, 3])
+    assert torch.allclose(stage.source.loss_fn(student, labels, index),
+                          distillation_loss(student, expected_teacher, labels, 2.0, 0.5), atol=1e-5)
+
+
 def test_core_ai_variants_beside_core_ml_a_refused_recipe_recorded_not_fatal(stage, monkeypatch, capsys):
     """Issue 24: with the Core AI packages, stage 02 exports the trained model as .aimodel and measures it through
     Apple's runtime (target="coreai", host-interpreter latency never ranked); a coreai-opt compression that fails is

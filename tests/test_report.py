@@ -620,6 +620,10 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
         text = describe(r, ja)
         assert japanese.search(text) and text != recipe.description, recipe.name
         assert describe(r, en) == recipe.description
+    gptq = RECIPES["torch-palettize-4bit-gptq"]  # the images its bias correction used, not the option's cap
+    text = describe(row(gptq.name, "quantization", "", technique=gptq.technique, recipe=gptq.to_dict(),
+                        details={"bias_correction": {"images": 64}}), ja)
+    assert "64 枚のキャリブレーション画像でバイアスを補正" in text and "1 層ずつ" in text
     mixed = describe(row("palettize-mixed-tight", "quantization", "", technique="mixed-bits",
                          recipe=RECIPES["palettize-mixed-tight"].to_dict()), ja)
     assert "2、3、4、6、8 ビット" in mixed and "許容低下幅の 30% 以内" in mixed

@@ -351,7 +351,7 @@ def _catalogue() -> dict[str, Recipe]:
         # did not help here (-2.08 alone, -1.00 with bias correction), unlike the palette below.
         Recipe("torch-int4-gptq-channel", "torch", "data-aware", "weight-only", 4,
                "int4 weights, one scale per output channel, chosen by GPTQ from calibration images, columns in "
-               "order of their Hessian diagonal (act-order); biases then corrected on 256 calibration images; "
+               "order of their Hessian diagonal (act-order); biases then corrected on up to 256 calibration images; "
                "grouped/depthwise convolutions as int8 per channel after conversion (GPTQ fails on them)",
                min_target="iOS18", algorithm="gptq", data="calibration",
                options={"weight_dtype": "uint4", "granularity": "per_channel", "use_activation_order_heuristic": True,
@@ -364,7 +364,7 @@ def _catalogue() -> dict[str, Recipe]:
         Recipe("torch-palettize-4bit-gptq", "torch", "data-aware", "weight-only", 4,
                "4-bit palette: one table of 16 normal-float values per layer and a scale per output channel, each "
                "weight's entry chosen by GPTQ from calibration images (enable_normal_float, Hessian dampening 0.1), "
-               "one layer at a time in the order the network runs them; biases then corrected on 256 calibration "
+               "one layer at a time in the order the network runs them; biases then corrected on up to 256 calibration "
                "images; grouped/depthwise convolutions as int8 per channel after conversion; needs iOS 26, where "
                "the palette is stored once per layer",
                min_target="iOS26", algorithm="gptq", data="calibration",
@@ -385,7 +385,7 @@ def _catalogue() -> dict[str, Recipe]:
                algorithm="sparsegpt", data="training", options={"target_sparsity": 0.5}, prepare=FOLD),
         Recipe("torch-palettize-4bit-eq-bc", "torch", "data-aware", "weight-only", 4,
                "4-bit k-means palette per tensor (PostTrainingPalettizer) after BatchNorm folding and cross-layer "
-               "equalization, then empirical bias correction on 256 calibration images",
+               "equalization, then empirical bias correction on up to 256 calibration images",
                algorithm="ptp", data="calibration", options={"n_bits": 4, "correct_bias": 256}, prepare=EQUALIZE),
         Recipe("torch-palettize-4bit-skm-eq", "torch", "data-aware", "weight-only", 4,
                "4-bit sensitivity-weighted k-means palettes (SKMPalettizer, 128 calibration images) after BatchNorm "

@@ -109,8 +109,9 @@ def layerwise_compress(model: nn.Module, global_config: dict[str, Any], skip: Se
     By default the whole model is one "layer": every conv/linear collects its Hessian from the float inputs in one
     pass (coremltools' sequential mode needs a chain of blocks called one after the other).  ``sequential=True``
     compresses one conv/linear at a time in the order the model calls them, each from its inputs in the model as
-    compressed so far, so a layer compensates the error of the layers before it (GPTQ's own order, Frantar et al.
-    2022, section 4); it costs one partial forward pass of ``calib`` per layer."""
+    compressed so far, so a layer compensates the error of the layers before it: what coremltools' sequential mode
+    does for a chain of blocks ("propagate quantization error to the next layer", ``LayerwiseCompressor``), here for
+    any call graph.  It costs one partial forward pass of ``calib`` per layer."""
     from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
 
     batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]

@@ -109,7 +109,7 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
         return _describe_student(row, loc, short=not own)
     if technique == "architecture":
         return _describe_family(row, loc)
-    text = _describe_recipe(raw.get("recipe") or {}, technique, loc)
+    text = _describe_recipe(raw.get("recipe") or {}, technique, loc, raw.get("details") or {})
     if text is None:
         return row.description
     keep = re.search(r"-keep(\d+)$", row.name)
@@ -118,9 +118,11 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
     return text
 
 
-def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str | None:
-    """A compression recipe in ``loc``'s words, from its technique, PyTorch algorithm and options; ``None`` when the
-    catalogue has no words for it."""
+def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale,
+                     details: dict[str, Any] | None = None) -> str | None:
+    """A compression recipe in ``loc``'s words, from its technique, PyTorch algorithm and options, and from what the
+    variant's ``details`` say it did (the calibration images its bias correction used); ``None`` when the catalogue
+    has no words for it."""
     bits, options = recipe.get("bits"), recipe.get("options") or {}
     algorithm = recipe.get("algorithm") or ""
     if technique == "mixed-bits":
@@ -138,7 +140,8 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale) -> str
         if options.get("sequential"):
             text += loc.t("tech.sequential")
         if options.get("correct_bias"):
-            text += loc.t("tech.bias", images=loc.num(options["correct_bias"], 0))
+            used = ((details or {}).get("bias_correction") or {}).get("images", options["correct_bias"])
+            text += loc.t("tech.bias", images=loc.num(used, 0))
         steps = recipe.get("steps") or []
         palette = next((opts for kind, opts in steps if kind == "palettize"), None)
         if palette is not None:
@@ -165,7 +168,7 @@ def _describe_student(row: Row, loc: Locale, short: bool = False) -> str:
     if not student:
         return row.description
     if recipe:
-        what = _describe_recipe(recipe, str(recipe.get("technique") or ""), loc)
+        what = _describe_recipe(recipe, str(recipe.get("technique") or ""), loc, raw.get("details") or {})
         if short and what:
             return loc.t("tech.student-short", student=student, what=what)
         return loc.t("tech.student-compressed", student=student, recipe=recipe.get("name", ""),

@@ -38,10 +38,19 @@ from playbook.compress.search import (AllocationSettings, BitAllocator, LayerPro
 from playbook.config import ConfigError, check_choice, check_range
 from playbook.coreml import DEPLOYMENT_TARGETS, OS_RELEASES, ExportConfig, package_info, predict_split
 from playbook.data import Split
+from playbook.distill import logit_loss, teacher_logits
 from playbook.metrics import compare_paired, pareto_front
+from playbook.paths import default_cache_dir
 from playbook.records import StageRecord, VariantRecord, relative
 from playbook.stages import quantization_cost
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
+
+
+# The fine-tunes' teacher term (``finetune_teacher``): efficientnet-lite0's int4 QAT lost 1.30 points with the labels
+# alone and 0.18 with the FP32 model's logits at these values (benchmarks/bench_lite0_recipes.py --kd-temperature 2,
+# 5,000 test images, one fine-tune of the network, 200 steps).
+TEACHER_TEMPERATURE = 2.0
+TEACHER_ALPHA = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,7 @@ class QuantizationConfig(MeasuredStageConfig):
     retarget: bool = True
     finetune_steps: int = FinetuneConfig.steps
     finetune_lr: float = FinetuneConfig.lr
+    finetune_teacher: bool = True
     batch_size: int = FinetuneConfig.batch_size
     sensitivity_recipe: str = "auto"
     sensitivity_images: int = 1000
@@ -156,6 +166,7 @@ class QuantizationRun(DownstreamRun):
         self.sensitivity: dict[str, Any] | None = None
         self.channel_ranges: list[dict[str, Any]] | None = None  # set when data-free recipes collapse
         self.coreai: dict[str, Any] | None = None  # what run_coreai made, skipped or could not do, and why
+        self.finetune_teacher: dict[str, Any] | None = None  # set by teach_finetunes
         self._example = self.dataset.to_tensor(self.dataset.calib.images[:1])
         self._layers: dict[str, list[WeightLayer]] = {}
         # what every recipe compresses: the trained model, and the baseline's own packages where they fit
@@ -210,8 +221,29 @@ class QuantizationRun(DownstreamRun):
         if self.cost is None:
             with self.timer.step("cost_estimate"):
                 self.estimate_stage_cost()
-        made = [self.run_recipe(n) for n in self.recipe_names(technique)]
+        names = self.recipe_names(technique)
+        if self.cfg.finetune_teacher and self.cfg.steps() and any(RECIPES[n].data == "training" for n in names):
+            self.teach_finetunes()
+        made = [self.run_recipe(n) for n in names]
         return [v for v in made if v is not None]
+
+    def teach_finetunes(self) -> dict[str, Any]:
+        """Make every fine-tune (QAT, pruning, DKM, SparseGPT's) learn from the FP32 model's logits as well as the
+        labels (``distill.logit_loss`` at ``TEACHER_TEMPERATURE`` and ``TEACHER_ALPHA``): the logits on every
+        training image, computed once and cached beside the checkpoints.  Idempotent."""
+        if self.finetune_teacher is None:
+            start = time.perf_counter()
+            with self.threads(), self.timer.step("teacher_logits"):
+                table = teacher_logits(self.model, self.dataset, self.baseline.record["training"]["checkpoint_sha256"],
+                                       default_cache_dir(), progress=False)
+            self.source.loss_fn = logit_loss(table, TEACHER_TEMPERATURE, TEACHER_ALPHA)
+            self.finetune_teacher = {"temperature": TEACHER_TEMPERATURE, "alpha": TEACHER_ALPHA,
+                                     "images": len(table.logits), "from_cache": table.from_cache,
+                                     "seconds": time.perf_counter() - start}
+            cost = "from the cache" if table.from_cache else f"{self.finetune_teacher['seconds']:.0f} s"
+            print(f"fine-tunes learn from the FP32 model's logits on {len(table.logits):,} training images "
+                  f"(T = {TEACHER_TEMPERATURE}, alpha = {TEACHER_ALPHA}; {cost})")
+        return self.finetune_teacher
 
     def recipe_names(self, technique: str | None = None) -> list[str]:
         """The recipes of one technique (all when ``None``) this run measures, in catalogue order."""
@@ -545,6 +577,7 @@ class QuantizationRun(DownstreamRun):
             "pareto_front": self.pareto(),
             "pareto_front_coreai27": self.pareto(coreai=True) if self.coreai and self.coreai["variants"] else None,
             "coreai": self.coreai,
+            "finetune_teacher": self.finetune_teacher,
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
             "mixed_bits": self.mixed,

@@ -160,8 +160,11 @@ def explain_variant(record: StageRecord, name: str) -> str:
         epochs = images / max(int((record.get("dataset") or {}).get("train") or 0), 1)
         reused = (v.get("details") or {}).get("finetune_reused_from")
         lr = v.get("finetune_lr")
+        teacher = record.get("finetune_teacher")
         extra += (f"; fine-tune budget {steps} steps x {record.config.get('batch_size')} images = {images} images "
-                  f"({epochs:.2f} epochs)" + (f" at learning rate {lr:g}" if lr is not None else "") + ", " +
+                  f"({epochs:.2f} epochs)" + (f" at learning rate {lr:g}" if lr is not None else "") +
+                  (f", on the labels and the FP32 model's logits (T = {teacher['temperature']:g}, alpha = "
+                   f"{teacher['alpha']:g})" if teacher else "") + ", " +
                   (f"`{reused}`'s fine-tune, reused" if reused else
                    f"{v.get('finetune_seconds', 0.0):.0f} s on this CPU"))
     return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
