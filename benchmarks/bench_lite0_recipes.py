@@ -12,7 +12,7 @@ Needs stage 01's record for the model (it trains and caches the fine-tuned netwo
 A recipe name may carry its preparation after ``@``: ``palettize-4bit@plain_convs+fold_bn+equalize`` applies those
 steps, ``torch-w8a8-static@`` none (the recipe as it was before issue 23); without ``@`` the recipe's own ``prepare``.
 Option changes follow ``~``: ``torch-int4-gptq-channel~use_activation_order_heuristic=true~correct_bias=256``
-(values read as JSON where they parse).
+(values read as JSON where they parse); ``~min_target=iOS18`` changes the recipe's deployment target instead.
 Core ML-side recipes are applied to an FP16 program exported from the prepared model (what stage 02 must do: apply
 ``Recipe.prepare`` before the export).  Every figure is printed and written to ``--out`` (JSON).
 """
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-temperature", type=float, default=0.0,
                    help="fine-tune on the FP32 model's logits at this temperature (distill.logit_loss); 0: labels only")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the teacher term when --kd-temperature > 0")
+    p.add_argument("--checks", type=int, default=0,
+                   help="agreement checks with FP32 on validation images spread over each fine-tune (early stopping; "
+                        "0: every step runs, nothing checked)")
+    p.add_argument("--patience", type=int, default=3, help="checks without a higher agreement before a fine-tune ends")
+    p.add_argument("--check-images", type=int, default=500, help="validation images of each check")
     p.add_argument("--weight-threshold", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/lite0_bench")
@@ -136,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                     options[key] = json.loads(value)
                 except json.JSONDecodeError:
                     options[key] = value
-            recipe = dataclasses.replace(recipe, options=options)
+            target_change = options.pop("min_target", None)  # ~min_target=iOS18 is the recipe's field, not an option
+            recipe = dataclasses.replace(recipe, options=options,
+                                         **({"min_target": str(target_change)} if target_change else {}))
         steps = tuple(s for s in steps_text.split("+") if s) if at else tuple(recipe.prepare)
         label = "~".join([name, *changes])
         stem = (name + ("-" + "-".join(steps) if steps else "-noprep")).replace("+", "p") + f"-{len(rows)}"
@@ -167,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     tc = compress_torch(recipe, model, dataset, args.finetune_steps, args.finetune_lr, args.batch_size,
-                                        args.weight_threshold, 0, prepare=steps, loss_fn=kd_loss)
+                                        args.weight_threshold, 0, prepare=steps, loss_fn=kd_loss, checks=args.checks,
+                                        patience=args.patience, check_images=args.check_images)
                     path = export_model(tc.model, dataset,
                                         ExportConfig(precision=recipe.precision or "fp16",
                                                      minimum_deployment_target=target), work, stem).path
@@ -177,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(weights_compressed=d["weights_compressed"], weights_total=d["weights_total"],
                            finetune_steps=tc.finetune_steps, prepare_report=d.get("prepare"),
                            float_layers=d.get("float_layers", [])[:8], skipped=d.get("skipped_grouped_convs", [])[:3],
-                           bias_correction=d.get("bias_correction"))
+                           bias_correction=d.get("bias_correction"), early_stop=d.get("early_stop"),
+                           finetune_seconds=tc.finetune_seconds, first_last_loss=[tc.losses[0], tc.losses[-1]]
+                           if tc.losses else None)
+                if d.get("early_stop"):
+                    print(f"#   {label}: agreement with FP32 on validation (step, share): {d['early_stop']['checks']}; "
+                          f"fine-tune {tc.finetune_seconds:.0f} s for {tc.finetune_steps} steps", flush=True)
             compress_wall, compress_cpu = time.perf_counter() - t0, _cpu() - c0
             info = package_info(path)
             v_scores, _ = predict_split(path, dataset, test)

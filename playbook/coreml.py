@@ -35,6 +35,7 @@ from playbook.config import ConfigError, StrictConfig, check_choice
 from playbook.data import Dataset, Split
 from playbook.metrics import Fidelity, fidelity
 from playbook.package_files import directory_size, release_on_collect, share_permissions, zipped_size
+from playbook.targets import DEPLOYMENT_TARGETS, TARGET_BY_SPEC
 
 for _noisy in ("coremltools", "torchao", "torch.utils._pytree"):  # import-time chatter of coremltools and torchao
     logging.getLogger(_noisy).setLevel(logging.ERROR)
@@ -44,15 +45,8 @@ INPUT_NAME = "image"
 LOGITS_NAME = "logits"
 LABEL_NAME = "classLabel"
 PROBS_NAME = "classProbs"
-DEPLOYMENT_TARGETS = ["iOS15", "iOS16", "iOS17", "iOS18", "iOS26", "macOS12", "macOS13", "macOS14", "macOS15", "macOS26"]
-# The releases each target loads on (Apple numbered iOS and macOS alike from 26, in 2025).
-OS_RELEASES = {"iOS15": ("iOS 15", "macOS 12"), "iOS16": ("iOS 16", "macOS 13"), "iOS17": ("iOS 17", "macOS 14"),
-               "iOS18": ("iOS 18", "macOS 15"), "iOS26": ("iOS 26", "macOS 26")}
-OS_RELEASES.update({macos.replace(" ", ""): (ios, macos) for ios, macos in list(OS_RELEASES.values())})
 COMPUTE_UNITS = ["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 RUNTIMES = ["auto", "coreml", "reference"]
-# ML program specification version -> the oldest iOS that loads it (what Xcode shows as the deployment target).
-TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
 # Metadata keys every package the playbook saves carries (read back by tests and shown in the report).
 VARIANT_METADATA = ("playbook.stage", "playbook.variant", "playbook.recipe", "playbook.precision",
                     "playbook.deployment_target", "playbook.source_model_sha256")

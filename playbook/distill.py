@@ -208,6 +208,13 @@ class TeacherLogits:
                 "train_top1": self.train_top1}
 
 
+def teacher_logits_path(dataset: Dataset, checkpoint_sha256: str, cache_dir: Path) -> Path:
+    """Where ``teacher_logits`` caches the logits of the teacher checkpoint ``checkpoint_sha256`` on ``dataset.train``
+    (whether or not they are there yet): named by a hash of both, so a stage can tell before it starts."""
+    key = hashlib.sha256(f"{checkpoint_sha256}:{training_split_id(dataset)}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / "teacher-logits" / f"{key}.npy"
+
+
 def teacher_logits(teacher: nn.Module, dataset: Dataset, checkpoint_sha256: str, cache_dir: Path,
                    batch_size: int = 1024, progress: bool = True) -> TeacherLogits:
     """The frozen teacher's logits on ``dataset.train``, computed once and cached as ``.npy`` under ``cache_dir``.
@@ -216,8 +223,8 @@ def teacher_logits(teacher: nn.Module, dataset: Dataset, checkpoint_sha256: str,
     retrained teacher or another split never reuses stale logits.  Written atomically (concurrent runs may share the
     folder).  The teacher is put in eval mode and run without gradients.
     """
-    key = hashlib.sha256(f"{checkpoint_sha256}:{training_split_id(dataset)}".encode()).hexdigest()[:16]
-    path = Path(cache_dir) / "teacher-logits" / f"{key}.npy"
+    path = teacher_logits_path(dataset, checkpoint_sha256, cache_dir)
+    key = path.stem
     start = time.perf_counter()
     logits = None
     if path.exists():

@@ -265,10 +265,12 @@ LARGE_INPUT_PX = 56
 """An input of at least this many pixels a side (``min_image_size``) and a network gets the bounded run budgets."""
 BOUNDED_BUDGETS: Mapping[str, Any] = types.MappingProxyType({
     "max_test_images": 2000,        # 01: every stage measures on 2,000 test images (interval ~ +-2 points)
-    # 02: each fine-tune (QAT, gradual pruning, palettes) takes 200 steps.  efficientnet-lite0's int4 QAT measured -2.32
-    # points after 60 steps and +0.18 after 200, W8A8 QAT -0.70 after 60 (benchmarks/bench_lite0_recipes.py, 5,000 test
-    # images); a step costs about 0.5 s there.
-    "finetune_steps": 200,
+    # 02: each fine-tune (QAT, gradual pruning, palettes) takes at most a quarter of an epoch (211 steps of 64 images on
+    # efficientnet-lite0's 54,000 training images), and stops earlier when 3 of its 8 checks of agreement with FP32
+    # bring no gain (finetune_checks, finetune_patience: the stage's own defaults).  efficientnet-lite0's int4 QAT
+    # measured -2.32 points after 60 steps and +0.18 after 200, W8A8 QAT -0.70 after 60
+    # (benchmarks/bench_lite0_recipes.py, 5,000 test images); a step costs about 0.5 s there.
+    "finetune_epochs": 0.25,
     # 02: the default recipes but eight.  Three cost most and gave least on efficientnet-lite0: the two mixed-bit
     # searches took 975 s of a 2,300 s stage (200 single-layer probes through the executor) for 6.07x at -1.45 points,
     # 2-bit DKM 369 s for 25 % top-1 after 60 steps.  Five are answered by a sibling that runs: data-free palettes

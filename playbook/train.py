@@ -120,7 +120,8 @@ class TrainResult:
     """What training produced (or what the cache held), why it stopped, and what a reader should be warned of.
 
     ``stop_reason``: ``budget`` (every planned step ran), ``early_stop`` (validation stopped improving; the best
-    epoch's weights kept), ``cache`` (loaded from the checkpoint cache: see the history) or ``checkpoint``
+    epoch's weights kept), ``stopped`` (``fit``'s ``on_step`` ended it), ``cache`` (loaded from the checkpoint
+    cache: see the history) or ``checkpoint``
     (the user's own weights, not trained here).
     """
 
@@ -328,7 +329,8 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
 
     ``loss_fn(logits, labels, index)`` replaces cross-entropy: distillation passes one that looks up
     cached teacher logits by the images' ``index`` in the training split.  ``on_step()`` runs after
-    every optimiser step (coremltools' compressors advance their schedules there).  Only parameters
+    every optimiser step (coremltools' compressors advance their schedules there); when it returns true, training
+    ends there (``stop_reason="stopped"``: e.g. ``compress.torch_side.AgreementWatch``'s early stop).  Only parameters
     with ``requires_grad`` are optimised.  torch's thread count is restored afterwards.
 
     Raises ``TrainingError`` as soon as the loss is NaN or infinite (the model is then left as it was at that
@@ -384,12 +386,13 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                 loss.backward()
                 opt.step()
                 sched.step()
-                if on_step is not None:
-                    on_step()
                 losses.append(value)
                 total += value * len(idx)
                 count += len(idx)
                 step += 1
+                if on_step is not None and on_step():
+                    stop_reason = "stopped"
+                    break
                 if i % 20 == 0:
                     bar.set_postfix(loss=f"{total / count:.3f}")
             val_top1 = (evaluate(model, dataset, dataset.val).top1 if cfg.validate and len(dataset.val)
@@ -399,6 +402,8 @@ def fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, progress: bool = T
                             "lr": float(opt.param_groups[0]["lr"])})
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}, val top-1 {val_top1:.2f}%")
+            if stop_reason == "stopped":
+                break
             if cfg.patience and math.isfinite(val_top1):
                 if val_top1 > best_top1:
                     best_top1, since_best = val_top1, 0

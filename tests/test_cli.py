@@ -263,7 +263,7 @@ def test_a_large_pretrained_model_runs_with_the_budgets_it_declares(tmp_path):
 def test_the_users_value_wins_over_a_declared_budget(tmp_path):
     planned = _planned(tmp_path, model="efficientnet-lite0", params={"max_test_images": 500})
     assert planned["baseline"][0]["max_test_images"] == 500
-    assert planned["quantization"][0]["finetune_steps"] == 200  # the others still apply
+    assert planned["quantization"][0]["finetune_epochs"] == 0.25  # the others still apply
 
 
 @pytest.mark.parametrize("command", [{"model": "resnet"}, {"model": "efficientnet-lite0", "smoke": True}],

@@ -722,12 +722,71 @@ def test_the_stage_counts_its_validation_work_and_fine_tunes_before_it_starts(lo
     tuned = cost["finetune"]
     assert tuned["recipes"] == ["torch-prune-75-ft+palettize-4bit"] and tuned["steps"] == st.cfg.steps()
     assert tuned["seconds"] > 0
-    assert tuned["seconds"] == pytest.approx(tuned["steps"] * st.cfg.batch_size * tuned["seconds_per_image"])
+    assert tuned["checks"] == 8 and tuned["check_images"] == min(500, len(st.dataset.val))
+    assert tuned["seconds"] == pytest.approx(tuned["steps"] * st.cfg.batch_size * tuned["seconds_per_image"]
+                                             + tuned["check_seconds"])
+    assert tuned["check_seconds"] == pytest.approx(8 * tuned["check_images"] * st.cost["seconds_per_image"])
     compression = cost["compression"]
     assert compression["programs"] == mixed["probes"] + mixed["checks"] + cost["variants"]
     assert compression["seconds_per_program"] > 0
+    # the teacher's logits (finetune_teacher is on): counted as the run then computed them
+    taught = cost["teacher_logits"]
+    assert taught["images"] == st.finetune_teacher["images"] == len(st.dataset.train)
+    assert taught["cached"] == st.finetune_teacher["from_cache"] and Path(taught["path"]).is_file()
+    assert taught["seconds"] == (0.0 if taught["cached"]
+                                 else pytest.approx(taught["images"] * cost["seconds_per_image"]))
     assert cost["total_seconds"] == pytest.approx(cost["accuracy_seconds"] + cost["validation_seconds"]
-                                                  + compression["seconds"] + tuned["seconds"])
+                                                  + compression["seconds"] + tuned["seconds"] + taught["seconds"])
+
+
+def test_the_cost_estimate_counts_the_teacher_logits_only_when_they_will_be_computed(digits, tmp_path, capsys):
+    """The fine-tunes' teacher logits are their own part of stage 02's estimate: counted at the test split's pace
+    when a selected recipe fine-tunes and the logits are not cached; absent with the teacher off, without a
+    fine-tune, or once ``distill.teacher_logits`` has cached them."""
+    from playbook.distill import teacher_logits_path
+    from playbook.stages.quantization_cost import stage_cost, teacher_work
+
+    baseline = {"training": {"checkpoint_sha256": "e" * 64, "steps": 10, "seconds": 2.0},
+                "train_config": {"batch_size": 20}}
+    measuring = {"variants": 2, "test_images": 100, "seconds_per_image": 0.004, "accuracy_seconds": 0.8}
+    work = {"images": 50, "sensitivity": {"probes": 0, "images": 0},
+            "mixed": {"recipes": [], "probes": 0, "probe_images": 0, "checks": 0, "check_images": 0}}
+    tuned, plain = ["int8-weights", "torch-int4-qat"], ["int8-weights"]
+    assert compress.RECIPES["torch-int4-qat"].data == "training" != compress.RECIPES["int8-weights"].data
+
+    def estimate(teacher, recipes=tuned, steps=5):
+        cost = stage_cost(measuring, work, 0.5, recipes, steps, 16, baseline, teacher)
+        return cost, capsys.readouterr().out
+
+    on = teacher_work(True, digits, baseline, tmp_path)
+    assert on == {"images": len(digits.train), "cached": False,
+                  "path": str(teacher_logits_path(digits, "e" * 64, tmp_path))}
+    cost, printed = estimate(on)
+    taught = cost["teacher_logits"]
+    assert taught["seconds"] == pytest.approx(len(digits.train) * 0.004) and taught["seconds_per_image"] == 0.004
+    assert f"teacher logits: the FP32 model on {len(digits.train):,} training images" in printed
+    without = stage_cost(measuring, work, 0.5, tuned, 5, 16, baseline, None)
+    capsys.readouterr()
+    assert cost["total_seconds"] == pytest.approx(without["total_seconds"] + taught["seconds"])
+    # teacher off, no fine-tuning recipe, or no fine-tune steps: no teacher part
+    assert teacher_work(False, digits, baseline, tmp_path) is None
+    for teacher, recipes, steps in ((None, tuned, 5), (on, plain, 5), (on, tuned, 0)):
+        cost, printed = estimate(teacher, recipes, steps)
+        assert cost["teacher_logits"] is None and "teacher logits" not in printed
+    # cached by an earlier run: recorded as cached, costs nothing, not printed
+    Path(on["path"]).parent.mkdir(parents=True)
+    Path(on["path"]).write_bytes(b"")
+    cached = teacher_work(True, digits, baseline, tmp_path)
+    assert cached["cached"] and cached["path"] == on["path"]
+    cost, printed = estimate(cached)
+    assert cost["teacher_logits"]["seconds"] == 0.0 and "teacher logits" not in printed
+    assert cost["total_seconds"] == pytest.approx(without["total_seconds"])
+    # early stopping's checks: 1 fine-tuning recipe x 3 checks x 40 validation images, at the test split's pace
+    checked = stage_cost(measuring, work, 0.5, tuned, 5, 16, baseline, None, checks=3, check_images=40)
+    assert checked["finetune"]["check_seconds"] == pytest.approx(1 * 3 * 40 * 0.004)
+    assert checked["total_seconds"] == pytest.approx(without["total_seconds"] + 3 * 40 * 0.004)
+    assert "3 checks x 40 validation images each" in capsys.readouterr().out
+    assert stage_cost(measuring, work, 0.5, tuned, 2, 16, baseline, None, 8, 40)["finetune"]["checks"] == 2
 
 
 def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):
@@ -738,8 +797,14 @@ def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):
     details = v.get("details")
     assert details["schedule"]["power"] == 3 and details["schedule"]["update_steps"][0] == 0
     assert v.get("finetune_images") == v.get("finetune_steps") * lowbit_stage.cfg.batch_size > 0
+    # the smoke run's 20 steps get the stage's 8 agreement checks (one every 2 steps, once the sparsity is final)
+    stop = details["early_stop"]
+    assert lowbit_stage.details()["finetune"]["checks"] == 8 and stop["every"] == 2
+    assert stop["checks"] and all(step > details["schedule"]["update_steps"][-1] for step, _ in stop["checks"])
+    assert v.get("finetune_steps") == stop["steps_run"] <= stop["planned_steps"] == 20
     snap = lowbit_stage.snapshot()
     assert "fine-tune budget" in views.explain_variant(snap, v.name)
+    assert f"weights from step {stop['best_step']}" in views.explain_variant(snap, v.name)
     rows = views.headline_table(snap, (100.0,)).rows
     assert rows[0]["variant"] != "none"  # with a 100-point limit some variant qualifies
 
@@ -828,6 +893,34 @@ def test_channel_ranges_measure_each_output_channel(tmp_path, digits):
     assert ranges[0] is conv  # widest spread first
     head = next(r for r in ranges if r.shape == (10, 512))
     assert head.dead == 0 and head.spread < 10  # a default-initialised linear layer: channels alike
+
+
+def test_dkm_with_per_channel_scales_gives_a_layer_with_a_dead_channel_grouped_palettes(digits):
+    """coremltools' DKM divides each output channel by its scale before k-means; a channel of zeros (a folded
+    BatchNorm of scale 0) gives NaN and its k-means fails.  The playbook gives such a layer a palette per 16
+    output channels and the other layers their per-channel scales."""
+    import copy
+    import dataclasses
+
+    from coremltools.optimize.torch import palettization as pal
+
+    model = _WideChannels().eval()
+    assert compress.zero_channel_layers(model) == ["conv"]
+    # kmeans++: the initialisation coremltools picks for a layer of 1,024 output channels or more (lite0 has them)
+    options = {"n_bits": 2, "enable_per_channel_scale": True, "weight_threshold": 16, "kmeans_init": "kmeans++"}
+    with pytest.raises(TypeError, match="index_add_"):  # coremltools alone on this model: the step fails
+        palettizer = pal.DKMPalettizer(copy.deepcopy(model), pal.DKMPalettizerConfig.from_dict({"global_config": options}))
+        prepared = palettizer.prepare().train()
+        palettizer.step()  # milestone 0: palettization starts (as after a fine-tune's first step)
+        prepared(digits.to_tensor(digits.train.images[:4]))
+    recipe = dataclasses.replace(get_recipe("torch-palettize-2bit-dkm"),
+                                 options={"n_bits": 2, "enable_per_channel_scale": True}, min_target="iOS18", prepare=())
+    result = compress_torch(recipe, model, digits, finetune_steps=2, batch_size=16, weight_threshold=16)
+    assert result.details["grouped_for_zero_channels"] == ["conv"]
+    assert result.details["weights_compressed"] == result.details["weights_total"]  # both layers palettized
+    head = result.model.fc.weight.detach()
+    assert len(torch.unique(head)) > 4  # per-channel scales: 4 values per row, not 4 in all
+    assert all(len(torch.unique(row)) <= 4 for row in head)
 
 
 def test_collapsed_data_free_recipes_are_explained_by_the_channel_ranges_or_not_at_all(stage, tmp_path, digits,

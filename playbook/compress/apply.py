@@ -44,19 +44,30 @@ from playbook.data import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(StrictConfig):
-    """The fine-tune of the PyTorch-side recipes (QAT, gradual pruning, DKM): ``steps`` optimiser steps of
-    ``batch_size`` images, SGD with momentum 0.9 and cosine decay from ``lr``, seeded by ``seed``."""
+    """The fine-tune of the PyTorch-side recipes (QAT, gradual pruning, DKM): at most ``steps`` optimiser steps of
+    ``batch_size`` images, SGD with momentum 0.9 and cosine decay from ``lr``, seeded by ``seed``.
+
+    ``checks`` > 0 stops it early on the validation split (``compress.torch_side.EarlyStop``): that many checks
+    spread over the steps, each the share of the first ``check_images`` validation images whose top-1 class is the
+    FP32 model's; after ``patience`` checks without a higher share the fine-tune ends with the best check's weights.
+    0: every step runs.  A fine-tune shorter than ``checks`` steps is checked after every step."""
 
     steps: int = 200
     lr: float = 0.002
     batch_size: int = 64
     seed: int = 0
+    checks: int = 0
+    patience: int = 2
+    check_images: int = 500
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("finetune_steps", self.steps, 0)
         check_range("finetune_lr", self.lr, 0.0)
         check_range("batch_size", self.batch_size, 1)
+        check_range("finetune_checks", self.checks, 0)
+        check_range("finetune_patience", self.patience, 1)
+        check_range("finetune_check_images", self.check_images, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +225,8 @@ def compress(recipe: str | Recipe, source: ModelSource, cfg: CompressConfig, *, 
                       "module_bits": module_bits}, sort_keys=True, default=str)
     tc = source.torch_compression(key, recipe.name, lambda: compress_torch(
         recipe, source.model, source.dataset, ft.steps, ft.lr, ft.batch_size, cfg.weight_threshold, ft.seed,
-        module_bits=module_bits, loss_fn=source.loss_fn))
+        module_bits=module_bits, loss_fn=source.loss_fn, checks=ft.checks, patience=ft.patience,
+        check_images=ft.check_images))
     with warnings.catch_warnings():  # torch's deprecation notice for quantized tensors, at trace time
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         export = export_model(tc.model, source.dataset,

@@ -59,7 +59,7 @@ from typing import Any, Iterable, Iterator
 
 from playbook.compress.mixed import DEFAULT_BIT_CHOICES, check_bit_choices
 from playbook.config import ConfigError, check_choice
-from playbook.coreml import DEPLOYMENT_TARGETS, OS_RELEASES
+from playbook.targets import DEPLOYMENT_TARGETS, OS_RELEASES, os_level, target_at
 
 SIDES = ("coreml", "torch")
 TECHNIQUES = ("precision", "quantization", "palettization", "pruning", "joint", "activation-quantization",
@@ -72,10 +72,6 @@ EQUALIZE = ("plain_convs", "fold_bn", "equalize")
 COREML_STEPS = ("quantize", "palettize", "prune")
 ALLOCATIONS = ("", "sensitivity")
 DATA = ("none", "calibration", "validation", "training")
-# Each target's level in iOS numbering (Apple numbered both families 26 from 2025 on), and the macOS of each level.
-_OS_LEVEL = {"iOS15": 15, "iOS16": 16, "iOS17": 17, "iOS18": 18, "iOS26": 26,
-             "macOS12": 15, "macOS13": 16, "macOS14": 17, "macOS15": 18, "macOS26": 26}
-_MACOS_AT = {level: name for name, level in _OS_LEVEL.items() if name.startswith("macOS")}
 
 
 class CompressionError(RuntimeError):
@@ -454,10 +450,9 @@ def required_target(current: str, needed: str) -> str:
     """``current`` if it is at least ``needed``; else ``needed``'s level in ``current``'s OS family."""
     check_choice("deployment target", current, DEPLOYMENT_TARGETS)
     check_choice("deployment target", needed, DEPLOYMENT_TARGETS)
-    if _OS_LEVEL[current] >= _OS_LEVEL[needed]:
+    if os_level(current) >= os_level(needed):
         return current
-    level = _OS_LEVEL[needed]
-    return _MACOS_AT[level] if current.startswith("macOS") else f"iOS{level}"
+    return target_at(os_level(needed), "macOS" if current.startswith("macOS") else "iOS")
 
 
 # --------------------------------------------------------------------------- quiet coremltools

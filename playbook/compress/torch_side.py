@@ -35,8 +35,9 @@ def prune_updates(steps: int) -> list[int]:
 
 def finetune(model: nn.Module, dataset: Dataset, steps: int, lr: float, batch_size: int, seed: int,
              on_step: Any, loss_fn: Any = None) -> tuple[float, ...]:
-    """``steps`` optimiser steps of ``train.fit`` (SGD, momentum 0.9, cosine decay from ``lr``, no weight decay,
-    no validation passes: evaluating would feed the quantizers' observers); returns the per-step losses.
+    """At most ``steps`` optimiser steps of ``train.fit`` (SGD, momentum 0.9, cosine decay from ``lr``, no weight
+    decay, none of ``fit``'s validation passes: they would feed the quantizers' observers); returns the per-step
+    losses.  ``on_step()`` runs after every step and ends the fine-tune when it returns true (``AgreementWatch``).
     ``loss_fn(logits, labels, index)``: ``fit``'s loss hook (e.g. ``distill.logit_loss``); default cross-entropy."""
     if steps <= 0:
         return ()
@@ -45,6 +46,80 @@ def finetune(model: nn.Module, dataset: Dataset, steps: int, lr: float, batch_si
     losses = fit(model, dataset, cfg, progress=False, loss_fn=loss_fn, on_step=on_step).losses
     model.eval()
     return losses
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStop:
+    """Early stopping of a fine-tune on the validation images' agreement with the FP32 model: every ``every``
+    optimiser steps (from ``from_step`` on, where the compression has reached its final strength) the model being
+    fine-tuned classifies ``images``; the fine-tune ends after ``patience`` checks without a higher share of
+    top-1 classes equal to ``reference`` (the FP32 model's), and the weights of the best check are kept."""
+
+    images: torch.Tensor
+    reference: torch.Tensor
+    every: int
+    patience: int
+    from_step: int = 0
+
+
+def agreement(model: nn.Module, images: torch.Tensor, reference: torch.Tensor, batch_size: int = 256) -> float:
+    """The share of ``images`` whose top-1 class from ``model`` equals ``reference``: in eval mode, with every
+    quantization observer paused (a fake-quantize module's ``observer_enabled`` buffer; otherwise the check would
+    move the activation ranges), each module's mode and observer flag restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(b, b.clone()) for m in model.modules()
+             if isinstance(b := getattr(m, "observer_enabled", None), torch.Tensor)]
+    model.eval()
+    for flag, _ in flags:
+        flag.fill_(0)
+    try:
+        with torch.no_grad():
+            predicted = torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    finally:
+        for flag, value in flags:
+            flag.copy_(value)
+        for module, mode in modes:
+            module.training = mode
+    return float((predicted == reference).float().mean())
+
+
+class AgreementWatch:
+    """``fit``'s ``on_step`` for a fine-tune with an ``EarlyStop``: runs the compressor's own ``step`` first, then
+    the agreement checks; returns true to end the fine-tune.  ``finish()`` puts back the best check's weights and
+    returns what the record keeps (checks, best step, where it stopped)."""
+
+    def __init__(self, model: nn.Module, stop: EarlyStop, on_step: Any) -> None:
+        self.model, self.stop, self.on_step = model, stop, on_step
+        self.step = 0
+        self.checks: list[tuple[int, float]] = []
+        self.best: tuple[int, float, dict[str, Any]] | None = None
+        self.since_best = 0
+
+    def __call__(self) -> bool:
+        self.on_step()
+        self.step += 1
+        if self.step < self.stop.from_step or self.step % self.stop.every:
+            return False
+        share = agreement(self.model, self.stop.images, self.stop.reference)
+        self.checks.append((self.step, share))
+        if self.best is None or share > self.best[1]:
+            # a deep copy keeps the state's ``_metadata``, which DKM's modules read back when it is loaded
+            state = copy.deepcopy(self.model.state_dict())
+            self.best, self.since_best = (self.step, share, state), 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.stop.patience
+
+    def finish(self, planned: int) -> dict[str, Any]:
+        """Load the best check's weights when a later step was worse; what happened, for the record."""
+        restored = self.best is not None and self.best[0] != self.step
+        if restored:
+            self.model.load_state_dict(self.best[2])
+        return {"images": len(self.stop.images), "every": self.stop.every, "patience": self.stop.patience,
+                "from_step": self.stop.from_step, "planned_steps": planned, "steps_run": self.step,
+                "stopped_early": self.step < planned, "checks": [[s, round(a, 5)] for s, a in self.checks],
+                "best_step": self.best[0] if self.best else None,
+                "best_agreement": round(self.best[1], 5) if self.best else None, "restored_best": restored}
 
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
@@ -86,6 +161,14 @@ def compressed_share(model: nn.Module) -> dict[str, Any]:
             left.append(name)
     return {"weights_compressed": done, "weights_total": total, "layers_compressed": layers, "layers_total": count,
             "float_layers": left}
+
+
+def zero_channel_layers(model: nn.Module) -> list[str]:
+    """The conv/linear layers with an output channel whose weights are all zero (what folding a BatchNorm of scale 0
+    leaves), in module order."""
+    return [n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)
+            and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and bool((m.weight.detach().flatten(1).abs().amax(1) == 0).any())]
 
 
 def depthwise_modules(model: nn.Module) -> list[str]:
@@ -294,7 +377,8 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                    lr: float = 0.002, batch_size: int = 64, weight_threshold: int = 256,
                    seed: int = 0, module_bits: Mapping[str, int] | None = None, *,
                    prepare: Sequence[str] | None = None, calibration_images: int | None = None,
-                   loss_fn: Any = None) -> TorchCompression:
+                   loss_fn: Any = None, checks: int = 0, patience: int = 2,
+                   check_images: int = 500) -> TorchCompression:
     """Apply a PyTorch-side recipe to a copy of ``model`` with ``coremltools.optimize.torch``.
 
     Weight tensors with at most ``weight_threshold`` elements are left alone (as on the Core ML
@@ -313,6 +397,12 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     cross-entropy (``train.fit``'s hook): a distilled student passes ``distill.logit_loss`` to keep its teacher.
     A recipe option ``lr`` replaces ``lr`` for that recipe's fine-tune (``details["lr"]`` records the one used);
     ``finetune=False`` skips SparseGPT's fine-tune.
+
+    ``checks`` > 0 stops a fine-tune early (``EarlyStop``): that many checks spread over its steps, each the share
+    of the first ``check_images`` validation images whose top-1 class equals the FP32 model's; after ``patience``
+    checks without a better share it ends, and the best check's weights are kept.  Gradual pruning is checked only
+    once it has reached its target sparsity.  ``details["early_stop"]`` records the checks; ``finetune_steps`` is
+    the steps that ran.
     """
     from playbook.compress.graph import correct_bias, prepare_model
     from coremltools.optimize.torch import palettization as pal
@@ -347,10 +437,19 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     tuned = 0.0
     start = time.perf_counter()
 
-    def tune(prepared: nn.Module, on_step: Any) -> list[float]:
+    def tune(prepared: nn.Module, on_step: Any, from_step: int = 0) -> list[float]:
         nonlocal tuned
         begin = time.perf_counter()
-        out = list(finetune(prepared, dataset, steps, lr, batch_size, seed, on_step, loss_fn))
+        watch = None
+        if checks > 0 and steps > 0 and len(dataset.val):
+            images = dataset.to_tensor(dataset.val.images[:check_images])
+            with torch.no_grad():
+                fp32_top1 = torch.cat([reference(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+            stop = EarlyStop(images, fp32_top1, max(1, steps // checks), patience, from_step)
+            watch = AgreementWatch(prepared, stop, on_step)
+        out = list(finetune(prepared, dataset, steps, lr, batch_size, seed, watch or on_step, loss_fn))
+        if watch is not None:
+            details["early_stop"] = watch.finish(steps)
         tuned += time.perf_counter() - begin
         return out
 
@@ -408,7 +507,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                     "module_name_configs": {n: None for n in small}})
                 pruner = prn.MagnitudePruner(net, cfg)
                 prepared = pruner.prepare()
-                losses = tune(prepared, pruner.step)
+                losses = tune(prepared, pruner.step, from_step=updates[-1] + 1)
                 net = pruner.finalize(prepared)
                 details["schedule"] = {"kind": "polynomial decay (Zhu & Gupta, arXiv:1710.01878)", "power": PRUNE_POWER,
                                        "update_steps": updates}
@@ -457,8 +556,18 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
                         for name, bits in module_bits.items()}})
                     details["module_bits"] = dict(module_bits)
                 else:
+                    # coremltools divides each output channel by its scale before k-means: an all-zero channel (a
+                    # folded BatchNorm whose scale is 0) gives NaN and the k-means fails ("index_add_(): argument
+                    # 'index' ... must be Tensor, not NoneType"); such layers get one palette per 16 output channels
+                    grouped = ({n: {**dkm_opts, "enable_per_channel_scale": False, "granularity": "per_grouped_channel",
+                                    "group_size": min(16, net.get_submodule(n).weight.shape[0]),
+                                    "weight_threshold": weight_threshold}
+                                for n in zero_channel_layers(net)} if dkm_opts.get("enable_per_channel_scale") else {})
                     cfg = pal.DKMPalettizerConfig.from_dict({
-                        "global_config": {**dkm_opts, "weight_threshold": weight_threshold}})
+                        "global_config": {**dkm_opts, "weight_threshold": weight_threshold},
+                        "module_name_configs": grouped})
+                    if grouped:
+                        details["grouped_for_zero_channels"] = sorted(grouped)
                 palettizer = pal.DKMPalettizer(net, cfg)
                 prepared = palettizer.prepare()
                 losses = tune(prepared, palettizer.step)
@@ -472,6 +581,6 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
             raise CompressionError(recipe.name, str(exc).strip(), hint_for(str(exc), recipe)) from None
     details.update(compressed_share(net))
     details["messages"] = list(captured)
-    return TorchCompression(net.eval(), time.perf_counter() - start, steps, tuple(losses), details, tuned)
+    return TorchCompression(net.eval(), time.perf_counter() - start, len(losses), tuple(losses), details, tuned)
 
 

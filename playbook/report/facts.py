@@ -12,11 +12,8 @@ from typing import Any
 
 from playbook.report.i18n import MESSAGES, Locale
 from playbook.report.recommend import ReportData, Row, latency_runtime
+from playbook.targets import TARGET_BY_SPEC, TARGET_OS  # noqa: F401  (TARGET_OS: re-exported to content, closing)
 
-TARGET_OS = {"iOS15": "iOS 15 / macOS 12", "iOS16": "iOS 16 / macOS 13", "iOS17": "iOS 17 / macOS 14",
-             "iOS18": "iOS 18 / macOS 15", "iOS26": "iOS 26 / macOS 26",
-             "iOS27": "iOS 27 / macOS 27"}
-TARGET_BY_SPEC = {6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
 _MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
 
 
@@ -97,7 +94,7 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
     technique, algorithm and options (the English description where the record lacks them).  ``own=False``:
     the catalogue's words in English too (short and plain, for the headline)."""
     if loc.lang == "en" and own:
-        return row.description
+        return row.description + _early_stop(row.raw, loc)
     raw = row.raw
     technique = raw.get("technique")
     if row.target == "coreai" and f"tech.coreai.{technique}" in MESSAGES:  # a Core AI model (stage 02)
@@ -115,11 +112,19 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
     keep = re.search(r"-keep(\d+)$", row.name)
     if keep:
         text += loc.t("tech.keep", n=keep.group(1))
-    return text
+    return text + (_early_stop(raw, loc) if own else "")
 
 
-def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale,
-                     details: dict[str, Any] | None = None) -> str | None:
+def _early_stop(raw: dict[str, Any], loc: Locale) -> str:
+    """Where a variant's fine-tune stopped early on its agreement with FP32 (``details.early_stop``), else ""."""
+    stop = (raw.get("details") or {}).get("early_stop") or {}
+    if not stop.get("stopped_early"):
+        return ""
+    return loc.t("tech.stopped", run=loc.num(stop["steps_run"], 0), planned=loc.num(stop["planned_steps"], 0),
+                 images=loc.num(stop["images"], 0), patience=stop["patience"], best=stop["best_step"])
+
+
+def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, details: dict[str, Any]) -> str | None:
     """A compression recipe in ``loc``'s words, from its technique, PyTorch algorithm and options, and from what the
     variant's ``details`` say it did (the calibration images its bias correction used); ``None`` when the catalogue
     has no words for it."""
@@ -140,7 +145,7 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale,
         if options.get("sequential"):
             text += loc.t("tech.sequential")
         if options.get("correct_bias"):
-            used = ((details or {}).get("bias_correction") or {}).get("images", options["correct_bias"])
+            used = (details.get("bias_correction") or {}).get("images", options["correct_bias"])
             text += loc.t("tech.bias", images=loc.num(used, 0))
         steps = recipe.get("steps") or []
         palette = next((opts for kind, opts in steps if kind == "palettize"), None)

@@ -64,6 +64,10 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
                         "ja": "（ネットワークが実行する順に 1 層ずつ、先に圧縮した層の出力を入力として使用）"},
     "tech.bias": {"en": "; biases then corrected on {images} calibration images",
                   "ja": "。その後 {images} 枚のキャリブレーション画像でバイアスを補正"},
+    "tech.stopped": {"en": "; the fine-tune stopped after {run} of {planned} steps, when its agreement with FP32 on "
+                           "{images} validation images had not risen for {patience} checks (weights from step {best})",
+                     "ja": "。検証画像 {images} 枚での FP32 との一致率が {patience} 回続けて上がらなかったため、再学習は "
+                           "{planned} ステップ中 {run} ステップで終了（重みはステップ {best} のもの）"},
     "tech.then-int8": {"en": "; grouped (depthwise) convolutions as int8 after conversion",
                        "ja": "。グループ（depthwise）畳み込みは変換後に int8"},
     "tech.algo.ptp": {"en": "{bits}-bit k-means palettes fitted in PyTorch after cross-layer equalization",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import platform
+import math
 import time
 import traceback
 from pathlib import Path
@@ -36,13 +36,13 @@ from playbook.compress.recipes import TECHNIQUES
 from playbook.compress.search import (AllocationSettings, BitAllocator, LayerProbes, ValidationReference, keep_curve,
                                       rank_layers, validation_subset)
 from playbook.config import ConfigError, check_choice, check_range
-from playbook.coreml import DEPLOYMENT_TARGETS, OS_RELEASES, ExportConfig, package_info, predict_split
+from playbook.coreml import ExportConfig, package_info, predict_split
 from playbook.data import Split
 from playbook.distill import logit_loss, teacher_logits
 from playbook.metrics import compare_paired, pareto_front
 from playbook.paths import default_cache_dir
 from playbook.records import StageRecord, VariantRecord, relative
-from playbook.stages import quantization_cost
+from playbook.stages import quantization_cost, quantization_pitfalls
 from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 
 
@@ -65,8 +65,11 @@ class QuantizationConfig(MeasuredStageConfig):
     weight_threshold: int = 256
     retarget: bool = True
     finetune_steps: int = FinetuneConfig.steps
+    finetune_epochs: float = 0.0
     finetune_lr: float = FinetuneConfig.lr
     finetune_teacher: bool = True
+    finetune_checks: int = 8
+    finetune_patience: int = 3
     batch_size: int = FinetuneConfig.batch_size
     sensitivity_recipe: str = "auto"
     sensitivity_images: int = 1000
@@ -83,6 +86,7 @@ class QuantizationConfig(MeasuredStageConfig):
         for name in self.recipes:
             get_recipe(name)
         check_range("max_top1_drop", self.max_top1_drop, 0.0, 100.0)
+        check_range("finetune_epochs", self.finetune_epochs, 0.0, 100.0)
         self.compress_config()  # precision, weight_threshold and the fine-tune, checked where they are defined
         if self.sensitivity_recipe not in ("auto", "none"):
             recipe = get_recipe(self.sensitivity_recipe)
@@ -107,15 +111,19 @@ class QuantizationConfig(MeasuredStageConfig):
                 chosen |= set(SMOKE.slow_quantization_recipes if self.smoke else SLOW_RECIPES)
         return [n for n in RECIPES if n in chosen]
 
-    def steps(self) -> int:
-        """Fine-tune steps actually used (the smoke policy caps them)."""
-        return SMOKE.steps(self.finetune_steps) if self.smoke else self.finetune_steps
+    def steps(self, train_images: int = 0) -> int:
+        """Fine-tune steps at most: ``finetune_epochs`` of ``train_images`` when both are set, else
+        ``finetune_steps``; the smoke policy caps them."""
+        steps = (math.ceil(self.finetune_epochs * math.ceil(train_images / self.batch_size))
+                 if self.finetune_epochs and train_images else self.finetune_steps)
+        return SMOKE.steps(steps) if self.smoke else steps
 
-    def compress_config(self) -> CompressConfig:
+    def compress_config(self, train_images: int = 0) -> CompressConfig:
         """How every recipe is applied (``compress.CompressConfig``), fine-tune steps capped in smoke runs."""
         return CompressConfig(precision=self.precision, weight_threshold=self.weight_threshold, retarget=self.retarget,
-                              finetune=FinetuneConfig(steps=self.steps(), lr=self.finetune_lr,
-                                                      batch_size=self.batch_size, seed=self.seed))
+                              finetune=FinetuneConfig(steps=self.steps(train_images), lr=self.finetune_lr,
+                                                      batch_size=self.batch_size, seed=self.seed,
+                                                      checks=self.finetune_checks, patience=self.finetune_patience))
 
     def coreai_settings(self) -> CoreAISettings:
         """Which Core AI variants ``run_coreai`` makes (the smoke policy's few in smoke runs) and how they are
@@ -159,7 +167,7 @@ class QuantizationRun(DownstreamRun):
         self.export_cfg = ExportConfig.from_dict(record["exports"]["fp32"]["config"])
         self.fp32_weight_bytes = weight_file_bytes(self.baseline.fp32_package)
         self.recipes = cfg.recipe_names()
-        self.compress_cfg = cfg.compress_config()
+        self.compress_cfg = cfg.compress_config(len(self.dataset.train))
         self.skipped: list[dict[str, str]] = []
         self.failed: list[dict[str, str]] = []
         self.retargeted: list[dict[str, str]] = []
@@ -209,8 +217,11 @@ class QuantizationRun(DownstreamRun):
         with self.threads():
             unit = (quantization_cost.time_one_probe(self.probes, self.baseline.fp32_package, work["first_layer"])
                     if work["first_layer"] else 0.0)
-        self.cost = quantization_cost.stage_cost(measuring, work, unit, self.recipes, self.cfg.steps(),
-                                                 self.cfg.batch_size, self.baseline.record)
+        teacher = quantization_cost.teacher_work(self.cfg.finetune_teacher, self.dataset, self.baseline.record)
+        ft = self.compress_cfg.finetune
+        self.cost = quantization_cost.stage_cost(measuring, work, unit, self.recipes, ft.steps, ft.batch_size,
+                                                 self.baseline.record, teacher, ft.checks,
+                                                 min(ft.check_images, len(self.dataset.val)))
         return self.cost
 
     # ---- step 2: the recipes, one technique at a time
@@ -222,7 +233,7 @@ class QuantizationRun(DownstreamRun):
             with self.timer.step("cost_estimate"):
                 self.estimate_stage_cost()
         names = self.recipe_names(technique)
-        if self.cfg.finetune_teacher and self.cfg.steps() and any(RECIPES[n].data == "training" for n in names):
+        if self.cfg.finetune_teacher and self.compress_cfg.finetune.steps and any(RECIPES[n].data == "training" for n in names):
             self.teach_finetunes()
         made = [self.run_recipe(n) for n in names]
         return [v for v in made if v is not None]
@@ -414,82 +425,8 @@ class QuantizationRun(DownstreamRun):
                 and (v.get("recipe")["data"] == "none") == data_free]
 
     def collect_pitfalls(self) -> list[dict[str, str]]:
-        """Pitfalls this run actually met, each with the measured numbers."""
-        advice = {True: "without data this is too aggressive for this model: try the training-time recipes (DKM "
-                        "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
-                        "change",
-                  False: "more fine-tuning steps, a lower target, or layer exceptions"}
-        for data_free in (True, False):  # one pitfall per kind, listing every variant it hit
-            hit = self._far_outside(data_free)
-            if not hit:
-                continue
-            what = "collapses without data" if data_free else "loses far more than the budget"
-            if len(hit) > 1:
-                what = ("collapse without data" if data_free else "lose far more than the budget")
-            figures = "; ".join(f"{v.name}: top-1 {v.top1:.2f}% ({v.vs_reference.delta_top1:+.2f} points vs FP32, "
-                                f"95% CI [{v.vs_reference.ci_low:+.2f}, {v.vs_reference.ci_high:+.2f}]) at "
-                                f"{v.size_mb:.3f} MB" for v in hit)
-            self.add_pitfall(f"over-compression: {', '.join(v.name for v in hit)} {what}",
-                             f"{figures}; {advice[data_free]}")
-        self._channel_pitfall()
-        self._coverage_pitfall()
-        layers = self.layers_of(self.source.program(self.cfg.precision, self.source.target))
-        small = [x for x in layers if not x.eligible]
-        if small:
-            self.add_pitfall(f"weight_threshold={self.cfg.weight_threshold}: {len(small)} weight tensor(s) stay "
-                             "uncompressed on the Core ML side",
-                             f"{', '.join(f'{x.label} {list(x.shape)}' for x in small)}; coremltools' default (2048) "
-                             f"would leave {sum(x.size <= 2048 for x in layers)} of {len(layers)} weights of this "
-                             "small model uncompressed")
-        seen: set[tuple[str, ...]] = set()
-        for v in self.coreml_variants:
-            skipped = [m for m in v.get("details", {}).get("messages", []) if "Invalid block_sizes" in m
-                       or "Unable to" in m or "skipped" in m.lower() or "does not divide" in m]
-            if skipped and tuple(skipped) not in seen:  # a -keep<k> variant repeats its recipe's messages
-                seen.add(tuple(skipped))
-                self.add_pitfall(f"{v.name}: some weights were skipped or got an adapted block size",
-                                 "; ".join(skipped[:3]) + f" ({v.get('compressed_weights')} weights compressed)")
-        unfolded = [(v.name, v.op_histogram.get("batch_norm", 0)) for v in self.variants
-                    if v.op_histogram.get("batch_norm", 0)]
-        if unfolded:
-            self.add_pitfall("batch_norm op(s) left in " + (f"the program of {unfolded[0][0]}" if len(unfolded) == 1
-                                                             else f"{len(unfolded)} programs"),
-                             f"{', '.join(f'{name}: {n}' for name, n in unfolded)}; the converted program applies "
-                             "BatchNorm as separate ops after the compressed convolutions instead of folding it into "
-                             "their weights (the FP32 and FP16 exports have "
-                             f"{self.baseline_variants[0].op_histogram.get('batch_norm', 0)}): one more op per layer at "
-                             "run time")
-        for name, info in self.mixed.items():
-            if not info["met_budget"]:
-                self.add_pitfall(f"{name}: no allocation met {info['budget_points']:.2f} points on validation",
-                                 "not even the widest palette on every layer met it; the variant written is that "
-                                 "widest allocation (raise max_top1_drop or keep some layers in float)")
-        for v in self.variants:
-            if v.get("recipe", {}).get("algorithm") == "dkm" and v.get("finetune_steps"):
-                steps = v.get("finetune_steps")
-                self.add_pitfall(f"{v.name}: DKM fine-tuning is slow on a CPU",
-                                 f"{v.get('finetune_seconds', 0.0):.0f} s for {steps} steps "
-                                 f"({v.get('finetune_seconds', 0.0) / steps:.2f} s per step of {self.cfg.batch_size} "
-                                 "images on this machine); train.fit runs it on a GPU where one is available "
-                                 "(device='auto'), or use fewer finetune_steps")
-        for target in sorted({r["to"] for r in self.retargeted}, key=DEPLOYMENT_TARGETS.index):
-            names = sorted({r["recipe"] for r in self.retargeted if r["to"] == target})
-            ios, macos = OS_RELEASES[target]
-            self.add_pitfall(f"{len(names)} recipe(s) needed a newer deployment target",
-                             f"{', '.join(names)} were re-exported at {target}: these packages load only on "
-                             f"{ios} / {macos} or later (an app that supports older systems can use them behind "
-                             f"`if #available({ios}, {macos}, *)`)")
-        for s in self.skipped:
-            self.add_pitfall(f"{s['recipe']} refused by coremltools", f"{s['coremltools_message']} -- {s['hint']}")
-        for f in self.failed:
-            self.add_pitfall(f"{f['recipe']} failed ({f['phase']}) and was left out",
-                             f"{f['error']}: {f['reason']} -- the other recipes were measured; the traceback is in "
-                             "the stage's output (for a CLI run, reports/<model>/run.log)")
-        if platform.system() != "Darwin":
-            self.add_pitfall("W8A8 on the Core ML model needs macOS",
-                             "ct.optimize.coreml.linear_quantize_activations calibrates by running Core ML "
-                             "predictions, which only work on macOS; the W8A8 recipes here quantize on the PyTorch "
-                             "side (LinearQuantizer) and convert")
+        """Pitfalls this run actually met, each with the measured numbers (``quantization_pitfalls.collect``)."""
+        quantization_pitfalls.collect(self)
         return self.pitfalls
 
     def _channel_pitfall(self) -> None:
@@ -578,6 +515,7 @@ class QuantizationRun(DownstreamRun):
             "pareto_front_coreai27": self.pareto(coreai=True) if self.coreai and self.coreai["variants"] else None,
             "coreai": self.coreai,
             "finetune_teacher": self.finetune_teacher,
+            "finetune": self.compress_cfg.finetune.to_dict(),  # steps resolved from finetune_epochs, smoke cap applied
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
             "mixed_bits": self.mixed,

@@ -1,10 +1,11 @@
 """Stage 02's cost, said before its first recipe: what measuring, probing, compressing and fine-tuning will take.
 
 Plain functions of what they count (the stage passes its config, recipes, layers and data): ``validation_work``
-counts the validation images the analyses will predict, ``time_one_probe`` times the unit of compression, and
-``stage_cost`` adds both and the fine-tunes to the test-split measuring cost (``StageRun.estimate_cost``) and prints
-the whole with the parameter that bounds each part (issue 18: a 4.65 M-parameter network spends most of the stage
-outside the test-split measurement).
+counts the validation images the analyses will predict, ``time_one_probe`` times the unit of compression,
+``teacher_work`` says whether the fine-tunes' teacher logits are still to compute, and ``stage_cost`` adds these and
+the fine-tunes to the test-split measuring cost (``StageRun.estimate_cost``) and prints the whole with the parameter
+that bounds each part (issue 18: a 4.65 M-parameter network spends most of the stage outside the test-split
+measurement).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 from playbook.compress import RECIPES, WeightLayer, compress_package, get_recipe
 from playbook.compress.search import AllocationSettings, LayerProbes, validation_subset
 from playbook.data import Dataset
+from playbook.distill import teacher_logits_path
+from playbook.paths import default_cache_dir
 
 
 def validation_work(layers: Sequence[WeightLayer], recipes: Sequence[str], dataset: Dataset,
@@ -54,13 +57,29 @@ def time_one_probe(probes: LayerProbes, package: Path, layer: str) -> float:
         return time.perf_counter() - start
 
 
+def teacher_work(enabled: bool, dataset: Dataset, baseline: Any,
+                 cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The FP32 model's logits the fine-tunes learn from (``finetune_teacher``, ``QuantizationRun.teach_finetunes``):
+    how many training images they cover and whether ``distill.teacher_logits`` has them cached under ``cache_dir``
+    (default: ``default_cache_dir()``) already; ``None`` when the teacher is off."""
+    if not enabled:
+        return None
+    path = teacher_logits_path(dataset, baseline["training"]["checkpoint_sha256"], cache_dir or default_cache_dir())
+    return {"images": len(dataset.train), "cached": path.exists(), "path": str(path)}
+
+
 def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: float, recipes: Sequence[str],
-               finetune_steps: int, batch_size: int, baseline: Any) -> dict[str, Any]:
+               finetune_steps: int, batch_size: int, baseline: Any, teacher: dict[str, Any] | None,
+               checks: int = 0, check_images: int = 0) -> dict[str, Any]:
     """``measuring`` (``StageRun.estimate_cost``: the test split) plus this stage's other work, counted before it
     starts: prediction on validation images (``work``, from ``validation_work``) at the pace just measured, the
-    programs compressed on the way at ``probe_seconds`` each (``time_one_probe``), and fine-tune steps at the
-    baseline training's pace (from the baseline's record).  Each part is a lower bound (a palette over every layer,
-    and DKM's clustering, take longer than what is timed); printed with the parameter that bounds it."""
+    programs compressed on the way at ``probe_seconds`` each (``time_one_probe``), the teacher's logits on the
+    training images when some recipe fine-tunes and they are not cached (``teacher``, from ``teacher_work``) at the
+    test split's pace, fine-tune steps at the baseline training's pace (from the baseline's record) and each
+    fine-tune's ``checks`` of agreement on ``check_images`` validation images (early stopping) at the test split's
+    pace; a fine-tune that stops early costs less.  Each part
+    is a lower bound (a palette over every layer, and DKM's clustering, take longer than what is timed); printed with
+    the parameter that bounds it."""
     cost = dict(measuring)
     per_image = cost["seconds_per_image"]
     training = baseline.get("training") or {}
@@ -68,14 +87,21 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
     pace = (float(training["seconds"]) / (int(training["steps"]) * batch)
             if training.get("steps") and training.get("seconds") and batch else None)
     tuned = [n for n in recipes if RECIPES[n].data == "training"]
+    checks = min(checks, finetune_steps) if check_images else 0
+    checking = len(tuned) * checks * check_images * per_image
     finetune = {"recipes": tuned, "steps": finetune_steps, "batch_size": batch_size, "seconds_per_image": pace,
-                "seconds": len(tuned) * finetune_steps * batch_size * pace if pace is not None else None}
+                "checks": checks, "check_images": check_images, "check_seconds": checking,
+                "seconds": len(tuned) * finetune_steps * batch_size * pace + checking if pace is not None else None}
+    taught = None  # the record's teacher_logits: set when the fine-tunes will use the teacher
+    if teacher is not None and tuned and finetune_steps:
+        taught = {**teacher, "seconds_per_image": per_image,
+                  "seconds": 0.0 if teacher["cached"] else teacher["images"] * per_image}
     programs = work["sensitivity"]["probes"] + work["mixed"]["probes"] + work["mixed"]["checks"] + cost["variants"]
     compression = {"programs": programs, "seconds_per_program": probe_seconds, "seconds": programs * probe_seconds}
     validation_seconds = work["images"] * per_image
     cost.update(validation=work, validation_seconds=validation_seconds, finetune=finetune, compression=compression,
-                total_seconds=cost["accuracy_seconds"] + validation_seconds + compression["seconds"]
-                + (finetune["seconds"] or 0.0))
+                teacher_logits=taught, total_seconds=cost["accuracy_seconds"] + validation_seconds
+                + compression["seconds"] + (finetune["seconds"] or 0.0) + (taught["seconds"] if taught else 0.0))
     parts = []
     if work["sensitivity"]["probes"]:
         w = work["sensitivity"]
@@ -86,11 +112,17 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
         parts.append(f"mixed bit-widths ({', '.join(w['recipes'])}): {w['probes']} per-layer probes x "
                      f"{w['probe_images']:,} images (sensitivity_images) and about {w['checks']} allocation checks "
                      f"x {w['check_images']:,} images (search_images)")
+    if taught and not taught["cached"]:
+        parts.append(f"teacher logits: the FP32 model on {taught['images']:,} training images, once (about "
+                     f"{per_image * 1000:.1f} ms per image at the test split's pace, {taught['seconds'] / 60:.1f} min; "
+                     "cached for later runs; bound: finetune_teacher=False)")
     if tuned:
         pace_text = (f"about {pace * batch_size:.2f} s per step at the baseline training's pace, "
                      f"{finetune['seconds'] / 60:.1f} min" if pace is not None else "pace unknown")
-        parts.append(f"fine-tunes: {len(tuned)} recipe(s) x {finetune_steps} steps ({pace_text}; bound: "
-                     "finetune_steps, or leave recipes out)")
+        check_text = (f", {checks} checks x {check_images:,} validation images each (finetune_checks)"
+                      if checks else "")
+        parts.append(f"fine-tunes: {len(tuned)} recipe(s) x at most {finetune_steps} steps{check_text} ({pace_text}; "
+                     "bound: finetune_steps or finetune_epochs, or leave recipes out)")
     parts.append(f"about {programs} programs compressed, at least {probe_seconds:.1f} s each (one single-layer 4-bit "
                  f"palette timed here; a palette over every layer takes longer), {compression['seconds'] / 60:.1f} "
                  "min")

@@ -167,6 +167,12 @@ def explain_variant(record: StageRecord, name: str) -> str:
                    f"{teacher['alpha']:g})" if teacher else "") + ", " +
                   (f"`{reused}`'s fine-tune, reused" if reused else
                    f"{v.get('finetune_seconds', 0.0):.0f} s on this CPU"))
+        stop = (v.get("details") or {}).get("early_stop")
+        if stop and stop.get("best_step") is not None:
+            extra += (f"; {len(stop['checks'])} checks of agreement with FP32 on {stop['images']} validation images"
+                      + (f" stopped it after {stop['steps_run']} of {stop['planned_steps']} steps"
+                         if stop["stopped_early"] else "") +
+                      f", weights from step {stop['best_step']} ({100 * stop['best_agreement']:.1f}% agreement)")
     return (f"`{name}`: {v.size_mb:.3f} MB ({v.get('size_ratio_vs_fp32'):.1f}x smaller than FP32; the weight "
             f"file alone {v.get('weights_ratio_vs_fp32'):.1f}x{extra}), top-1 "
             f"{v.top1:.2f}% [{v.top1_ci[0]:.2f}, {v.top1_ci[1]:.2f}]; change vs FP32 "
