@@ -129,3 +129,28 @@ def test_export_falls_back_to_torch_export_when_tracing_fails(tmp_path, digits, 
         expected = small_model(x).numpy()
     got = ReferenceProgram.load(result.path).predict({"image": x.numpy()})["logits"]
     assert np.abs(got - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_int_of_a_shape_derived_tensor_converts_under_numpy_2_4(tmp_path, digits):
+    """coremltools 9.0 folds ``aten::Int`` with ``int(array)``, a TypeError from NumPy 2.4 on (issue #2633);
+    ``conversion_passes`` applies the upstream fix, so a model that flattens with ``int(h * w)`` converts and
+    computes what PyTorch computes (efficientnet-lite0 after coreai-opt hits the same op through ``size(0)``)."""
+    import torch
+
+    from playbook.coreml import conversion_passes
+    from playbook.mlprogram import ReferenceProgram
+
+    class IntOfShape(torch.nn.Module):
+        def forward(self, x):
+            n = int(torch.tensor(x.shape[2]) * x.shape[3])  # a tensor: traced as aten::Int
+            return x.reshape(x.shape[0], x.shape[1], n).mean(-1)
+
+    x = torch.randn(1, 1, 8, 8)
+    traced = torch.jit.trace(IntOfShape(), x)
+    assert "aten::Int" in str(traced.inlined_graph)
+    mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=[ct.TensorType(name="x", shape=x.shape)],
+                         minimum_deployment_target=ct.target.iOS17, pass_pipeline=conversion_passes())
+    path = tmp_path / "int.mlpackage"
+    mlmodel.save(str(path))
+    out = ReferenceProgram.load(path).predict({"x": x.numpy()})
+    assert np.allclose(next(iter(out.values())), IntOfShape()(x).numpy(), atol=1e-3)
