@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                     tc = compress_torch(recipe, model, dataset, args.finetune_steps, args.finetune_lr, args.batch_size,
                                         args.weight_threshold, 0, prepare=steps, loss_fn=kd_loss, checks=args.checks,
                                         patience=args.patience, check_images=args.check_images)
+                    if tc.details.get("early_stop"):  # printed before the export, which may still fail
+                        print(f"#   {label}: agreement with FP32 on validation (step, share): "
+                              f"{tc.details['early_stop']['checks']}; fine-tune {tc.finetune_seconds:.0f} s for "
+                              f"{tc.finetune_steps} steps, loss {tc.losses[0]:.3f} -> {tc.losses[-1]:.3f}", flush=True)
                     path = export_model(tc.model, dataset,
                                         ExportConfig(precision=recipe.precision or "fp16",
                                                      minimum_deployment_target=target), work, stem).path
@@ -188,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                            bias_correction=d.get("bias_correction"), early_stop=d.get("early_stop"),
                            finetune_seconds=tc.finetune_seconds, first_last_loss=[tc.losses[0], tc.losses[-1]]
                            if tc.losses else None)
-                if d.get("early_stop"):
-                    print(f"#   {label}: agreement with FP32 on validation (step, share): {d['early_stop']['checks']}; "
-                          f"fine-tune {tc.finetune_seconds:.0f} s for {tc.finetune_steps} steps", flush=True)
+
             compress_wall, compress_cpu = time.perf_counter() - t0, _cpu() - c0
             info = package_info(path)
             v_scores, _ = predict_split(path, dataset, test)

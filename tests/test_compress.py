@@ -786,6 +786,7 @@ def test_the_cost_estimate_counts_the_teacher_logits_only_when_they_will_be_comp
     assert checked["finetune"]["check_seconds"] == pytest.approx(1 * 3 * 40 * 0.004)
     assert checked["total_seconds"] == pytest.approx(without["total_seconds"] + 3 * 40 * 0.004)
     assert "3 checks x 40 validation images each" in capsys.readouterr().out
+    assert checked["finetune"]["total_steps"] == 10  # torch-int4-qat's steps_factor 2: twice the 5 steps
     assert stage_cost(measuring, work, 0.5, tuned, 2, 16, baseline, None, 8, 40)["finetune"]["checks"] == 2
 
 

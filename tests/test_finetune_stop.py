@@ -77,7 +77,7 @@ def test_the_watch_stops_after_patience_checks_without_progress_and_keeps_the_be
     assert all(torch.equal(original[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("recipe", ["torch-int4-qat", "torch-palettize-2bit-dkm", "torch-prune-75-ft",
+@pytest.mark.parametrize("recipe", ["torch-w8a8-qat", "torch-palettize-2bit-dkm", "torch-prune-75-ft",
                                     "torch-prune-50-sparsegpt"])
 def test_each_fine_tuning_algorithm_ends_with_the_weights_of_its_best_check(digits, trained, recipe):
     steps, checks = 24, 6
@@ -100,8 +100,10 @@ def test_each_fine_tuning_algorithm_ends_with_the_weights_of_its_best_check(digi
 
 
 def test_without_checks_every_step_runs_and_nothing_is_recorded(digits, trained):
-    result = compress_torch("torch-int4-qat", trained, digits, finetune_steps=5, batch_size=16)
+    result = compress_torch("torch-w8a8-qat", trained, digits, finetune_steps=5, batch_size=16)
     assert result.finetune_steps == 5 and "early_stop" not in result.details
+    longer = compress_torch("torch-int4-qat", trained, digits, finetune_steps=5, batch_size=16)
+    assert longer.finetune_steps == 10  # its recipe's steps_factor: 2
 
 
 def test_the_stage_sizes_its_fine_tunes_as_a_share_of_an_epoch():

@@ -89,9 +89,11 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
     tuned = [n for n in recipes if RECIPES[n].data == "training"]
     checks = min(checks, finetune_steps) if check_images else 0
     checking = len(tuned) * checks * check_images * per_image
-    finetune = {"recipes": tuned, "steps": finetune_steps, "batch_size": batch_size, "seconds_per_image": pace,
-                "checks": checks, "check_images": check_images, "check_seconds": checking,
-                "seconds": len(tuned) * finetune_steps * batch_size * pace + checking if pace is not None else None}
+    # a recipe's steps_factor (e.g. torch-int4-qat's 2) multiplies its steps
+    total_steps = round(sum(float(RECIPES[n].options.get("steps_factor", 1.0)) for n in tuned) * finetune_steps)
+    finetune = {"recipes": tuned, "steps": finetune_steps, "total_steps": total_steps, "batch_size": batch_size,
+                "seconds_per_image": pace, "checks": checks, "check_images": check_images, "check_seconds": checking,
+                "seconds": total_steps * batch_size * pace + checking if pace is not None else None}
     taught = None  # the record's teacher_logits: set when the fine-tunes will use the teacher
     if teacher is not None and tuned and finetune_steps:
         taught = {**teacher, "seconds_per_image": per_image,
@@ -121,8 +123,9 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
                      f"{finetune['seconds'] / 60:.1f} min" if pace is not None else "pace unknown")
         check_text = (f", {checks} checks x {check_images:,} validation images each (finetune_checks)"
                       if checks else "")
-        parts.append(f"fine-tunes: {len(tuned)} recipe(s) x at most {finetune_steps} steps{check_text} ({pace_text}; "
-                     "bound: finetune_steps or finetune_epochs, or leave recipes out)")
+        parts.append(f"fine-tunes: {len(tuned)} recipe(s), at most {total_steps:,} steps in all ({finetune_steps} "
+                     f"each, more where a recipe asks){check_text} ({pace_text}; bound: finetune_steps or "
+                     "finetune_epochs, or leave recipes out)")
     parts.append(f"about {programs} programs compressed, at least {probe_seconds:.1f} s each (one single-layer 4-bit "
                  f"palette timed here; a palette over every layer takes longer), {compression['seconds'] / 60:.1f} "
                  "min")
