@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from playbook.config import ConfigError, StrictConfig, check_choice
+from playbook.coreml_backports import backport_scalar_cast
 from playbook.data import Dataset, Split
 from playbook.metrics import Fidelity, fidelity
 from playbook.package_files import directory_size, release_on_collect, share_permissions, zipped_size
@@ -173,43 +173,6 @@ def _input_type(dataset: Dataset, cfg: ExportConfig) -> tuple[Any, tuple[float, 
     # Per-channel std cannot be folded into ImageType's scalar scale: scale to [0, 1], normalise in the graph.
     image = ct.ImageType(name=INPUT_NAME, shape=shape, scale=1.0 / 255.0, color_layout=layout)
     return image, dataset.mean, dataset.std
-
-
-@functools.cache
-def backport_scalar_cast() -> bool:
-    """Make coremltools' torch frontend fold ``aten::Int`` / ``aten::Bool`` of a one-element tensor under NumPy 2.4.
-
-    coremltools 9.0's ``_cast`` calls ``int(x.val)`` on the folded value, a one-element array when the value comes
-    from a tensor (e.g. ``bs = inputs.size(0)`` in efficientnet-lite0's ``forward`` once coreai-opt has rewritten the
-    model); NumPy 2.4 made that a ``TypeError`` ("only 0-dimensional arrays can be converted to Python scalars",
-    coremltools issue #2633, fixed after 9.0 by pull request #2632 with ``squeeze()``).  This registers both ops
-    again with that fix, only where the installed ``_cast`` still has the old line; returns whether it did.
-    Idempotent (cached)."""
-    import inspect
-
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch import ops
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
-
-    if "dtype(x.val)" not in inspect.getsource(ops._cast):
-        return False
-
-    def cast(context: Any, node: Any, dtype: type, dtype_name: str) -> None:
-        x = ops._get_inputs(context, node, expected=1)[0]
-        if x.can_be_folded_to_const() and not isinstance(x.val, dtype):
-            context.add(mb.const(val=dtype(np.asarray(x.val).squeeze()), name=node.name), node.name)
-        else:
-            ops._cast(context, node, dtype, dtype_name)
-
-    def _int(context: Any, node: Any) -> None:
-        cast(context, node, int, "int32")
-
-    def _bool(context: Any, node: Any) -> None:
-        cast(context, node, bool, "bool")
-
-    register_torch_op(_int, torch_alias=["int"], override=True)
-    register_torch_op(_bool, torch_alias=["bool"], override=True)
-    return True
 
 
 def conversion_passes(const_threshold: int = 1) -> Any:
