@@ -103,7 +103,7 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
         precision = str(raw.get("precision") or "")
         return loc.t(f"tech.{precision}") if precision in ("fp32", "fp16") else row.description
     if technique == "distillation":
-        return _describe_student(row, loc, short=not own)
+        return _describe_student(row, loc, short=not own) + (_early_stop(raw, loc) if own else "")
     if technique == "architecture":
         return _describe_family(row, loc)
     text = _describe_recipe(raw.get("recipe") or {}, technique, loc, raw.get("details") or {})
