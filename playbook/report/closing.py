@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from playbook.report.facts import (TARGET_OS, _baseline, _environment_line, _reference, _where_short,
+from playbook.report.facts import (_baseline, _environment_line, _reference, _where_short,
                                    deployment_target, layer_names, own_warnings, readable)
 from playbook.report.i18n import MINUS, Locale
 from playbook.report.recommend import Recommendation, ReportData, latency_rankable
 from playbook.stages import get_stage
+from playbook.targets import TARGET_OS
 
 # The numbered Sources list (issue 17): the report's text cites these as [n].  Each entry: who, the title (a proper
 # name, shown as written), what it is in English and in Japanese, and its address (a link; none for books and papers

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from playbook.report.charts import chart_images
 from playbook.report.closing import _glossary, _methodology, _next_steps, _pitfalls, _risks, _sources
-from playbook.report.facts import (TARGET_OS, WHERE_PREFIX, _baseline, _environment_line, _reference, _where,
+from playbook.report.facts import (WHERE_PREFIX, _baseline, _environment_line, _reference, _where,
                                    _where_short, deployment_target, describe, own_warnings, package_metadata,
                                    package_target, provisional, where_key)
 from playbook.report.i18n import REPORT_FILES, Locale
@@ -25,6 +25,7 @@ from playbook.report.recommend import (Recommendation, ReportData, Row, check_bu
 from playbook.report.coreai import coreai_section
 from playbook.report.swift import coreai_swift_snippet, swift_snippet
 from playbook.stages import STAGES
+from playbook.targets import TARGET_OS
 
 SECTIONS = ("summary", "recommendation", "charts", "variants", "per_class", "deliverables", "coreai", "next",
             "risks", "pitfalls", "methodology", "glossary", "sources")

@@ -12,7 +12,7 @@ from typing import Any
 
 from playbook.report.i18n import MESSAGES, Locale
 from playbook.report.recommend import ReportData, Row, latency_runtime
-from playbook.targets import TARGET_BY_SPEC, TARGET_OS  # noqa: F401  (TARGET_OS: re-exported to content, closing)
+from playbook.targets import TARGET_BY_SPEC
 
 _MIL_NAME = re.compile(r"\b(?:const_\d+_to_fp16|const_\d+|[A-Za-z_][\w.]*_weight(?:_to_fp16)?)\b")
 

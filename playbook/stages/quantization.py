@@ -233,7 +233,8 @@ class QuantizationRun(DownstreamRun):
             with self.timer.step("cost_estimate"):
                 self.estimate_stage_cost()
         names = self.recipe_names(technique)
-        if self.cfg.finetune_teacher and self.compress_cfg.finetune.steps and any(RECIPES[n].data == "training" for n in names):
+        tuned = any(RECIPES[n].data == "training" for n in names)
+        if self.cfg.finetune_teacher and self.compress_cfg.finetune.steps and tuned:
             self.teach_finetunes()
         made = [self.run_recipe(n) for n in names]
         return [v for v in made if v is not None]
