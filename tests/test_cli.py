@@ -241,7 +241,7 @@ def test_a_large_pretrained_model_runs_with_the_budgets_it_declares(tmp_path):
     from playbook.notebooks import notebook_parameters
 
     declared = run_budgets("efficientnet-lite0")
-    assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 13
+    assert declared["max_test_images"] == 2000 and declared["lite0"] is False and len(declared) == 14
     from playbook.compress import DEFAULT_RECIPES  # stage 02: the default set but the three size-bound recipes and
     assert set(DEFAULT_RECIPES) - set(declared["recipes"]) == {  # five that a cheaper sibling answers
         "palettize-mixed", "palettize-mixed-tight", "torch-palettize-2bit-dkm", "palettize-3bit", "palettize-2bit",
@@ -290,7 +290,7 @@ def test_the_run_prints_and_records_the_declared_budgets_apart_from_the_command(
     assert status["declared_budgets"] == {"max_test_images": 2000}
     assert "max_test_images" not in status["command"]  # the user's command, which re-derives them when rerun
     assert cli.main(["list-models"]) == 0
-    assert "declares 13 bounded run budgets" in capsys.readouterr().out
+    assert "declares 14 bounded run budgets" in capsys.readouterr().out
 
 
 def test_batch_reports_an_unknown_model_and_runs_the_rest(fake, tmp_path, capsys):
