@@ -624,6 +624,15 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     text = describe(row(gptq.name, "quantization", "", technique=gptq.technique, recipe=gptq.to_dict(),
                         details={"bias_correction": {"images": 64}}), ja)
     assert "64 枚のキャリブレーション画像でバイアスを補正" in text and "1 層ずつ" in text
+    qat = RECIPES["torch-int4-qat"]  # its own learning rate and step factor, as the English catalogue line says
+    text = describe(row(qat.name, "quantization", "", technique=qat.technique, recipe=qat.to_dict()), ja)
+    assert "4 ビット整数の重み" in text and "学習率 0.0005" in text and "ステップ数の 2 倍" in text
+    assert "learning rate 5e-4" in qat.description and "twice the stage's fine-tune steps" in qat.description
+    short = describe(row(qat.name, "quantization", "", technique=qat.technique, recipe=qat.to_dict()), en, own=False)
+    assert "learning rate" not in short and "4-bit integer weights" in short  # the headline stays short
+    w8a8 = describe(row("q", "quantization", "", technique="activation-quantization",
+                        recipe=RECIPES["torch-w8a8-qat"].to_dict()), ja)
+    assert "学習率 0.0001" in w8a8 and "倍" not in w8a8
     mixed = describe(row("palettize-mixed-tight", "quantization", "", technique="mixed-bits",
                          recipe=RECIPES["palettize-mixed-tight"].to_dict()), ja)
     assert "2、3、4、6、8 ビット" in mixed and "許容低下幅の 30% 以内" in mixed

@@ -106,7 +106,7 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
         return _describe_student(row, loc, short=not own) + (_early_stop(raw, loc) if own else "")
     if technique == "architecture":
         return _describe_family(row, loc)
-    text = _describe_recipe(raw.get("recipe") or {}, technique, loc, raw.get("details") or {})
+    text = _describe_recipe(raw.get("recipe") or {}, technique, loc, raw.get("details") or {}, fine_tune=own)
     if text is None:
         return row.description
     keep = re.search(r"-keep(\d+)$", row.name)
@@ -124,10 +124,12 @@ def _early_stop(raw: dict[str, Any], loc: Locale) -> str:
                  images=loc.num(stop["images"], 0), patience=stop["patience"], best=stop["best_step"])
 
 
-def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, details: dict[str, Any]) -> str | None:
+def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, details: dict[str, Any],
+                     fine_tune: bool = True) -> str | None:
     """A compression recipe in ``loc``'s words, from its technique, PyTorch algorithm and options, and from what the
     variant's ``details`` say it did (the calibration images its bias correction used); ``None`` when the catalogue
-    has no words for it."""
+    has no words for it.  ``fine_tune``: also the recipe's own fine-tune learning rate and step factor, where it
+    sets them (options ``lr``, ``steps_factor``)."""
     bits, options = recipe.get("bits"), recipe.get("options") or {}
     algorithm = recipe.get("algorithm") or ""
     if technique == "mixed-bits":
@@ -142,6 +144,10 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
                    "qat-weights" if algorithm == "qat" and options.get("activation_dtype") == "float32" else algorithm)
             text = loc.t(f"tech.algo.{key}", bits=_whole(options.get("n_bits", bits), loc),
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
+        if fine_tune and options.get("lr"):
+            text += loc.t("tech.lr", lr=f"{float(options['lr']):g}")
+        if fine_tune and options.get("steps_factor"):
+            text += loc.t("tech.steps-factor", factor=f"{float(options['steps_factor']):g}")
         if options.get("sequential"):
             text += loc.t("tech.sequential")
         if options.get("correct_bias"):
