@@ -801,6 +801,9 @@ def test_gradual_pruning_then_a_palette_on_the_survivors(lowbit_stage):
     # the smoke run's 20 steps get the stage's 8 agreement checks (one every 2 steps, once the sparsity is final)
     stop = details["early_stop"]
     assert lowbit_stage.details()["finetune"]["checks"] == 8 and stop["every"] == 2
+    # a network trained from scratch has no fine-tune rate to derive one from: the stage's default, and why
+    assert lowbit_stage.details()["finetune"]["lr"] == 0.002
+    assert "from scratch" in lowbit_stage.details()["finetune"]["lr_source"]
     assert stop["checks"] and all(step > details["schedule"]["update_steps"][-1] for step, _ in stop["checks"])
     assert v.get("finetune_steps") == stop["steps_run"] <= stop["planned_steps"] == 20
     snap = lowbit_stage.snapshot()

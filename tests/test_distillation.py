@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from playbook import views
+from playbook.compress.apply import FinetuneConfig
 from playbook.config import ConfigError
 from playbook.coreml import export_model, package_info
 from playbook.distill import (DistillConfig, Distiller, distillation_loss, paired_seed_test, soft_loss, soft_targets,
@@ -376,7 +377,7 @@ def test_stage_writes_a_complete_record_with_measured_student_packages(smoke_sta
     assert raw["run"]["params"]["student_options"] == {"width": 4}
 
 
-def _quantization_record(root, smoke, variants):
+def _quantization_record(root, smoke, variants, finetune=None):
     def v(name, size, within, recipe=None, allocation=None):
         return VariantRecord(name=name, stage="quantization", size_bytes=size, top1=90.0,
                              extra={"within_budget": within, "recipe": {"name": recipe or name,
@@ -384,7 +385,7 @@ def _quantization_record(root, smoke, variants):
 
     record = StageRecord(stage="quantization", model="resnet", config={"smoke": smoke, "finetune_steps": 7},
                          environment={}, run={}, reproduce="", variants=[v(*x) for x in variants],
-                         details={"accuracy_budget": 1.0})
+                         details={"accuracy_budget": 1.0, **({"finetune": finetune} if finetune else {})})
     write_stage_record(root, record)
 
 
@@ -399,6 +400,12 @@ def test_recipe_comes_from_the_quantization_record_when_there_is_a_usable_one(sm
     choice = run.choose_recipe()
     assert choice["recipe"] == "palettize-4bit" and choice["source"] == "quantization.json"
     assert choice["finetune"]["steps"] == 7 and "quantization.json" in run.lineage
+    # the fine-tune stage 02 ran, with its derived learning rate; where the rate came from is not a fine-tune setting
+    ran = {"steps": 9, "lr": 0.002, "batch_size": 64, "seed": 0, "checks": 8, "patience": 3, "check_images": 500,
+           "lr_source": "0.2 x the 0.01 that stage 01 fine-tuned the pretrained network at"}
+    _quantization_record(cfg.model_dir(), True, [("int8-weights", 300, True)], finetune=ran)
+    finetune = run.choose_recipe()["finetune"]
+    assert "lr_source" not in finetune and FinetuneConfig.from_dict(finetune).steps == 9
     # issue 25: a mixed-bit recipe within the budget wins over a smaller uniform one (its palettes are refitted to
     # the student's size budget); outside the budget it does not count
     _quantization_record(cfg.model_dir(), True, [("palettize-4bit", 200, True),

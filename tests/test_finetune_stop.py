@@ -121,6 +121,27 @@ def test_the_stage_sizes_its_fine_tunes_as_a_share_of_an_epoch():
         QuantizationConfig(finetune_epochs=-1.0)
 
 
+def test_the_fine_tune_learning_rate_derives_from_stage_01s_own_fine_tune():
+    from playbook.config import ConfigError
+    from playbook.compress.apply import FinetuneConfig
+    from playbook.stages.quantization import FINETUNE_LR_SHARE, QuantizationConfig
+
+    lite0 = {"training_mode": "finetune", "train_config": {"lr": 0.01, "schedule": "cosine"}}
+    scratch = {"training_mode": "scratch", "train_config": {"lr": 0.1, "schedule": "onecycle"}}
+    cfg = QuantizationConfig()
+    lr, why = cfg.learning_rate(lite0)
+    assert lr == pytest.approx(FINETUNE_LR_SHARE * 0.01) and "0.01" in why and "fine-tuned" in why
+    assert cfg.compress_config(54_000, lite0).finetune.lr == pytest.approx(0.002)  # the rate lite0 was measured at
+    assert cfg.learning_rate({"training_mode": "finetune", "train_config": {"lr": 0.05}})[0] == pytest.approx(0.01)
+    for record, said in ((scratch, "from scratch"), ({"training_mode": "head"}, "classifier only"),
+                         (None, "did not train")):  # no fine-tune schedule: the stage's default
+        lr, why = cfg.learning_rate(record)
+        assert lr == FinetuneConfig.lr and said in why, record
+    assert QuantizationConfig(finetune_lr=0.003).learning_rate(lite0) == (0.003, "finetune_lr")  # set: it wins
+    with pytest.raises(ConfigError, match="finetune_lr"):
+        QuantizationConfig(finetune_lr=-0.1)
+
+
 def test_the_report_says_where_a_fine_tune_stopped_in_both_languages():
     from types import SimpleNamespace
 

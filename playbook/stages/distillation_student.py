@@ -85,10 +85,12 @@ def choose_recipe(recipe: str, record: StageRecord | None, why_not: str) -> dict
            "size budget, at as many bits per weight as fit")
     return {"recipe": best.name, "source": "quantization.json", "why": why + (f": {measured}" if measured else ""),
             "teacher_delta_top1": best.delta_top1, "teacher_size_bytes": best.size_bytes,
-            # the fine-tune stage 02 ran (steps resolved, early stopping); a record older than that field: its config
-            "finetune": record.get("finetune") or {
+            # the fine-tune stage 02 ran (steps resolved, early stopping, its learning rate; not where the rate came
+            # from); a record older than that field: its config
+            "finetune": {k: v for k, v in (record.get("finetune") or {}).items() if k in FinetuneConfig.field_names()}
+            or {
                 "steps": int(qcfg.get("finetune_steps", FinetuneConfig.steps)),
-                "lr": float(qcfg.get("finetune_lr", FinetuneConfig.lr)),
+                "lr": float(qcfg.get("finetune_lr") or FinetuneConfig.lr),
                 "batch_size": int(qcfg.get("batch_size", FinetuneConfig.batch_size)),
                 "seed": int(qcfg.get("seed", FinetuneConfig.seed))},
             "allocation": {"probe_images": int(qcfg.get("sensitivity_images", AllocationSettings.probe_images)),

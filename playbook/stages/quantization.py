@@ -51,6 +51,11 @@ from playbook.stages.common import SMOKE, DownstreamRun, MeasuredStageConfig
 # 5,000 test images, one fine-tune of the network, 200 steps).
 TEACHER_TEMPERATURE = 2.0
 TEACHER_ALPHA = 0.5
+# The fine-tunes' learning rate when ``finetune_lr`` is 0: this share of the peak learning rate stage 01 fine-tuned a
+# pretrained network with (efficientnet-lite0: 0.01, so 0.002, the rate every lite0 figure in README.md was measured
+# at).  A network stage 01 trained from scratch (one-cycle to 0.1), or a user's checkpoint, has no fine-tune schedule
+# to derive from and keeps ``FinetuneConfig.lr`` (0.002, the rate the resnet figures were measured at).
+FINETUNE_LR_SHARE = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +71,7 @@ class QuantizationConfig(MeasuredStageConfig):
     retarget: bool = True
     finetune_steps: int = FinetuneConfig.steps
     finetune_epochs: float = 0.0
-    finetune_lr: float = FinetuneConfig.lr
+    finetune_lr: float = 0.0
     finetune_teacher: bool = True
     finetune_checks: int = 8
     finetune_patience: int = 3
@@ -118,10 +123,27 @@ class QuantizationConfig(MeasuredStageConfig):
                  if self.finetune_epochs and train_images else self.finetune_steps)
         return SMOKE.steps(steps) if self.smoke else steps
 
-    def compress_config(self, train_images: int = 0) -> CompressConfig:
-        """How every recipe is applied (``compress.CompressConfig``), fine-tune steps capped in smoke runs."""
+    def learning_rate(self, baseline: dict[str, Any] | None = None) -> tuple[float, str]:
+        """The fine-tunes' learning rate and where it came from: ``finetune_lr`` when set; else ``FINETUNE_LR_SHARE``
+        of the peak rate stage 01 fine-tuned a pretrained network with (``baseline``: its record's
+        ``training_mode`` and ``train_config``); else ``FinetuneConfig.lr``."""
+        if self.finetune_lr:
+            return float(self.finetune_lr), "finetune_lr"
+        train = (baseline or {}).get("train_config") or {}
+        if (baseline or {}).get("training_mode") == "finetune" and train.get("lr"):
+            lr = FINETUNE_LR_SHARE * float(train["lr"])
+            return lr, (f"{FINETUNE_LR_SHARE:g} x the {float(train['lr']):g} that stage 01 fine-tuned the "
+                        f"pretrained network at")
+        how = {"scratch": "trained it from scratch", "head": "trained its classifier only"}.get(
+            str((baseline or {}).get("training_mode")), "did not train it")
+        return FinetuneConfig.lr, f"the stage's default: stage 01 {how}, so there is no fine-tune rate to derive from"
+
+    def compress_config(self, train_images: int = 0, baseline: dict[str, Any] | None = None) -> CompressConfig:
+        """How every recipe is applied (``compress.CompressConfig``), fine-tune steps capped in smoke runs, the
+        learning rate from ``learning_rate(baseline)``."""
         return CompressConfig(precision=self.precision, weight_threshold=self.weight_threshold, retarget=self.retarget,
-                              finetune=FinetuneConfig(steps=self.steps(train_images), lr=self.finetune_lr,
+                              finetune=FinetuneConfig(steps=self.steps(train_images),
+                                                      lr=self.learning_rate(baseline)[0],
                                                       batch_size=self.batch_size, seed=self.seed,
                                                       checks=self.finetune_checks, patience=self.finetune_patience))
 
@@ -167,7 +189,8 @@ class QuantizationRun(DownstreamRun):
         self.export_cfg = ExportConfig.from_dict(record["exports"]["fp32"]["config"])
         self.fp32_weight_bytes = weight_file_bytes(self.baseline.fp32_package)
         self.recipes = cfg.recipe_names()
-        self.compress_cfg = cfg.compress_config(len(self.dataset.train))
+        self.compress_cfg = cfg.compress_config(len(self.dataset.train), record)
+        self.lr_source = cfg.learning_rate(record)[1]
         self.skipped: list[dict[str, str]] = []
         self.failed: list[dict[str, str]] = []
         self.retargeted: list[dict[str, str]] = []
@@ -222,6 +245,8 @@ class QuantizationRun(DownstreamRun):
         self.cost = quantization_cost.stage_cost(measuring, work, unit, self.recipes, ft.steps, ft.batch_size,
                                                  self.baseline.record, teacher, ft.checks,
                                                  min(ft.check_images, len(self.dataset.val)))
+        if self.cost["finetune"]["recipes"] and ft.steps:
+            print(f"fine-tune learning rate {ft.lr:g}: {self.lr_source}")
         return self.cost
 
     # ---- step 2: the recipes, one technique at a time
@@ -516,7 +541,8 @@ class QuantizationRun(DownstreamRun):
             "pareto_front_coreai27": self.pareto(coreai=True) if self.coreai and self.coreai["variants"] else None,
             "coreai": self.coreai,
             "finetune_teacher": self.finetune_teacher,
-            "finetune": self.compress_cfg.finetune.to_dict(),  # steps resolved from finetune_epochs, smoke cap applied
+            # steps resolved from finetune_epochs (smoke cap applied), the learning rate and where it came from
+            "finetune": {**self.compress_cfg.finetune.to_dict(), "lr_source": self.lr_source},
             "comparisons": comparisons,
             "sensitivity": self.sensitivity,
             "mixed_bits": self.mixed,
