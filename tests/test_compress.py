@@ -744,7 +744,7 @@ def test_the_cost_estimate_counts_the_teacher_logits_only_when_they_will_be_comp
     when a selected recipe fine-tunes and the logits are not cached; absent with the teacher off, without a
     fine-tune, or once ``distill.teacher_logits`` has cached them."""
     from playbook.distill import teacher_logits_path
-    from playbook.stages.quantization_cost import stage_cost, teacher_work
+    from playbook.stages.quantization_cost import fine_tunes_learn_from_teacher, stage_cost, teacher_work
 
     baseline = {"training": {"checkpoint_sha256": "e" * 64, "steps": 10, "seconds": 2.0},
                 "train_config": {"batch_size": 20}}
@@ -773,6 +773,9 @@ def test_the_cost_estimate_counts_the_teacher_logits_only_when_they_will_be_comp
     for teacher, recipes, steps in ((None, tuned, 5), (on, plain, 5), (on, tuned, 0)):
         cost, printed = estimate(teacher, recipes, steps)
         assert cost["teacher_logits"] is None and "teacher logits" not in printed
+        # the stage asks the same question before it computes them
+        assert not fine_tunes_learn_from_teacher(teacher is not None, recipes, steps)
+    assert fine_tunes_learn_from_teacher(True, tuned, 5)
     # cached by an earlier run: recorded as cached, costs nothing, not printed
     Path(on["path"]).parent.mkdir(parents=True)
     Path(on["path"]).write_bytes(b"")

@@ -258,8 +258,8 @@ class QuantizationRun(DownstreamRun):
             with self.timer.step("cost_estimate"):
                 self.estimate_stage_cost()
         names = self.recipe_names(technique)
-        tuned = any(RECIPES[n].data == "training" for n in names)
-        if self.cfg.finetune_teacher and self.compress_cfg.finetune.steps and tuned:
+        if quantization_cost.fine_tunes_learn_from_teacher(self.cfg.finetune_teacher, names,
+                                                           self.compress_cfg.finetune.steps):
             self.teach_finetunes()
         made = [self.run_recipe(n) for n in names]
         return [v for v in made if v is not None]

@@ -68,6 +68,12 @@ def teacher_work(enabled: bool, dataset: Dataset, baseline: Any,
     return {"images": len(dataset.train), "cached": path.exists(), "path": str(path)}
 
 
+def fine_tunes_learn_from_teacher(enabled: bool, recipes: Sequence[str], finetune_steps: int) -> bool:
+    """Whether the stage computes the FP32 model's logits for its fine-tunes: ``finetune_teacher`` is on, some recipe
+    fine-tunes (``data="training"``) and the fine-tunes take steps.  The stage and its cost estimate both ask this."""
+    return bool(enabled and finetune_steps and any(RECIPES[n].data == "training" for n in recipes))
+
+
 def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: float, recipes: Sequence[str],
                finetune_steps: int, batch_size: int, baseline: Any, teacher: dict[str, Any] | None,
                checks: int = 0, check_images: int = 0) -> dict[str, Any]:
@@ -95,7 +101,7 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
                 "seconds_per_image": pace, "checks": checks, "check_images": check_images, "check_seconds": checking,
                 "seconds": total_steps * batch_size * pace + checking if pace is not None else None}
     taught = None  # the record's teacher_logits: set when the fine-tunes will use the teacher
-    if teacher is not None and tuned and finetune_steps:
+    if teacher is not None and fine_tunes_learn_from_teacher(True, recipes, finetune_steps):
         taught = {**teacher, "seconds_per_image": per_image,
                   "seconds": 0.0 if teacher["cached"] else teacher["images"] * per_image}
     programs = work["sensitivity"]["probes"] + work["mixed"]["probes"] + work["mixed"]["checks"] + cost["variants"]
