@@ -930,6 +930,34 @@ def test_dkm_with_per_channel_scales_gives_a_layer_with_a_dead_channel_grouped_p
     assert all(len(torch.unique(row)) <= 4 for row in head)
 
 
+def test_dkm_with_a_palette_per_output_channel_keeps_the_narrow_channels_and_converts(tmp_path, digits):
+    """Issue 23: one 2-bit palette for a layer whose output channels span 100x spends its four values on the wide
+    channel and collapses the narrow ones (efficientnet-lite0 fell to chance); ``torch-palettize-2bit-dkm-channel``
+    fits four values to every output channel, the all-zero one included, and converts for iOS 18."""
+    torch.manual_seed(0)
+    model = _WideChannels().eval()
+    reference = model.conv.weight.detach().clone()
+    shared = compress_torch("torch-palettize-2bit-dkm", model, digits, finetune_steps=2, batch_size=16,
+                            weight_threshold=16)
+    own = compress_torch("torch-palettize-2bit-dkm-channel", model, digits, finetune_steps=2, batch_size=16,
+                         weight_threshold=16)
+    one, per_channel = shared.model.conv.weight.detach(), own.model.conv.weight.detach()
+    narrow = range(1, 7)  # the six channels of scale 1 (channel 0 spans 100, channel 7 is all zero)
+    assert all(len(torch.unique(one[c])) <= 2 for c in narrow)  # the shared palette: at most 2 of its 4 values here
+    assert all(len(torch.unique(per_channel[c])) == 4 for c in narrow)
+    assert all(len(torch.unique(row)) <= 4 for row in [*per_channel.flatten(1), *own.model.fc.weight.detach()])
+    assert len(torch.unique(own.model.fc.weight.detach())) > 4  # the head too: four values per row, not in all
+    error = {name: (w - reference)[1:7].abs().max().item() for name, w in (("one", one), ("own", per_channel))}
+    assert error["own"] < error["one"] / 5, error
+    assert own.details["weights_compressed"] == own.details["weights_total"]
+    package = export_model(own.model, digits, ExportConfig(minimum_deployment_target="iOS18"), tmp_path, "c").package
+    assert package.op_histogram.get("constexpr_lut_to_dense", 0) == 2
+    scores, _ = predict_split(package.path, digits, digits.test, "reference")
+    with torch.no_grad():
+        torch_scores = own.model(digits.to_tensor(digits.test.images)).numpy()
+    assert (scores.argmax(1) == torch_scores.argmax(1)).mean() > 0.95
+
+
 def test_collapsed_data_free_recipes_are_explained_by_the_channel_ranges_or_not_at_all(stage, tmp_path, digits,
                                                                                       monkeypatch):
     """The pitfall fires only when a data-free palette or pruning collapsed *and* the weights show wide or dead

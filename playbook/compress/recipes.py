@@ -292,6 +292,17 @@ def _catalogue() -> dict[str, Recipe]:
         Recipe("torch-palettize-2bit-dkm", "torch", "training-time", "weight-only", 2,
                "2-bit palettes learned while fine-tuning with differentiable k-means (DKMPalettizer)",
                algorithm="dkm", data="training", options={"n_bits": 2}, prepare=FOLD),
+        # one palette per output channel: after BatchNorm folding a layer's output channels can lie 100x apart, and a
+        # palette shared across them collapses (efficientnet-lite0 after 10 steps: 13.0 % top-1 per tensor, 10.4 %
+        # with one palette per 16 channels, 44.8 % with one per channel; benchmarks/bench_lite0_recipes.py).  Batch
+        # mode clusters a layer's equal-sized partitions as one tensor instead of one Python loop per channel.
+        Recipe("torch-palettize-2bit-dkm-channel", "torch", "training-time", "weight-only", 2,
+               "2-bit palettes, one per output channel, learned while fine-tuning with differentiable k-means "
+               "(DKMPalettizer, per_grouped_channel granularity with group_size 1, the partitions clustered in batch "
+               "mode); needs iOS 18 for a palette per channel",
+               min_target="iOS18", algorithm="dkm", data="training",
+               options={"n_bits": 2, "granularity": "per_grouped_channel", "group_size": 1,
+                        "palett_batch_mode": True}, prepare=FOLD),
         Recipe("torch-palettize-mixed-dkm", "torch", "training-time", "weight-only", 8,
                "the per-layer palette sizes palettize-mixed chose on validation, learned while fine-tuning with "
                "differentiable k-means (DKMPalettizer, one module_name_configs entry per layer)",
@@ -425,8 +436,8 @@ DEFAULT_RECIPES: tuple[str, ...] = (
 # Added to the default set by the stage's ``slow_recipes=True``: more DKM fine-tunes.  DKM re-assigns every
 # weight to every palette entry at each step, several times the cost of a plain training step on a CPU
 # (benchmarks/bench_compress.py prints seconds per step).
-SLOW_RECIPES: tuple[str, ...] = ("torch-palettize-3bit-dkm", "torch-palettize-mixed-dkm",
-                                 "torch-palettize-mixed-tight-dkm")
+SLOW_RECIPES: tuple[str, ...] = ("torch-palettize-3bit-dkm", "torch-palettize-2bit-dkm-channel",
+                                 "torch-palettize-mixed-dkm", "torch-palettize-mixed-tight-dkm")
 
 
 def available_recipes() -> list[str]:

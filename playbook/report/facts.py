@@ -144,6 +144,8 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
                    "qat-weights" if algorithm == "qat" and options.get("activation_dtype") == "float32" else algorithm)
             text = loc.t(f"tech.algo.{key}", bits=_whole(options.get("n_bits", bits), loc),
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
+        if options.get("granularity") == "per_grouped_channel" and options.get("group_size") == 1:
+            text += loc.t("tech.per-channel-palette")
         if fine_tune and options.get("lr"):
             text += loc.t("tech.lr", lr=f"{float(options['lr']):g}")
         if fine_tune and options.get("steps_factor"):

@@ -44,6 +44,7 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
                       "ja": "キャリブレーションデータで測った感度で重み付けした {bits} ビットのパレット（SKM）"},
     "tech.algo.dkm": {"en": "{bits}-bit palettes learned while fine-tuning with differentiable k-means (DKM)",
                       "ja": "微分可能 k-means（DKM）で再学習しながら学ぶ {bits} ビットのパレット"},
+    "tech.per-channel-palette": {"en": ", one palette per output channel", "ja": "（出力チャネルごとに 1 つのパレット）"},
     "tech.algo.dkm-mixed": {"en": "the per-layer palette sizes {source} chose, learned while fine-tuning (DKM)",
                             "ja": "{source} が選んだ層ごとのパレットサイズを、微分可能 k-means（DKM）で再学習しながら学ぶ"},
     "tech.algo.ptq": {"en": "{bits}-bit integer weights quantized in PyTorch", "ja": "PyTorch 側での {bits} ビット整数への重みの量子化"},
