@@ -630,6 +630,12 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     assert "learning rate 5e-4" in qat.description and "twice the stage's fine-tune steps" in qat.description
     short = describe(row(qat.name, "quantization", "", technique=qat.technique, recipe=qat.to_dict()), en, own=False)
     assert "learning rate" not in short and "4-bit integer weights" in short  # the headline stays short
+    int8 = RECIPES["int8-weights"].to_dict()  # a keep-N variant: its most damaging layers stay float
+    one = row("int8-weights-keep1", "quantization", "", technique="quantization", recipe=int8)
+    three = row("int8-weights-keep3", "quantization", "", technique="quantization", recipe=int8)
+    assert describe(one, en, own=False).endswith(", its most damaging layer kept float")
+    assert describe(three, en, own=False).endswith(", its 3 most damaging layers kept float")
+    assert "影響の最も大きい 1 層" in describe(one, ja) and "影響の大きい 3 層" in describe(three, ja)
     w8a8 = describe(row("q", "quantization", "", technique="activation-quantization",
                         recipe=RECIPES["torch-w8a8-qat"].to_dict()), ja)
     assert "学習率 0.0001" in w8a8 and "倍" not in w8a8

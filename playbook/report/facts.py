@@ -111,7 +111,7 @@ def describe(row: Row, loc: Locale, own: bool = True) -> str:
         return row.description
     keep = re.search(r"-keep(\d+)$", row.name)
     if keep:
-        text += loc.t("tech.keep", n=keep.group(1))
+        text += loc.t("tech.keep-one") if keep.group(1) == "1" else loc.t("tech.keep", n=keep.group(1))
     return text + (_early_stop(raw, loc) if own else "")
 
 

@@ -29,7 +29,8 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
                                    "（16 で割り切れない層は浮動小数点のまま）"},
     "tech.coreai.prune50": {"en": "coreai-opt MagnitudePruner, 50 % of each weight zeroed by magnitude, no fine-tune",
                             "ja": "coreai-opt の MagnitudePruner：各重みの 50 % を大きさの順にゼロに（再学習なし）"},
-    "tech.keep": {"en": ", {n} most damaging layer(s) kept float", "ja": "、影響の大きい {n} 層は浮動小数点のまま"},
+    "tech.keep": {"en": ", its {n} most damaging layers kept float", "ja": "、影響の大きい {n} 層は浮動小数点のまま"},
+    "tech.keep-one": {"en": ", its most damaging layer kept float", "ja": "、影響の最も大きい 1 層は浮動小数点のまま"},
     "tech.mixed-bits": {"en": "a palette size per layer (from {choices} bits), chosen on validation images from each "
                                "layer's measured damage, within {share}% of the accuracy budget",
                         "ja": "層ごとに異なるパレットサイズ（{choices} ビットから選択）。各層の測定した影響をもとに検証画像で選び、"

@@ -404,8 +404,10 @@ class QuantizationRun(DownstreamRun):
             made = compress(rec, self.source, self.compress_cfg, out_dir=self.out_dir, stem=variant_name,
                             exclude=curve["keep"], metadata={"playbook.stage": self.stage})
         record = self.measure_compressed(
-            made, variant_name, f"{rec.description}, with the {curve['chosen_kept']} most damaging layer(s) kept "
-                                f"float: {', '.join(curve['kept_labels'])}", kept_float=curve["kept_labels"])
+            made, variant_name, f"{rec.description}, with " + (
+                "its most damaging layer" if curve["chosen_kept"] == 1 else
+                f"its {curve['chosen_kept']} most damaging layers") + f" kept float: {', '.join(curve['kept_labels'])}",
+            kept_float=curve["kept_labels"])
         base_variant = self.variant(name)
 
         def brief(v: VariantRecord) -> dict[str, Any]:
