@@ -784,12 +784,17 @@ def test_the_cost_estimate_counts_the_teacher_logits_only_when_they_will_be_comp
     cost, printed = estimate(cached)
     assert cost["teacher_logits"]["seconds"] == 0.0 and "teacher logits" not in printed
     assert cost["total_seconds"] == pytest.approx(without["total_seconds"])
-    # early stopping's checks: 1 fine-tuning recipe x 3 checks x 40 validation images, at the test split's pace
-    checked = stage_cost(measuring, work, 0.5, tuned, 5, 16, baseline, None, checks=3, check_images=40)
+    # early stopping's checks: 1 checked fine-tuning recipe x 3 checks x 40 validation images, at the test split's
+    # pace; torch-int4-qat runs every step unchecked (its recipe's early_stop=False), so its checks cost nothing
+    both = ["torch-w8a8-qat", "torch-int4-qat"]
+    checked = stage_cost(measuring, work, 0.5, both, 5, 16, baseline, None, checks=3, check_images=40)
+    unchecked = stage_cost(measuring, work, 0.5, both, 5, 16, baseline, None)
     assert checked["finetune"]["check_seconds"] == pytest.approx(1 * 3 * 40 * 0.004)
-    assert checked["total_seconds"] == pytest.approx(without["total_seconds"] + 3 * 40 * 0.004)
+    assert checked["total_seconds"] == pytest.approx(unchecked["total_seconds"] + 3 * 40 * 0.004)
     assert "3 checks x 40 validation images each" in capsys.readouterr().out
-    assert checked["finetune"]["total_steps"] == 10  # torch-int4-qat's steps_factor 2: twice the 5 steps
+    assert checked["finetune"]["total_steps"] == 5 + 10  # torch-int4-qat's steps_factor 2: twice the 5 steps
+    assert stage_cost(measuring, work, 0.5, ["torch-int4-qat"], 5, 16, baseline, None, 3, 40)["finetune"][
+        "check_seconds"] == 0.0
     assert stage_cost(measuring, work, 0.5, tuned, 2, 16, baseline, None, 8, 40)["finetune"]["checks"] == 2
 
 

@@ -104,6 +104,15 @@ def test_without_checks_every_step_runs_and_nothing_is_recorded(digits, trained)
     assert result.finetune_steps == 5 and "early_stop" not in result.details
     longer = compress_torch("torch-int4-qat", trained, digits, finetune_steps=5, batch_size=16)
     assert longer.finetune_steps == 10  # its recipe's steps_factor: 2
+    # int4 QAT runs every step even when the stage checks (its recipe's early_stop=False), with a patience of 1
+    # that would end a checked fine-tune at its second check
+    unchecked = compress_torch("torch-int4-qat", trained, digits, finetune_steps=5, batch_size=16, checks=5,
+                               patience=1, check_images=64)
+    assert unchecked.finetune_steps == 10 and "early_stop" not in unchecked.details
+    assert "early_stop" not in unchecked.details["options"]  # not passed on to coremltools' quantizer
+    checked = compress_torch("torch-w8a8-qat", trained, digits, finetune_steps=10, batch_size=16, checks=5,
+                             patience=1, check_images=64)
+    assert checked.details["early_stop"]["checks"]  # the same call checks a recipe that allows it
 
 
 def test_the_stage_sizes_its_fine_tunes_as_a_share_of_an_epoch():
@@ -149,7 +158,7 @@ def test_the_report_says_where_a_fine_tune_stopped_in_both_languages():
     from playbook.report.facts import describe
     from playbook.report.i18n import Locale
 
-    recipe = RECIPES["torch-int4-qat"]
+    recipe = RECIPES["torch-w8a8-qat"]
     stop = {"stopped_early": True, "steps_run": 150, "planned_steps": 211, "images": 500, "patience": 3,
             "best_step": 78}
     row = SimpleNamespace(name=recipe.name, stage="quantization", description=recipe.description, target="coreml",

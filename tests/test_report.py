@@ -627,6 +627,7 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     qat = RECIPES["torch-int4-qat"]  # its own learning rate and step factor, as the English catalogue line says
     text = describe(row(qat.name, "quantization", "", technique=qat.technique, recipe=qat.to_dict()), ja)
     assert "4 ビット整数の重み" in text and "学習率 0.0005" in text and "ステップ数の 2 倍" in text
+    assert "早期終了なし" in text and "no early stop" in qat.description
     assert "learning rate 5e-4" in qat.description and "twice the stage's fine-tune steps" in qat.description
     short = describe(row(qat.name, "quantization", "", technique=qat.technique, recipe=qat.to_dict()), en, own=False)
     assert "learning rate" not in short and "4-bit integer weights" in short  # the headline stays short

@@ -396,7 +396,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     bias correction after compression.  ``loss_fn(logits, labels, index)`` replaces the fine-tune's
     cross-entropy (``train.fit``'s hook): a distilled student passes ``distill.logit_loss`` to keep its teacher.
     A recipe option ``lr`` replaces ``lr`` for that recipe's fine-tune (``details["lr"]`` records the one used), and
-    ``steps_factor`` multiplies ``finetune_steps`` for it;
+    ``steps_factor`` multiplies ``finetune_steps`` for it, and ``early_stop=False`` runs all of them, unchecked;
     ``finetune=False`` skips SparseGPT's fine-tune.
 
     ``checks`` > 0 stops a fine-tune early (``EarlyStop``): that many checks spread over its steps, each the share
@@ -431,6 +431,7 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     opts = dict(recipe.options)
     lr = float(opts.pop("lr", lr))  # a recipe's own fine-tune learning rate wins over the caller's
     finetune_steps = round(finetune_steps * float(opts.pop("steps_factor", 1.0)))  # a recipe may need longer
+    checks = checks if opts.pop("early_stop", True) else 0  # ... or every step it is given
     n_calib = len(calib) if calibration_images is None else max(1, min(int(calibration_images), len(calib)))
     details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small, "lr": lr,
                                "prepare": [p.to_dict() for p in prepared_steps]}

@@ -150,6 +150,8 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
             text += loc.t("tech.lr", lr=f"{float(options['lr']):g}")
         if fine_tune and options.get("steps_factor"):
             text += loc.t("tech.steps-factor", factor=f"{float(options['steps_factor']):g}")
+        if fine_tune and options.get("early_stop") is False:
+            text += loc.t("tech.no-early-stop")
         if options.get("sequential"):
             text += loc.t("tech.sequential")
         if options.get("correct_bias"):

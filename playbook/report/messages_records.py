@@ -58,6 +58,7 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "tech.algo.qat-weights": {"en": "{bits}-bit integer weights learned while fine-tuning (weight-only QAT)",
                               "ja": "再学習しながら学ぶ {bits} ビット整数の重み（重みのみの量子化認識学習）"},
     "tech.lr": {"en": ", at a learning rate of {lr}", "ja": "、学習率 {lr}"},
+    "tech.no-early-stop": {"en": ", every step run (no early stop)", "ja": "、早期終了なしで全ステップを実行"},
     "tech.steps-factor": {"en": ", for {factor} times the stage's fine-tune steps",
                           "ja": "、ステージの再学習ステップ数の {factor} 倍"},
     "tech.algo.sparsegpt": {"en": "{sparsity}% of the weights zero, chosen by SparseGPT from calibration images, then "
