@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING
+from typing import Any
 
 from playbook.targets import DEPLOYMENT_TARGETS, OS_RELEASES
 
-if TYPE_CHECKING:  # the stage imports this module; the type is for readers and checkers only
-    from playbook.stages.quantization import QuantizationRun
 
-
-def collect(run: QuantizationRun) -> None:
-    """Add every pitfall ``run`` met to ``run.pitfalls`` (``add_pitfall``)."""
+def collect(run: Any) -> None:
+    """Add every pitfall ``run`` (a ``stages.quantization.QuantizationRun``, not imported here, not even for type
+    checking: the stage imports this module, and ``test_layering`` forbids the cycle) met to ``run.pitfalls``
+    (``add_pitfall``)."""
     advice = {True: "without data this is too aggressive for this model: try the training-time recipes (DKM "
                     "palettes, gradual pruning), mixed bit-widths or layer exceptions, and compare their measured "
                     "change",
