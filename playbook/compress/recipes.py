@@ -296,8 +296,8 @@ def _catalogue() -> dict[str, Recipe]:
         # palette shared across them collapses (efficientnet-lite0, 10 steps at lr 0.005 with the teacher, 500 test
         # images, FP32 87.8 %: 11.0 % top-1 with one palette per tensor, 7.8 % per 16 channels, 44.8 % per channel;
         # benchmarks/bench_lite0_recipes.py); after 800 steps (16 checks, weights of step 650) +0.46 [-0.22, +1.20] on
-        # 5,000 test images at 12.0x, in 6,707 s on 2 threads.  Batch mode clusters a layer's equal-sized partitions as one tensor
-        # instead of one Python loop per channel.
+        # 5,000 test images at 12.0x, in 6,707 s on 2 threads.  Batch mode clusters a layer's equal-sized partitions
+        # as one tensor instead of one Python loop per channel.
         Recipe("torch-palettize-2bit-dkm-channel", "torch", "training-time", "weight-only", 2,
                "2-bit palettes, one per output channel, learned while fine-tuning with differentiable k-means "
                "(DKMPalettizer, per_grouped_channel granularity with group_size 1, the partitions clustered in batch "
