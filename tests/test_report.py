@@ -620,6 +620,19 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
         text = describe(r, ja)
         assert japanese.search(text) and text != recipe.description, recipe.name
         assert describe(r, en) == recipe.description
+    for loc in (ja, en):  # two recipes never read the same: granularity, pruning pattern and pre-steps are named
+        words = {}
+        for recipe in RECIPES.values():
+            r = row(recipe.name, "quantization", recipe.description, technique=recipe.technique,
+                    recipe=recipe.to_dict())
+            assert words.setdefault(describe(r, loc, own=False), recipe.name) == recipe.name, (loc.lang, recipe.name)
+    grouped = describe(row("g", "quantization", "", technique="palettization",
+                           recipe=RECIPES["palettize-4bit-grouped-eq"].to_dict()), ja)
+    assert "出力チャネル最大 16 個のグループごと" in grouped and "層間イコライゼーション" in grouped
+    joint = describe(row("j", "quantization", "", technique="joint", recipe=RECIPES["prune-50+int8"].to_dict()), en,
+                     own=False)
+    assert joint == "50% of the weights set to zero by magnitude, stored sparse, then the survivors as int8 after " \
+                    "conversion (joint compression)"  # not "pruning and palettization"
     gptq = RECIPES["torch-palettize-4bit-gptq"]  # the images its bias correction used, not the option's cap
     text = describe(row(gptq.name, "quantization", "", technique=gptq.technique, recipe=gptq.to_dict(),
                         details={"bias_correction": {"images": 64}}), ja)

@@ -146,6 +146,10 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
                          sparsity=loc.num(100 * float(options.get("target_sparsity", 0.0)), 0))
         if options.get("granularity") == "per_grouped_channel" and options.get("group_size") == 1:
             text += loc.t("tech.per-channel-palette")
+        if options.get("quantization_scheme") == "affine":
+            text += loc.t("tech.affine")
+        if "equalize" in (recipe.get("prepare") or []) and algorithm != "ptp":  # ptp's own words say it
+            text += loc.t("tech.equalized")
         if fine_tune and options.get("lr"):
             text += loc.t("tech.lr", lr=f"{float(options['lr']):g}")
         if fine_tune and options.get("steps_factor"):
@@ -165,10 +169,41 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
         if algorithm in ("gptq", "qat") and int8_after:
             text += loc.t("tech.then-int8")
         return text
+    steps = [(kind, opts) for kind, opts in recipe.get("steps") or []]
+    equalized = loc.t("tech.equalized") if "equalize" in (recipe.get("prepare") or []) else ""
+    if technique in ("pruning", "joint") and steps and steps[0][0] == "prune":
+        return _describe_steps(steps, loc) + equalized
     if f"tech.{technique}" not in MESSAGES:
         return None
     values = 2 ** int(bits) if isinstance(bits, (int, float)) and float(bits).is_integer() else "—"
-    return loc.t(f"tech.{technique}", bits=_whole(bits, loc), values=values)
+    return loc.t(f"tech.{technique}", bits=_whole(bits, loc), values=values) + _describe_steps(steps, loc) + equalized
+
+
+def _describe_steps(steps: list[tuple[str, dict[str, Any]]], loc: Locale) -> str:
+    """What a Core ML recipe's steps (``coreml.optimize`` calls) add to its technique's words: how a pruning step
+    chooses its zeros, a later step's compression of the survivors (joint compression), and the granularity of a
+    quantization or palette step (scales per block, palettes per group of output channels)."""
+    text = ""
+    for i, (kind, opts) in enumerate(steps):
+        if kind == "prune" and i == 0:
+            if opts.get("n_m_ratio"):
+                n, m = opts["n_m_ratio"]
+                text += loc.t("tech.pruning-n-m", n=n, m=m)
+            else:
+                share = opts.get("target_sparsity")
+                text += loc.t("tech.pruning-share", pct=loc.num(100 * float(share), 0)) if share else \
+                    loc.t("tech.pruning")
+            continue
+        if i > 0 and kind == "palettize":
+            text += loc.t("tech.then-palette", bits=opts.get("nbits", "—"))
+        elif i > 0 and kind == "quantize":
+            text += loc.t("tech.then-quantized", dtype=opts.get("dtype", "—"))
+        if opts.get("granularity") == "per_block" and opts.get("block_size"):
+            text += loc.t("tech.per-block", n=opts["block_size"])
+        elif opts.get("granularity") == "per_grouped_channel" and opts.get("group_size"):
+            text += (loc.t("tech.per-channel-palette") if opts["group_size"] == 1 else
+                     loc.t("tech.grouped-palette", n=opts["group_size"]))
+    return text
 
 
 def _whole(value: Any, loc: Locale) -> str:
