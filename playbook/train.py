@@ -114,6 +114,11 @@ class TrainConfig(StrictConfig):
         check_choice("device", self.device, ["auto", "cpu", "cuda", "mps"])
         check_range("threads", self.threads, 0)
 
+    def length(self) -> str:
+        """How long this config trains, in words: ``"400 steps"`` for a fixed-step fine-tune, else
+        ``"6 epoch(s)"``."""
+        return f"{self.steps} steps" if self.steps else f"{self.epochs} epoch(s)"
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:

@@ -670,6 +670,10 @@ def test_the_japanese_report_describes_every_recipe_student_and_family_in_japane
     family = row("squeezenet-w8", "architecture", "squeezenet (width=8) ...", technique="architecture",
                  family="squeezenet", knobs={"width": 8}, training={"epochs": 6, "lr": 0.05})
     assert describe(family, ja) == "squeezenet（width=8）をベースラインの設定で 6 エポック学習（最大学習率 0.05）、FP16 の ML プログラム"
+    fixed_steps = row("resnet-w11", "architecture", "", technique="architecture", family="resnet", knobs={"width": 11},
+                      training={"epochs": 0, "steps": 400, "lr": 0.01})  # the baseline fine-tuned a fixed 400 steps
+    assert describe(fixed_steps, ja).startswith("resnet（width=11）をベースラインの設定で 400 ステップ学習")
+    assert "0 エポック" not in describe(fixed_steps, ja)
     lite0 = row("efficientnet-lite0-fp16", "architecture", "efficientnet-lite0, ImageNet weights", technique="architecture")
     assert describe(lite0, ja) == "efficientnet-lite0, ImageNet weights"  # no family facts: the English line stays
     from playbook.compress.coreai_side import TECHNIQUES
@@ -701,6 +705,31 @@ def test_the_retarget_pitfall_names_each_targets_own_os_in_both_languages():
     ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
     assert lang == "ja" and "iOS 26 / macOS 26 以降" in ja_detail and "iOS 18" not in ja_detail
     assert translate(title, detail, Locale("en"))[:2] == (title, detail)
+
+
+def test_a_training_length_in_steps_reads_as_steps_not_as_0_epochs():
+    """A pretrained network fine-tuned for a fixed number of steps has ``epochs=0`` in its config: the families of
+    stage 04 and the pitfall naming an unmatched budget once read "0 epoch(s)"."""
+    from playbook.report.pitfalls import translate
+    from playbook.train import TrainConfig
+    assert TrainConfig(epochs=0, steps=400).length() == "400 steps" and TrainConfig(epochs=6).length() == "6 epoch(s)"
+    title = "the budget is not matched with the baseline"
+    for base, said in (("400 steps", "400 ステップ"), ("6 epoch(s)", "6 エポック"), ("6", "6 エポック")):  # "6": old records
+        detail = f"families trained 2 epoch(s), the baseline {base}: differences mix architecture and training length"
+        ja_title, ja_detail, lang = translate(title, detail, Locale("ja"))
+        assert lang == "ja" and "2 エポック" in ja_detail and said in ja_detail, base
+
+
+def test_the_methods_section_gives_a_fixed_step_fine_tune_in_steps(tmp_path, tiny_package):
+    """The baseline of a pretrained network fine-tuned 400 steps: "Training: 400 optimiser steps", not "1 epoch(s)"
+    from its one history entry."""
+    model_dir = write_records(tmp_path, tiny_package)
+    path = model_dir / "baseline.json"
+    record = json.loads(path.read_text())
+    record["train_config"] = {"lr": 0.01, "batch_size": 64, "epochs": 0, "steps": 400}
+    path.write_text(json.dumps(record))
+    assert "Training: 400 optimiser steps (learning rate 0.01, batch 64)" in _page(tmp_path)
+    assert "学習：400 ステップ（学習率 0.01、バッチ 64）" in _page(tmp_path, "ja")
 
 
 def test_the_student_size_miss_reads_in_japanese():

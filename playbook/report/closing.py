@@ -187,8 +187,10 @@ def _methodology(data: ReportData, loc: Locale) -> list[str]:
     train_cfg = (base.get("train_config") or {}) if base else {}
     history = training.get("history") or []
     if history:
-        items.append(loc.t("m.training", epochs=len(history), lr=train_cfg.get("lr", "—"),
-                           batch=train_cfg.get("batch_size", "—"), val=loc.pct(history[-1].get("val_top1"), 1)))
+        length = {"steps": loc.num(train_cfg["steps"], 0)} if train_cfg.get("steps") else {"epochs": len(history)}
+        items.append(loc.t("m.training_steps" if "steps" in length else "m.training", **length,
+                           lr=train_cfg.get("lr", "—"), batch=train_cfg.get("batch_size", "—"),
+                           val=loc.pct(history[-1].get("val_top1"), 1)))
     elif base is not None:
         items.append(loc.t("m.training_loaded"))
     timed = [r for r in data.rows if r.latency_ms is not None]

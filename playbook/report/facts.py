@@ -236,8 +236,10 @@ def _describe_family(row: Row, loc: Locale) -> str:
     family, knobs, epochs, lr = raw.get("family"), raw.get("knobs"), training.get("epochs"), training.get("lr")
     if not family or knobs is None or epochs is None or lr is None:
         return row.description
-    return loc.t("tech.family", family=family, knobs=", ".join(f"{k}={v}" for k, v in knobs.items()) or "—",
-                 epochs=epochs, lr=lr)
+    knobs_text = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "—"
+    if training.get("steps"):  # the baseline's fixed-step fine-tune: its step count, not its 0 epochs
+        return loc.t("tech.family-steps", family=family, knobs=knobs_text, steps=loc.num(training["steps"], 0), lr=lr)
+    return loc.t("tech.family", family=family, knobs=knobs_text, epochs=epochs, lr=lr)
 
 
 def _png_data_uri(png: bytes) -> str:

@@ -476,6 +476,9 @@ MESSAGES: dict[str, dict[str, str]] = {
                       "ja": "キャリブレーション：データを使う圧縮（活性化の範囲、感度分析）用に {n} 枚を別に確保。"},
     "m.training": {"en": "Training: {epochs} epoch(s) (learning rate {lr}, batch {batch}); last validation top-1 {val}.",
                    "ja": "学習：{epochs} エポック（学習率 {lr}、バッチ {batch}）、最終の検証 top-1 は {val}。"},
+    "m.training_steps": {"en": "Training: {steps} optimiser steps (learning rate {lr}, batch {batch}); last validation "
+                                 "top-1 {val}.",
+                          "ja": "学習：{steps} ステップ（学習率 {lr}、バッチ {batch}）、最終の検証 top-1 は {val}。"},
     "m.training_loaded": {"en": "Training: the model was loaded from a checkpoint; no training history is recorded.",
                           "ja": "学習：モデルはチェックポイントから読み込んだため、学習履歴の記録はありません。"},
     "m.latency": {"en": "Latency: batch 1, {warmup} warm-up runs, then timed runs until the median was stable (or a "

@@ -101,6 +101,10 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "tech.family": {"en": "{family} ({knobs}) trained with the baseline's config for {epochs} epoch(s) at peak lr {lr}, "
                           "FP16 ML program",
                     "ja": "{family}（{knobs}）をベースラインの設定で {epochs} エポック学習（最大学習率 {lr}）、FP16 の ML プログラム"},
+    "tech.family-steps": {"en": "{family} ({knobs}) trained with the baseline's config for {steps} steps at peak lr "
+                                "{lr}, FP16 ML program",
+                          "ja": "{family}（{knobs}）をベースラインの設定で {steps} ステップ学習（最大学習率 {lr}）、FP16 の ML "
+                                "プログラム"},
 
     # ---- pitfalls the stages record in English, written again in the report's language (report/pitfalls.py)
     "pit.temperature.title": {"en": "wrong temperature: T = {bad} costs {cost} points against T = {good}",
@@ -268,6 +272,10 @@ RECORD_MESSAGES: dict[str, dict[str, str]] = {
     "pit.unmatched.detail": {
         "en": "families trained {epochs} epoch(s), the baseline {base}",
         "ja": "各ファミリーは {epochs} エポック、ベースラインは {base} エポック学習しました。差にはアーキテクチャと"
+              "学習期間の両方の影響が混ざっています"},
+    "pit.unmatched.detail_steps": {
+        "en": "families trained {epochs} epoch(s), the baseline {base} steps",
+        "ja": "各ファミリーは {epochs} エポック、ベースラインは {base} ステップ学習しました。差にはアーキテクチャと"
               "学習期間の両方の影響が混ざっています"},
     "pit.no_fit.title": {"en": "{name}: the architecture does not fit the task at this budget",
                          "ja": "{name}：この学習量ではアーキテクチャが課題に合っていません"},

@@ -65,7 +65,8 @@ PATTERNS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("placement", r"placement on the Neural Engine is predicted, not measured",
      ((r"MLComputePlan needs macOS (?P<version>[\d.]+) or later.*this is (?P<os>\w+),.*", "detail"),)),
     ("unmatched", r"the budget is not matched with the baseline",
-     ((r"families trained (?P<epochs>\d+) epoch\(s\), the baseline (?P<base>\d+): .*", "detail"),)),
+     ((r"families trained (?P<epochs>\d+) epoch\(s\), the baseline (?P<base>\d+)(?: epoch\(s\))?: .*", "detail"),
+      (r"families trained (?P<epochs>\d+) epoch\(s\), the baseline (?P<base>\d+) steps: .*", "detail_steps"))),
     ("no_fit", r"(?P<name>\S+): the architecture does not fit the task at this budget",
      ((rf"top-1 (?P<top1>{_NUM})% vs (?P<best>{_NUM})% for the best family at (?P<params>[\d,]+) parameters and "
        r"(?P<macs>[\d,]+) MACs; .*", "detail"),)),

@@ -141,7 +141,8 @@ class ArchitectureRun(DownstreamRun):
 
         self.families = cfg.family_specs()
         self.baseline_train = TrainConfig.from_dict(record["train_config"])
-        self.train_cfg = self.baseline_train.replace(epochs=cfg.epochs) if cfg.epochs else self.baseline_train
+        # ``epochs`` overrides the training length, also of a baseline fine-tuned for a fixed number of steps
+        self.train_cfg = self.baseline_train.replace(epochs=cfg.epochs, steps=0) if cfg.epochs else self.baseline_train
         if self.cfg.smoke:
             self.train_cfg = self.train_cfg.replace(epochs=SMOKE.epochs(self.train_cfg.epochs))
         self.export_cfg = ExportConfig.from_dict(record["exports"]["fp16"]["config"]).replace(precision=cfg.precision)
@@ -259,14 +260,15 @@ class ArchitectureRun(DownstreamRun):
             record = self.measure(
                 fam.name, export.path,
                 f"{fam.family} ({', '.join(f'{k}={v}' for k, v in fam.knobs.items())}) trained with the baseline's "
-                f"config for {self.train_cfg.epochs} epoch(s)"
+                f"config for {self.train_cfg.length()}"
                 + (f" at peak lr {self.train_cfg_for(fam).lr:g}" if self.train_cfg_for(fam).lr != self.train_cfg.lr
                    else "") + f", {self.cfg.precision.upper()} ML program",
                 technique="architecture", family=fam.family, knobs=dict(fam.knobs), parameters=facts.parameters,
                 macs=facts.macs, param_ratio=facts.parameters / self.baseline_facts.parameters,
                 macs_ratio=facts.macs / max(self.baseline_facts.macs, 1), precision=self.cfg.precision,
                 deployment_target=self.export_cfg.minimum_deployment_target, export_seconds=export.seconds,
-                training={"epochs": self.train_cfg.epochs, "lr": self.train_cfg_for(fam).lr, "seconds": t["seconds"],
+                training={"epochs": self.train_cfg.epochs, "steps": self.train_cfg.steps,
+                          "lr": self.train_cfg_for(fam).lr, "seconds": t["seconds"],
                           "from_cache": t["from_cache"],
                           "checkpoint": t["checkpoint"], "history": t["history"]},
                 scan={"verdict": scan.verdict(), "passed": scan.passed, "counts": scan.counts()})
@@ -408,8 +410,9 @@ class ArchitectureRun(DownstreamRun):
             self.add_pitfall(f"{name}: the scan predicts ops off the Neural Engine", f"{scan.verdict()}: {rules}")
         if self.train_cfg != self.baseline_train:
             self.add_pitfall("the budget is not matched with the baseline",
-                             f"families trained {self.train_cfg.epochs} epoch(s), the baseline "
-                             f"{self.baseline_train.epochs}: differences mix architecture and training length")
+                             f"families trained {self.train_cfg.length()}, the baseline "
+                             f"{self.baseline_train.length()}: differences mix architecture and training "
+                             "length")
         if self.plans and not self.plans.get("available"):
             self.add_pitfall("placement on the Neural Engine is predicted, not measured", self.plans["reason"])
         return self.pitfalls
