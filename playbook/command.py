@@ -145,4 +145,13 @@ class RunCommand:
 
     def shell(self, program: Sequence[str] = PROGRAM) -> str:
         """The command line, shell-quoted: what records and reports show."""
-        return " ".join(shlex.quote(p) for p in self.argv(program))
+        return " ".join(shell_quote(p) for p in self.argv(program))
+
+
+def shell_quote(arg: str) -> str:
+    """``shlex.quote``, except that an argument holding single quotes and nothing a POSIX shell expands inside
+    double quotes (``$``, backquote, backslash, ``"``, ``!``) is double-quoted: ``-p "recipes=['a', 'b']"`` reads
+    better than shlex's ``'recipes=['"'"'a'"'"', ...`` and splits back into the same argument."""
+    if "'" in arg and not set(arg) & set('"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,10 @@ def test_a_command_parses_back_into_itself_and_budgets_are_never_reparsed_from_t
                        params=parse_assignments(args.params, "-p"), budget=parse_budget(args.budget),
                        reports_dir=str(args.reports_dir))
     assert again == command
+    listed = RunCommand(model="efficientnet-lite0", params={"recipes": ["int8-weights", "int4-block"], "note": "it's $x"})
+    line = listed.shell()  # a list reads as a list: double quotes, not shlex's '"'"' splices; "$x" stays literal
+    assert "-p \"recipes=['int8-weights', 'int4-block']\"" in line and "'\"'\"'" not in line.split("note")[0]
+    assert shlex.split(line) == listed.argv()
     assert canonical_budget({"top1_drop": "0.5", "size_mb": 1}) == {"max_top1_drop": "0.5", "max_size_mb": 1}
     with pytest.raises(ConfigError, match="twice"):
         canonical_budget({"top1_drop": 1, "max_top1_drop": 2})
