@@ -815,7 +815,9 @@ def test_the_core_ml_or_core_ai_section_in_both_languages(tmp_path, tiny_package
     assert "top-1 agreement 100.00%" in section and "3.0e-07" in section
     assert "1 recipe(s) failed: coreai-prune50" in section  # a missing Core ML counterpart is not a failed recipe
     assert "1 compressed model(s) measured without the runtime comparison" in section and "coreai-int8" in section
-    assert "import CoreML" in section and "import CoreAI" in section
+    assert "import CoreAI" in section and "import CoreML" not in section and en.count("import CoreML") == 1
+    assert "int8-linear is this report&#39;s deliverable, so its Swift is printed once" in section  # not twice
+    assert '<a href="#deliverables">' in section
     assert "AIModel(contentsOf: url)" in section and "loadFunction(named: &#34;main&#34;)" in section
     assert "not compiled here" in section and "https://developer.apple.com/documentation/coreai/aimodel" in section
     assert "host-interpreter" in section and "palettizer skipped layer fc" in section
@@ -823,6 +825,7 @@ def test_the_core_ml_or_core_ai_section_in_both_languages(tmp_path, tiny_package
     assert "Core AI models competed" in at27[at27.index('id="coreai"'):]
     delivered = at27[at27.index('id="deliverables"'):at27.index('id="coreai"')]
     assert "import CoreAI" in delivered and "import CoreML" not in delivered  # the delivered model's own Swift
+    assert at27.count("import CoreAI") == 1 and "import CoreML" in at27[at27.index('id="coreai"'):]
     ja = _page(tmp_path, "ja")
     section = ja[ja.index('id="coreai"'):ja.index('id="next"')]
     assert "Core ML か Core AI か" in section and "比較対象にしていません" in section and "ランタイム間の比較なし" in section
@@ -835,7 +838,7 @@ def test_the_section_says_why_there_is_no_core_ai_variant(tmp_path, tiny_package
     en = _page(tmp_path, "en")
     section = en[en.index('id="coreai"'):en.index('id="next"')]
     assert "No Core AI variants were made" in section and "re-run stage 02 with coreai=True" in section
-    assert "import CoreML" in section and "import CoreAI" not in section
+    assert "import CoreAI" not in section and en.count("import CoreML") == 1 and "printed once" in section
     from playbook.records import read_stage_record
 
     quant = read_stage_record(tmp_path / "resnet", "quantization")

@@ -124,4 +124,8 @@ def coreai_section(data: ReportData, rec: Recommendation, loc: Locale) -> dict[s
         chosen = out["rows"][-1]["name"]
         out["messages"] = [m for v in data.rows if v.target == "coreai" and v.name == chosen
                            for m in (v.raw.get("details") or {}).get("messages") or []][:8]
+    shipped = rec.deliverable
+    for r in out["rows"]:  # the deliverables section already prints the shipped variant's Swift: point there
+        if shipped is not None and r["name"] == shipped.name and r["swift"]:
+            r["swift"], r["swift_ref"] = None, loc.t("cai.swift_in_deliverables", name=r["name"])
     return out

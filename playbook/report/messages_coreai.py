@@ -93,6 +93,8 @@ COREAI_MESSAGES: dict[str, dict[str, str]] = {
     "cai.absent.recorded": {"en": "the quantization stage recorded why (in English):",
                             "ja": "量子化ステージが記録した理由（英語）："},
     "cai.swift_coreml": {"en": "Swift for the Core ML package ({name})", "ja": "Core ML パッケージ（{name}）の Swift"},
+    "cai.swift_in_deliverables": {"en": "{name} is this report's deliverable, so its Swift is printed once, in",
+                                  "ja": "{name} はこのレポートの成果物なので、Swift は次の節に 1 度だけ載せています："},
     "cai.swift_coreai": {"en": "Swift for the Core AI model ({name})", "ja": "Core AI モデル（{name}）の Swift"},
     "cai.swift_coreai_note": {
         "en": "Written from Apple's Core AI documentation (AIModel, loadFunction(named:), NDArray, "
