@@ -301,7 +301,7 @@ def test_stage_writes_the_record(stage):
                 "pareto_front", "baseline", "weight_threshold", "lineage", "run", "playbook_version"):
         assert key in record
     assert record["reproduce"].startswith("python -m playbook run --model resnet --dataset digits --smoke --stages 02")
-    assert "-p 'recipes=[" in record["reproduce"] and "max_exceptions=2" in record["reproduce"]
+    assert '-p "recipes=[' in record["reproduce"] and "max_exceptions=2" in record["reproduce"]
     assert "interactive" not in record["reproduce"] and "reports" not in record["reproduce"]
     assert set(record["lineage"]) == {"baseline.json", "baseline/fp32.mlpackage"}
     assert all({"title", "detail"} <= set(p) for p in record["pitfalls"])

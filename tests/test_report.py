@@ -817,7 +817,7 @@ def test_the_core_ml_or_core_ai_section_in_both_languages(tmp_path, tiny_package
     assert "1 compressed model(s) measured without the runtime comparison" in section and "coreai-int8" in section
     assert "import CoreAI" in section and "import CoreML" not in section and en.count("import CoreML") == 1
     assert "int8-linear is this report&#39;s deliverable, so its Swift is printed once" in section  # not twice
-    assert '<a href="#deliverables">' in section
+    assert 'href="#deliverables"' in section
     assert "AIModel(contentsOf: url)" in section and "loadFunction(named: &#34;main&#34;)" in section
     assert "not compiled here" in section and "https://developer.apple.com/documentation/coreai/aimodel" in section
     assert "host-interpreter" in section and "palettizer skipped layer fc" in section
@@ -831,6 +831,21 @@ def test_the_core_ml_or_core_ai_section_in_both_languages(tmp_path, tiny_package
     assert "Core ML か Core AI か" in section and "比較対象にしていません" in section and "ランタイム間の比較なし" in section
     prose = re.sub(r"<pre.*?</pre>", "", section, flags=re.S)  # Swift comments stay English, as in the Core ML snippet
     assert "not compiled" not in prose and "コンパイルしていません" in prose and "Core AI models" not in prose
+
+
+def test_the_core_ml_row_names_the_os_its_own_package_needs(tmp_path, tiny_package):
+    """An int4 package needs iOS 18 while the app targets iOS 17: the row said "iOS17 or later" beside it."""
+    from playbook.records import read_stage_record
+
+    model_dir = _with_coreai(tmp_path, tiny_package)
+    quant = read_stage_record(model_dir, "quantization")
+    next(v for v in quant.variants if v.name == "int8-linear").extra["deployment_target"] = "iOS18"
+    write_stage_record(model_dir, quant)
+    for lang, label in (("en", "Core ML package (.mlpackage), iOS18 or later"),
+                        ("ja", "Core ML パッケージ（.mlpackage）、iOS18 以降")):
+        page = _page(tmp_path, lang)
+        section = page[page.index('id="coreai"'):page.index('id="next"')]
+        assert label in section and "iOS17 or later" not in section and "iOS17 以降" not in section, lang
 
 
 def test_the_section_says_why_there_is_no_core_ai_variant(tmp_path, tiny_package):

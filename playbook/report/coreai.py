@@ -112,7 +112,8 @@ def coreai_section(data: ReportData, rec: Recommendation, loc: Locale) -> dict[s
         else:
             out["absent"] += loc.t("cai.absent.not_run")
     row, meets = _pick(data, "coreml", coreml_target)
-    out["rows"].append(_row(data, row, meets, "coreml", loc.t("cai.row.coreml", target=coreml_target), info, stage,
+    loads_from = (deployment_target(row) if row is not None else None) or coreml_target  # e.g. an iOS18 int4 package
+    out["rows"].append(_row(data, row, meets, "coreml", loc.t("cai.row.coreml", target=loads_from), info, stage,
                             loc))
     if has_coreai:
         later = target if target and (os_major(target) or 0) >= COREAI_MIN_OS else f"iOS{min_os}"
