@@ -116,7 +116,8 @@ class Recipe:
         algorithm: PyTorch side: one of ``TORCH_ALGORITHMS``.
         options: PyTorch side: the algorithm's settings; a DKM recipe's ``allocation_from`` names a mixed-bit
             recipe whose per-layer palette sizes it fine-tunes; ``lr`` and ``steps_factor`` set a fine-tune's own
-            learning rate and multiply the stage's fine-tune steps.  Mixed-bit recipes: ``bit_choices`` (palette sizes
+            learning rate and multiply the stage's fine-tune steps, and ``early_stop=False`` runs every step,
+            unchecked (``steps_factor`` and ``early_stop`` are read through the properties of the same names).  Mixed-bit recipes: ``bit_choices`` (palette sizes
             a layer may get) and ``budget_share`` (the share of the stage's accuracy budget the choice may use).
         data: what data the recipe needs: ``none``, ``calibration``, ``validation`` (to choose, e.g. bit-widths)
             or ``training``.
@@ -165,6 +166,16 @@ class Recipe:
             share = self.options.get("budget_share", 1.0)
             if not 0.0 < float(share) <= 1.0:
                 raise ConfigError(f"recipe {self.name!r}: budget_share={share!r} must be in (0, 1]")
+
+    @property
+    def steps_factor(self) -> float:
+        """How many times the stage's fine-tune steps this recipe's fine-tune runs (option ``steps_factor``)."""
+        return float(self.options.get("steps_factor", 1.0))
+
+    @property
+    def early_stop(self) -> bool:
+        """Whether this recipe's fine-tune may stop early on its agreement checks (option ``early_stop``)."""
+        return bool(self.options.get("early_stop", True))
 
     @property
     def single_step(self) -> bool:

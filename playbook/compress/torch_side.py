@@ -430,8 +430,10 @@ def compress_torch(recipe: str | Recipe, model: nn.Module, dataset: Dataset, fin
     example = (calib[:1],)
     opts = dict(recipe.options)
     lr = float(opts.pop("lr", lr))  # a recipe's own fine-tune learning rate wins over the caller's
-    finetune_steps = round(finetune_steps * float(opts.pop("steps_factor", 1.0)))  # a recipe may need longer
-    checks = checks if opts.pop("early_stop", True) else 0  # ... or every step it is given
+    finetune_steps = round(finetune_steps * recipe.steps_factor)  # a recipe may need longer
+    checks = checks if recipe.early_stop else 0  # ... or every step it is given
+    for own in ("steps_factor", "early_stop"):  # the fine-tune's options, not coremltools'
+        opts.pop(own, None)
     n_calib = len(calib) if calibration_images is None else max(1, min(int(calibration_images), len(calib)))
     details: dict[str, Any] = {"algorithm": recipe.algorithm, "options": opts, "kept_float": small, "lr": lr,
                                "prepare": [p.to_dict() for p in prepared_steps]}

@@ -94,10 +94,10 @@ def stage_cost(measuring: dict[str, Any], work: dict[str, Any], probe_seconds: f
             if training.get("steps") and training.get("seconds") and batch else None)
     tuned = [n for n in recipes if RECIPES[n].data == "training"]
     checks = min(checks, finetune_steps) if check_images else 0
-    checked = [n for n in tuned if RECIPES[n].options.get("early_stop", True)]  # a recipe may run every step unchecked
+    checked = [n for n in tuned if RECIPES[n].early_stop]  # a recipe may run every step unchecked
     checking = len(checked) * checks * check_images * per_image
     # a recipe's steps_factor (e.g. torch-int4-qat's 2) multiplies its steps
-    total_steps = round(sum(float(RECIPES[n].options.get("steps_factor", 1.0)) for n in tuned) * finetune_steps)
+    total_steps = round(sum(RECIPES[n].steps_factor for n in tuned) * finetune_steps)
     finetune = {"recipes": tuned, "steps": finetune_steps, "total_steps": total_steps, "batch_size": batch_size,
                 "seconds_per_image": pace, "checks": checks, "check_images": check_images, "check_seconds": checking,
                 "seconds": total_steps * batch_size * pace + checking if pace is not None else None}
