@@ -187,9 +187,11 @@ def _methodology(data: ReportData, loc: Locale) -> list[str]:
     train_cfg = (base.get("train_config") or {}) if base else {}
     history = training.get("history") or []
     if history:
-        length = {"steps": loc.num(train_cfg["steps"], 0)} if train_cfg.get("steps") else {"epochs": len(history)}
-        items.append(loc.t("m.training_steps" if "steps" in length else "m.training", **length,
-                           lr=train_cfg.get("lr", "—"), batch=train_cfg.get("batch_size", "—"),
+        if train_cfg.get("steps"):  # a fixed-step fine-tune: its steps, not its one history entry as an epoch
+            key, length = "m.training_steps", {"steps": loc.num(train_cfg["steps"], 0)}
+        else:
+            key, length = "m.training", {"epochs": len(history)}
+        items.append(loc.t(key, **length, lr=train_cfg.get("lr", "—"), batch=train_cfg.get("batch_size", "—"),
                            val=loc.pct(history[-1].get("val_top1"), 1)))
     elif base is not None:
         items.append(loc.t("m.training_loaded"))

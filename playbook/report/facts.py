@@ -132,6 +132,8 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
     sets them (options ``lr``, ``steps_factor``)."""
     bits, options = recipe.get("bits"), recipe.get("options") or {}
     algorithm = recipe.get("algorithm") or ""
+    equalized = (loc.t("tech.equalized") if "equalize" in (recipe.get("prepare") or []) and algorithm != "ptp"
+                 else "")  # ptp's own words say it
     if technique == "mixed-bits":
         choices = options.get("bit_choices") or []
         return loc.t("tech.mixed-bits", choices=loc.join([str(b) for b in choices]),
@@ -148,8 +150,7 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
             text += loc.t("tech.per-channel-palette")
         if options.get("quantization_scheme") == "affine":
             text += loc.t("tech.affine")
-        if "equalize" in (recipe.get("prepare") or []) and algorithm != "ptp":  # ptp's own words say it
-            text += loc.t("tech.equalized")
+        text += equalized
         if fine_tune and options.get("lr"):
             text += loc.t("tech.lr", lr=f"{float(options['lr']):g}")
         if fine_tune and options.get("steps_factor"):
@@ -170,7 +171,6 @@ def _describe_recipe(recipe: dict[str, Any], technique: str, loc: Locale, detail
             text += loc.t("tech.then-int8")
         return text
     steps = [(kind, opts) for kind, opts in recipe.get("steps") or []]
-    equalized = loc.t("tech.equalized") if "equalize" in (recipe.get("prepare") or []) else ""
     if technique in ("pruning", "joint") and steps and steps[0][0] == "prune":
         return _describe_steps(steps, loc) + equalized
     if f"tech.{technique}" not in MESSAGES:
