@@ -55,7 +55,9 @@ def _oracle(info: dict[str, Any], loc: Locale, only: str) -> list[str]:
 
 
 def _row(data: ReportData, row: Row | None, meets: bool, target: str, label: str, info: dict[str, Any],
-         stage: dict[str, Any], loc: Locale) -> dict[str, Any]:
+         stage: dict[str, Any], loc: Locale, deliverable: str | None) -> dict[str, Any]:
+    """One runtime's row; ``deliverable``: the report's deliverable, whose Swift the deliverables section prints, so
+    its row points there instead of printing it again."""
     if row is None:
         return {"target": label, "variant": loc.t("cai.none_variant"), "size": "—", "top1": "—", "change": "—",
                 "problems": _problems(info, stage, None, target, loc), "oracle": [], "swift": None, "name": None}
@@ -68,15 +70,18 @@ def _row(data: ReportData, row: Row | None, meets: bool, target: str, label: str
     base = data.records.get("baseline")
     ds = (base.get("dataset") or {}) if base else {}
     norm = {"mean": ds.get("mean"), "std": ds.get("std")} if ds.get("mean") else None
-    swift = None
-    if row.raw.io.get("inputs"):
+    swift, swift_ref = None, ""
+    if row.raw.io.get("inputs") and row.name == deliverable:
+        swift_ref = loc.t("cai.swift_in_deliverables", name=row.name)
+    elif row.raw.io.get("inputs"):
         path = row.package or f"{row.name}.{'aimodel' if target == 'coreai' else 'mlpackage'}"
         swift = (coreai_swift_snippet(path, row.raw.io, norm, ds.get("classes"), str(COREAI_MIN_OS))
                  if target == "coreai" else swift_snippet(path, row.raw.io, norm, ds.get("classes")))
     oracle = _oracle(info, loc, row.name) if target == "coreai" else []
     return {"target": label, "variant": row.name if meets else loc.t("cai.outside", name=row.name),
             "size": loc.mb(row.size_mb), "top1": top1, "change": change,
-            "problems": _problems(info, stage, row, target, loc), "oracle": oracle, "swift": swift, "name": row.name}
+            "problems": _problems(info, stage, row, target, loc), "oracle": oracle, "swift": swift,
+            "swift_ref": swift_ref, "name": row.name}
 
 
 def coreai_section(data: ReportData, rec: Recommendation, loc: Locale) -> dict[str, Any]:
@@ -111,22 +116,19 @@ def coreai_section(data: ReportData, rec: Recommendation, loc: Locale) -> dict[s
             out["absent"] += " " + loc.t("cai.absent.recorded")
         else:
             out["absent"] += loc.t("cai.absent.not_run")
+    deliverable = rec.deliverable.name if rec.deliverable is not None else None
     row, meets = _pick(data, "coreml", coreml_target)
     loads_from = (deployment_target(row) if row is not None else None) or coreml_target  # e.g. an iOS18 int4 package
     out["rows"].append(_row(data, row, meets, "coreml", loc.t("cai.row.coreml", target=loads_from), info, stage,
-                            loc))
+                            loc, deliverable))
     if has_coreai:
         later = target if target and (os_major(target) or 0) >= COREAI_MIN_OS else f"iOS{min_os}"
         row, meets = _pick(data, "coreai", later)
         out["rows"].append(_row(data, row, meets, "coreai", loc.t("cai.row.coreai", min_os=min_os), info, stage,
-                                loc))
+                                loc, deliverable))
         if info.get("oracle"):
             out["oracle_note"] = loc.t("cai.oracle_note")
         chosen = out["rows"][-1]["name"]
         out["messages"] = [m for v in data.rows if v.target == "coreai" and v.name == chosen
                            for m in (v.raw.get("details") or {}).get("messages") or []][:8]
-    shipped = rec.deliverable
-    for r in out["rows"]:  # the deliverables section already prints the shipped variant's Swift: point there
-        if shipped is not None and r["name"] == shipped.name and r["swift"]:
-            r["swift"], r["swift_ref"] = None, loc.t("cai.swift_in_deliverables", name=r["name"])
     return out
